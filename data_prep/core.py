@@ -1,0 +1,268 @@
+"""The shared TFDS builder machinery of the offline data job (raw/images/pairs -> TFRecords).
+
+Raw decoding happens once, here, never in the training loop (the original See-in-the-Dark code
+decoded raw files every step and needed 64 GB of RAM; the paper's §3.2 training reads patches).
+
+A builder is a `tfds.core.GeneratorBasedBuilder` whose class is created per dataset by
+`make_builder_class`, so that the builder's name equals the dataset NAME the user chose (TFDS
+writes `DATA_DIR/NAME/VERSION/`). The classes skip the TFDS registry (a user's NAME may clash
+with a catalogue dataset) and build their `DatasetInfo` directly (no package folder with
+metadata files). Work is planned before the builder exists (a `Plan`: one `Item` per input, its
+split, and a picklable task); the builder only runs the plan, optionally decoding in worker
+processes, and records every skipped input with its reason.
+"""
+import collections
+import concurrent.futures
+import dataclasses
+import io
+import multiprocessing
+import os
+import types
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+import data_prep
+from data_prep import decoding
+from data_prep import summary as summary_lib
+
+VERSION = "1.0.0"
+KINDS = data_prep.KINDS
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Bring your own files; nothing is downloaded.
+- images: a folder tree of camera raw files (.dng .nef .arw .cr2 .cr3 .raf .orf .rw2 .pef .srw and
+  every other LibRaw format) and/or ordinary images (.png .jpg .jpeg .tif .tiff .bmp, 8 or 16 bit).
+- pairs: DIR/low/NAME and DIR/high/NAME with matching names (LOL/ELIEI layout), or a SID-style list
+  file with lines `short_path long_path ISOxxx Fy` (paths relative to DIR).
+- simulated: an `images` dataset written earlier (OUTPUT_DIR/NAME[:split]).
+Pass the folder as --input_dir (manual_dir)."""
+
+
+class InputError(ValueError):
+    """A user error (missing folder, nothing usable, bad name...): exit status 2 in the tools."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One planned example: its id, the split it goes to, and the picklable task that makes it."""
+    id: str
+    split: str
+    task: tuple
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything a builder needs to run: inputs, dtypes, options and where to report.
+
+    Attributes:
+        kind: "images", "pairs" or "simulated".
+        items: list of Item, in a deterministic order.
+        dtype: numpy dtype of the stored `bright` (and real `dark`) images: uint8 or uint16.
+        worker_fn: module-level function task -> ("ok", example dict) or ("skip", reason); for
+            "simulated" the builder generates examples itself and this is None.
+        skips: SkipLog shared over retries.
+        num_workers: decoding processes (1 = decode in this process).
+        report: callable(str) for progress lines, or None.
+        description: text stored in dataset_info.json.
+        empty_splits: splits whose every input was skipped during generation (filled by the
+            builder; the caller retries without them because TFDS cannot write an empty split).
+    """
+    kind: str
+    items: list
+    dtype: np.dtype
+    worker_fn: object = None
+    skips: summary_lib.SkipLog = dataclasses.field(default_factory=summary_lib.SkipLog)
+    num_workers: int = 1
+    report: object = None
+    description: str = ""
+    source: object = None
+    empty_splits: set = dataclasses.field(default_factory=set)
+
+    def split_names(self):
+        """Return the splits that have at least one planned item, in first-seen order."""
+        return list(collections.OrderedDict((item.split, None) for item in self.items))
+
+
+def image_feature(dtype):
+    """Return a lossless (PNG-encoded) HxWx3 tfds Image feature of dtype uint8 or uint16."""
+    return tfds.features.Image(shape=(None, None, 3), dtype=np.dtype(dtype),
+                               encoding_format="png")
+
+
+def features_for(kind, dtype):
+    """Return the tfds FeaturesDict of a kind (docs/interfaces.md "Stored features").
+
+    Args:
+        kind: "images", "pairs" or "simulated".
+        dtype: stored dtype of `bright` (and of the real `dark` of pairs), uint8 or uint16.
+    """
+    if kind == "images":
+        return tfds.features.FeaturesDict({
+            "bright": image_feature(dtype),
+            "id": tfds.features.Text(),
+            "source_format": tfds.features.Text(),
+            "is_raw": tfds.features.Scalar(dtype=np.bool_),
+            "black_level": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+            "white_level": tfds.features.Scalar(dtype=np.float32),
+            "cfa_pattern": tfds.features.Text(),
+            "camera_white_balance": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+        })
+    if kind == "pairs":
+        return tfds.features.FeaturesDict({
+            "dark": image_feature(dtype),
+            "bright": image_feature(dtype),
+            "id": tfds.features.Text(),
+            "source_format": tfds.features.Text(),
+            "exposure_ratio": tfds.features.Scalar(dtype=np.float32),
+        })
+    if kind == "simulated":
+        return tfds.features.FeaturesDict({
+            "dark": image_feature(np.uint8),
+            "bright": image_feature(dtype),
+            "id": tfds.features.Text(),
+            "params": tfds.features.Tensor(shape=(5,), dtype=np.float32),
+            "noise_peak": tfds.features.Scalar(dtype=np.float32),
+        })
+    raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
+
+
+def iter_input_files(input_dir, skips):
+    """Yield (absolute path, id) of every raw/image file under input_dir, sorted, recursively.
+
+    The id is the path relative to input_dir with `/` separators. Hidden files and folders are
+    left out; other files without an image or raw extension are counted in skips.ignored_files.
+    """
+    input_dir = os.path.abspath(input_dir)
+    for root, dirs, files in os.walk(input_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file_name in sorted(files):
+            if file_name.startswith("."):
+                continue
+            path = os.path.join(root, file_name)
+            if not decoding.is_image_path(path):
+                skips.ignored_files += 1
+                continue
+            yield path, os.path.relpath(path, input_dir).replace(os.sep, "/")
+
+
+def require_dir(path, what):
+    """Raise InputError unless `path` is an existing directory."""
+    if not path:
+        raise InputError(f"No {what} given: pass --input_dir=DIR.")
+    if not os.path.isdir(path):
+        raise InputError(f"The {what} {path!r} does not exist or is not a directory; check the "
+                         "path (relative paths are taken from the current directory).")
+
+
+def parallel_map(fn, tasks, num_workers):
+    """Yield (task, fn(task)) in order, using `num_workers` processes with bounded look-ahead.
+
+    At most 2 * num_workers results are in flight, so large inputs stream instead of piling up
+    decoded images in memory. Worker processes are spawned (not forked: the parent has
+    TensorFlow's threads running) and only import the decoding modules.
+    """
+    if num_workers <= 1:
+        for task in tasks:
+            yield task, fn(task)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+        pending = collections.deque()
+        task_iter = iter(tasks)
+        for task in task_iter:
+            pending.append((task, pool.submit(fn, task)))
+            if len(pending) >= 2 * num_workers:
+                break
+        while pending:
+            task, future = pending.popleft()
+            result = future.result()
+            next_task = next(task_iter, None)
+            if next_task is not None:
+                pending.append((next_task, pool.submit(fn, next_task)))
+            yield task, result
+
+
+class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Runs a Plan; subclasses are created per dataset by `make_builder_class`."""
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "First format: docs/interfaces.md 'Stored features'."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    plan = None  # set on each generated subclass
+    # No checksums file next to the code (nothing is downloaded). Also avoids TFDS 4.9.10's
+    # `code_path`, which needs the `importlib_resources` backport for builders in packages.
+    code_path = None
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.plan.description or f"lowlight_tf {self.plan.kind} dataset",
+            features=features_for(self.plan.kind, self.plan.dtype),
+            metadata=tfds.core.MetadataDict(kind=self.plan.kind),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Inputs are planned up front from the manual directory.
+        return {split: self._generate_examples(split=split) for split in self.plan.split_names()}
+
+    def _generate_examples(self, split):
+        plan = self.plan
+        items = [item for item in plan.items if item.split == split]
+        progress = summary_lib.Progress(plan.report, f"[{plan.kind}] {split}", len(items))
+        written = 0
+        for item, result in self._results(items):
+            if result[0] == "ok":
+                written += 1
+                progress.update(True)
+                yield item.id, _as_feature_input(result[1])
+            else:
+                plan.skips.skip(item.id, result[1])
+                progress.update(False)
+        progress.update(False, final=True)
+        if written == 0:
+            plan.empty_splits.add(split)
+
+    def _results(self, items):
+        """Yield (item, ("ok", example) | ("skip", reason)) for the split's items."""
+        plan = self.plan
+        tasks = ((item, item.task) for item in items)
+        fn = plan.worker_fn
+        if plan.num_workers <= 1:
+            for item, task in tasks:
+                yield item, fn(task)
+            return
+        item_by_task = collections.deque()
+
+        def task_stream():
+            for item, task in tasks:
+                item_by_task.append(item)
+                yield task
+
+        for _, result in parallel_map(fn, task_stream(), plan.num_workers):
+            yield item_by_task.popleft(), result
+
+
+def _as_feature_input(example):
+    """Wrap encoded PNG bytes in file objects, which tfds Image stores without re-encoding."""
+    return {key: io.BytesIO(value) if key in ("bright", "dark") and isinstance(value, bytes)
+            else value for key, value in example.items()}
+
+
+def make_builder_class(name, plan, base=LowlightBuilder, **attributes):
+    """Return a builder class named `name` (the dataset NAME) that runs `plan`.
+
+    Args:
+        name: dataset name, lowercase snake_case (becomes the directory OUTPUT_DIR/NAME).
+        plan: Plan to run.
+        base: LowlightBuilder or a subclass (the simulated kind overrides generation).
+        **attributes: extra class attributes (e.g. the simulation preset and seed).
+    """
+    def fill(namespace):
+        namespace.update(attributes)
+        namespace["name"] = name
+        namespace["plan"] = plan
+        namespace["__module__"] = __name__
+
+    return types.new_class(name, (base,), {"skip_registration": True}, fill)
+

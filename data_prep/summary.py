@@ -1,0 +1,139 @@
+"""Run summaries for the offline data preparation job: skipped inputs with reasons, counts, sizes.
+
+Supports the paper's data preparation (§3.1 bright images, §3.4 real pairs): every input that
+could not be used is named with its reason, so nothing is lost silently.
+"""
+import collections
+import json
+import os
+import time
+
+SUMMARY_FILE = "summary.json"
+
+
+class SkipLog:
+    """Collects skipped inputs (path, reason) and the number of ignored non-image files."""
+
+    def __init__(self):
+        self.skipped = []
+        self._seen = set()
+        self.ignored_files = 0
+
+    def skip(self, path, reason):
+        """Record that `path` (relative to the input root) was skipped because of `reason`."""
+        if path in self._seen:
+            return
+        self._seen.add(path)
+        self.skipped.append({"path": path, "reason": reason})
+
+    def is_skipped(self, path):
+        """Return True when `path` was already skipped."""
+        return path in self._seen
+
+    def by_reason(self):
+        """Return {reason category: count}; the category is the reason up to the first '('."""
+        counts = collections.Counter(item["reason"].split(" (")[0] for item in self.skipped)
+        return dict(counts.most_common())
+
+
+def split_sizes(version_dir, dataset_info):
+    """Return {split: {examples, shards, bytes}} from a tfds DatasetInfo and the files on disk."""
+    sizes = collections.OrderedDict()
+    for name, split in dataset_info.splits.items():
+        shard_lengths = list(split.shard_lengths)
+        prefix = f"{dataset_info.name}-{name}."
+        on_disk = sum(os.path.getsize(os.path.join(version_dir, f))
+                      for f in os.listdir(version_dir) if f.startswith(prefix))
+        sizes[name] = {"examples": int(sum(shard_lengths)), "shards": len(shard_lengths),
+                       "bytes": int(on_disk)}
+    return sizes
+
+
+def write_summary(version_dir, summary):
+    """Write `summary` as summary.json into the dataset's version directory."""
+    path = os.path.join(version_dir, SUMMARY_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+    return path
+
+
+def read_summary(version_dir):
+    """Return the summary.json dict of a dataset version directory, or None when absent."""
+    path = os.path.join(version_dir, SUMMARY_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _json_default(value):
+    """Serialise numpy scalars and arrays."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _human_bytes(num):
+    """Format a byte count as e.g. 12.3 MB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1000 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1000.0
+    return f"{num:.1f} GB"
+
+
+def format_summary(summary, max_skipped_lines=15):
+    """Return a one-screen text version of a summary dict (as written to summary.json)."""
+    lines = []
+    state = "reused existing dataset" if summary.get("reused") else "written"
+    lines.append(f"{summary['kind']} dataset {summary['name']!r} {state}: {summary['path']}")
+    lines.append(f"  stored dtype: {summary.get('dtype', '?')}"
+                 + (f"  ({summary['dtype_rule']})" if summary.get("dtype_rule") else ""))
+    for name, info in summary.get("splits", {}).items():
+        lines.append(f"  {name:>8}: {info['examples']:6d} examples  {info['shards']:3d} shards  "
+                     f"{_human_bytes(info['bytes'])}")
+    total = summary.get("examples", 0)
+    lines.append(f"  {'total':>8}: {total:6d} examples from {summary.get('candidates', 0)} inputs"
+                 f" in {summary.get('seconds', 0):.1f} s")
+    for note in summary.get("notes", []):
+        lines.append(f"  note: {note}")
+    ignored = summary.get("ignored_files", 0)
+    if ignored:
+        lines.append(f"  ignored {ignored} files without an image or raw extension")
+    skipped = summary.get("skipped", [])
+    lines.append(f"  skipped {len(skipped)} inputs"
+                 + (":" if skipped else ""))
+    for item in skipped[:max_skipped_lines]:
+        lines.append(f"    {item['path']}: {item['reason']}")
+    if len(skipped) > max_skipped_lines:
+        lines.append(f"    ... and {len(skipped) - max_skipped_lines} more "
+                     f"(all listed in {SUMMARY_FILE})")
+    return "\n".join(lines)
+
+
+class Progress:
+    """Prints `label: done/total, skipped, rate` at most every `interval` seconds."""
+
+    def __init__(self, report, label, total, interval=5.0):
+        self._report = report
+        self._label = label
+        self._total = total
+        self._interval = interval
+        self._start = time.monotonic()
+        self._last = self._start
+        self.done = 0
+        self.written = 0
+
+    def update(self, written, final=False):
+        """Count one processed input (written True/False); print when due or when final."""
+        if not final:
+            self.done += 1
+            self.written += int(written)
+        now = time.monotonic()
+        if self._report is None or (not final and now - self._last < self._interval):
+            return
+        self._last = now
+        rate = self.done / max(now - self._start, 1e-9)
+        self._report(f"{self._label}: {self.done}/{self._total} inputs, {self.written} written, "
+                     f"{self.done - self.written} skipped, {rate:.1f} inputs/s")

@@ -1,0 +1,400 @@
+"""Input pipelines of paper §3.2: random patches of (dark, bright) pairs, simulated on the fly.
+
+The paper trains on fixed-size patches (64x64 by default), one patch per image visit. Training
+data come either as real or pre-simulated pairs (stored `dark` and `bright`) or as bright images
+only, whose dark patches are simulated per batch with the §3.1 model (`lowlight_tf.simulation`),
+with parameters sampled per patch.
+
+`train_dataset` chains named stages, each a small function below:
+
+    select_fraction   a deterministic subset by a hash of `id` (e.g. the paper's 10% of pairs)
+    _prepare          keep dark/bright, stack them into one [H, W, 6] tensor, extend small images,
+                      store as uint16 codes (value * 257)
+    cache             in memory, after the deterministic work, before any randomness
+    shuffle, repeat   seeded; a new order every epoch
+    _random_patch     ONE stateless random draw per element: crop offsets, left-right flip and a
+                      90-degree rotation, applied to the stacked pair (dark and bright aligned)
+    batch             drop_remainder=True (static shapes)
+    _finish_batch     uint16 codes -> float32 [0, 255]; for bright-only data simulate the dark
+                      batch (vectorised, seed from the global seed and the batch counter); -> [0, 1]
+    prefetch          AUTOTUNE
+
+Every random draw is stateless and derived from `seed` plus an element or batch counter, so the
+same seed gives the same patches (and the same simulated noise) in every run, regardless of the
+parallelism of the maps.
+
+Images smaller than `patch_size` on a side are extended by mirror reflection (repeated as often
+as needed) to `patch_size` on that side before caching. Reflection keeps the pair aligned and
+keeps the pixel statistics (noise, colour) of the real image, which resizing would change
+(interpolation smooths the noise of real dark images).
+
+The cache stores images as uint16 codes round(value * 257): exact for 8-bit sources (v * 257)
+and for 16-bit sources (data.load maps uint16 to [0, 255] by dividing by 257), at half the
+memory of float32.
+"""
+import numbers
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from lowlight_tf import simulation as simulation_lib
+
+DEFAULT_SHUFFLE_BUFFER = 256
+# data.load maps uint16 to [0, 255] by dividing by 257 (docs/interfaces.md); v * 257 is exact.
+_CODE_SCALE = 257.0
+# Hash range of select_fraction; 2^62 makes ties between different ids practically impossible.
+_HASH_BUCKETS = 1 << 62
+# Stateless seed streams, one per random stage, so changing one stage never shifts another.
+_STREAM_CROP = 1
+_STREAM_SIMULATION = 2
+_STREAM_VALIDATION_CROP = 3
+_STREAM_VALIDATION_SIMULATION = 4
+_STREAM_SELECTION = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks.
+# ---------------------------------------------------------------------------------------------
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+
+
+def _check_fraction(fraction):
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) \
+            or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"The training fraction must be in (0, 1], got {fraction!r} "
+                         "(e.g. 0.1 for the paper's 10% of the real pairs).")
+
+
+def _check_source(source, simulation):
+    """Check the element structure of a data.load dataset; return True if it holds pairs."""
+    if not isinstance(source, tf.data.Dataset):
+        raise ValueError(f"source must be a tf.data.Dataset from lowlight_tf.data.load, got "
+                         f"{type(source).__name__}.")
+    spec = source.element_spec
+    if not isinstance(spec, dict) or "bright" not in spec or "id" not in spec:
+        raise ValueError("source must yield dicts with at least `bright` and `id` (as "
+                         f"lowlight_tf.data.load does); got elements {spec}.")
+    for key in ("bright", "dark"):
+        if key in spec:
+            image_spec = spec[key]
+            if image_spec.dtype != tf.float32 or image_spec.shape.rank != 3 \
+                    or image_spec.shape[-1] not in (None, 3):
+                raise ValueError(f"source `{key}` must be float32 [H, W, 3] in [0, 255] (as "
+                                 f"lowlight_tf.data.load returns), got {image_spec}.")
+    paired = "dark" in spec
+    if paired and simulation is not None:
+        raise ValueError(
+            "The dataset holds stored dark images (a pairs or simulated dataset), and a "
+            "simulation preset was given too. Pass simulation=None to train on the stored "
+            "pairs, or use a bright-only (images) dataset to simulate dark patches on the fly.")
+    if not paired and simulation is None:
+        raise ValueError(
+            "The dataset holds bright images only: pass a simulation preset (e.g. "
+            "simulation=lowlight_tf.simulation.load_preset('paper')) to simulate the dark "
+            "patches, or use a pairs dataset.")
+    return paired
+
+
+def _resolve_simulation(simulation):
+    """Accept a SimulationPreset, a preset name (`paper`) or a calibration JSON path, or None."""
+    if simulation is None:
+        return None
+    return simulation_lib.load_preset(simulation)
+
+
+def _stream_seed(seed, stream):
+    """Return the stateless base seed int64 [2] of one random stage."""
+    return tf.constant([seed, stream], tf.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# select_fraction.
+# ---------------------------------------------------------------------------------------------
+def _id_hash(example_id, seed):
+    """Keyed (SipHash) hash of an id, int64 in [0, 2^62): a seeded, platform-stable ranking."""
+    return tf.strings.to_hash_bucket_strong(example_id, _HASH_BUCKETS,
+                                            key=[int(seed), _STREAM_SELECTION])
+
+
+def select_fraction(dataset, fraction, *, seed=0, what=None):
+    """Keep a deterministic subset of round(fraction * N) examples, chosen by a hash of `id`.
+
+    The ids are ranked by a keyed hash (seeded by `seed`) and the first round(fraction * N),
+    at least 1, are kept. The subset depends only on the set of ids, the fraction and the seed
+    (not on the order), and it is nested: for the same seed, the ids kept at a smaller fraction
+    are kept at every larger one. For fraction < 1 the dataset is read once to rank the ids,
+    and the counts are logged, e.g. "using 24 of 236 pairs (10%)".
+
+    Args:
+        dataset: finite tf.data.Dataset of dicts with a scalar tf.string `id` (from data.load).
+        fraction: float in (0, 1]; 1 returns the dataset unchanged.
+        seed: non-negative int; another seed picks another subset.
+        what: noun for the log line; defaults to "pairs" when elements have `dark`, else
+            "images".
+
+    Returns:
+        The filtered tf.data.Dataset, same element structure and order.
+
+    Raises:
+        ValueError: bad fraction or seed, or an empty dataset.
+    """
+    _check_fraction(fraction)
+    _check_seed(seed)
+    fraction, seed = float(fraction), int(seed)
+    if what is None:
+        what = "pairs" if "dark" in dataset.element_spec else "images"
+    if fraction == 1.0:
+        return dataset
+    hashes = np.sort(np.fromiter(
+        dataset.map(lambda example: _id_hash(example["id"], seed)).as_numpy_iterator(),
+        np.int64))
+    if hashes.size == 0:
+        raise ValueError(f"The dataset is empty: no {what} to select a fraction of.")
+    count = max(1, int(np.floor(fraction * hashes.size + 0.5)))
+    threshold = int(hashes[count - 1])
+    logging.info("using %d of %d %s (%g%%)", count, hashes.size, what, 100 * fraction)
+    return dataset.filter(lambda example: _id_hash(example["id"], seed) <= threshold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages.
+# ---------------------------------------------------------------------------------------------
+def _extend_to(image, size, axis):
+    """Mirror-extend `image` along `axis` to at least `size` (repeated reflection); else as is."""
+    length = tf.shape(image)[axis]
+
+    def extend():
+        mirrored = tf.concat([image, tf.reverse(image, [axis])], axis)
+        repeats = (size + 2 * length - 1) // (2 * length)
+        multiples = tf.tensor_scatter_nd_update(tf.ones([3], tf.int32), [[axis]], [repeats])
+        tiled = tf.tile(mirrored, multiples)
+        return tiled[:size] if axis == 0 else tiled[:, :size]
+
+    return tf.cond(length < size, extend, lambda: image)
+
+
+def _prepare(example, paired, patch_size):
+    """Decode stage: stack dark and bright, extend small images, encode as uint16 codes.
+
+    Args:
+        example: dict from data.load: `bright` (and `dark`) float32 [H, W, 3] in [0, 255].
+    Returns:
+        uint16 [H', W', 6] (dark then bright channels) or [H', W', 3] (bright only),
+        H' = max(H, patch_size), W' = max(W, patch_size), values round(v * 257).
+    """
+    bright = example["bright"]
+    if paired:
+        dark = example["dark"]
+        tf.debugging.assert_equal(
+            tf.shape(dark), tf.shape(bright),
+            message="dark and bright of a pair differ in size; rebuild the dataset with "
+                    "data_prep, which aligns pairs")
+        images = tf.concat([dark, bright], axis=-1)
+    else:
+        images = bright
+    images = _extend_to(_extend_to(images, patch_size, 0), patch_size, 1)
+    codes = tf.round(tf.clip_by_value(images, 0.0, 255.0) * _CODE_SCALE)
+    return tf.cast(codes, tf.uint16)
+
+
+def _random_patch(images, patch_size, seed):
+    """Take one random patch with a random flip and 90-degree rotation, from ONE random draw.
+
+    The crop, flip and rotation act on the stacked [H, W, C] tensor (dark and bright channels
+    together), so both images of a pair get exactly the same transform.
+
+    Args:
+        images: [H, W, C] (any dtype), H, W >= patch_size.
+        patch_size: int.
+        seed: int64 [2] stateless seed of this element.
+    Returns:
+        [patch_size, patch_size, C], same dtype.
+    """
+    shape = tf.shape(images)
+    draw = tf.random.stateless_uniform([4], seed)  # top, left, flip, rotation
+    top = tf.cast(draw[0] * tf.cast(shape[0] - patch_size + 1, tf.float32), tf.int32)
+    left = tf.cast(draw[1] * tf.cast(shape[1] - patch_size + 1, tf.float32), tf.int32)
+    # Guard against draw * n rounding up to n in float32.
+    top = tf.minimum(top, shape[0] - patch_size)
+    left = tf.minimum(left, shape[1] - patch_size)
+    patch = tf.slice(images, [top, left, 0], [patch_size, patch_size, -1])
+    patch = tf.cond(draw[2] < 0.5, lambda: tf.reverse(patch, [1]), lambda: patch)
+    patch = tf.image.rot90(patch, tf.cast(draw[3] * 4.0, tf.int32) % 4)
+    return tf.ensure_shape(patch, [patch_size, patch_size, images.shape[-1]])
+
+
+def _fixed_patch(images, patch_size, seed):
+    """Take one patch at a seeded position, without flip or rotation (validation)."""
+    shape = tf.shape(images)
+    draw = tf.random.stateless_uniform([2], seed)
+    top = tf.minimum(tf.cast(draw[0] * tf.cast(shape[0] - patch_size + 1, tf.float32), tf.int32),
+                     shape[0] - patch_size)
+    left = tf.minimum(tf.cast(draw[1] * tf.cast(shape[1] - patch_size + 1, tf.float32),
+                              tf.int32), shape[1] - patch_size)
+    patch = tf.slice(images, [top, left, 0], [patch_size, patch_size, -1])
+    return tf.ensure_shape(patch, [patch_size, patch_size, images.shape[-1]])
+
+
+def _decode_codes(codes):
+    """uint16 codes -> float32 in [0, 255]."""
+    return tf.cast(codes, tf.float32) / _CODE_SCALE
+
+
+def _to_pair(patches, paired, preset, steps, seed):
+    """Split or simulate, then scale: returns (dark, bright) float32 [..., P, P, 3] in [0, 1].
+
+    Args:
+        patches: float32 [B, P, P, 6] (pairs: dark, bright) or [B, P, P, 3] (bright) in [0, 255].
+        seed: int64 [2] stateless seed of this batch (simulation only): parameters are sampled
+            per patch and the Poisson noise drawn from it.
+    """
+    if paired:
+        dark, bright = patches[..., :3], patches[..., 3:]
+    else:
+        bright = patches
+        # Hide the batch size from static shape inference: the while_loop in
+        # simulation.sample_params rejects a static batch of 1 (its shape check).
+        dynamic = tf.raw_ops.PlaceholderWithDefault(input=bright,
+                                                    shape=[None] + bright.shape[1:].as_list())
+        dark, _ = preset.simulate(dynamic, seed=seed, steps=steps)  # per-patch parameters
+        dark = tf.ensure_shape(dark, bright.shape)
+    return dark / 255.0, bright / 255.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Factories.
+# ---------------------------------------------------------------------------------------------
+def _check_not_empty(dataset, what):
+    for _ in dataset.take(1):
+        return
+    raise ValueError(f"The {what} dataset is empty; check the dataset path and split (see "
+                     "dataset_info.json / summary.json in its directory).")
+
+
+def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=None,
+                  simulation_steps=simulation_lib.STEPS, train_fraction=1.0, cache=True,
+                  shuffle_buffer=DEFAULT_SHUFFLE_BUFFER):
+    """Build the infinite training pipeline of random aligned patches (paper §3.2).
+
+    Args:
+        source: tf.data.Dataset from `lowlight_tf.data.load`: dicts with `bright` (and `dark`
+            for pairs / simulated datasets) float32 [H, W, 3] in [0, 255] and `id` tf.string.
+        patch_size: side of the square patches, pixels (the paper: 64).
+        batch_size: patches per batch (global batch size).
+        seed: non-negative int; the same seed gives the same batches in every run.
+        simulation: for bright-only data, a `SimulationPreset` (or a preset name / calibration
+            JSON path for `simulation.load_preset`); must be None for pairs, which use their
+            stored dark images.
+        simulation_steps: sub-task steps of the §3.1 simulation, see `simulation.simulate`.
+        train_fraction: fraction in (0, 1] of the examples to use, chosen by `select_fraction`
+            with the same seed.
+        cache: cache the decoded images in memory (uint16, 2 bytes per value).
+        shuffle_buffer: images in the shuffle buffer.
+
+    Returns:
+        Infinite tf.data.Dataset of (dark, bright), both float32
+        [batch_size, patch_size, patch_size, 3] in [0, 1].
+
+    Raises:
+        ValueError: bad arguments, a source without the expected structure, a missing or
+            superfluous simulation preset, or an empty dataset.
+    """
+    _check_positive_int("patch_size", patch_size)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("shuffle_buffer", shuffle_buffer)
+    _check_seed(seed)
+    _check_fraction(train_fraction)
+    seed, train_fraction = int(seed), float(train_fraction)
+    preset = _resolve_simulation(simulation)
+    paired = _check_source(source, preset)
+    what = "pairs" if paired else "images"
+
+    dataset = select_fraction(source, train_fraction, seed=seed, what=what)
+    if train_fraction == 1.0:
+        _check_not_empty(dataset, "training")
+    dataset = dataset.map(lambda example: _prepare(example, paired, patch_size),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()  # deterministic work above, randomness below
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
+    crop_seed = _stream_seed(seed, _STREAM_CROP)
+    dataset = dataset.enumerate().map(
+        lambda index, images: _random_patch(
+            images, patch_size, tf.random.experimental.stateless_fold_in(crop_seed, index)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    simulation_seed = _stream_seed(seed, _STREAM_SIMULATION)
+    dataset = dataset.enumerate().map(
+        lambda index, codes: _to_pair(
+            _decode_codes(codes), paired, preset, simulation_steps,
+            tf.random.experimental.stateless_fold_in(simulation_seed, index)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    logging.info("training pipeline: %s, %dx%d patches, batch %d, seed %d, %s", what,
+                 patch_size, patch_size, batch_size, seed,
+                 f"simulation {preset.name} steps {'+'.join(simulation_steps)}" if preset
+                 else "stored dark images")
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def validation_dataset(source, *, patch_size, batch_size, seed=0, simulation=None,
+                       simulation_steps=simulation_lib.STEPS, max_patches=None):
+    """Build the finite validation pipeline: one fixed patch per image, identical every epoch.
+
+    Each image gives one patch at a position drawn from (seed, image index), without flip or
+    rotation; bright-only data are simulated per patch with a seed from (seed, image index), so
+    the patches do not depend on `batch_size`. The patches are cached after the first pass.
+
+    Args:
+        source: tf.data.Dataset from `lowlight_tf.data.load` (see `train_dataset`).
+        patch_size: side of the square patches, pixels.
+        batch_size: patches per batch; the last batch may be smaller.
+        seed: non-negative int.
+        simulation: as in `train_dataset`.
+        simulation_steps: as in `train_dataset`.
+        max_patches: optional positive int, use only the first max_patches images.
+
+    Returns:
+        Finite tf.data.Dataset of (dark, bright), float32 [b, patch_size, patch_size, 3] in
+        [0, 1] with b <= batch_size.
+
+    Raises:
+        ValueError: as `train_dataset`.
+    """
+    _check_positive_int("patch_size", patch_size)
+    _check_positive_int("batch_size", batch_size)
+    _check_seed(seed)
+    seed = int(seed)
+    if max_patches is not None:
+        _check_positive_int("max_patches", max_patches)
+    preset = _resolve_simulation(simulation)
+    paired = _check_source(source, preset)
+    _check_not_empty(source, "validation")
+
+    dataset = source.take(max_patches) if max_patches is not None else source
+    dataset = dataset.map(lambda example: _prepare(example, paired, patch_size),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    crop_seed = _stream_seed(seed, _STREAM_VALIDATION_CROP)
+    simulation_seed = _stream_seed(seed, _STREAM_VALIDATION_SIMULATION)
+
+    def fixed_pair(index, codes):
+        patch = _fixed_patch(codes, patch_size,
+                             tf.random.experimental.stateless_fold_in(crop_seed, index))
+        dark, bright = _to_pair(
+            _decode_codes(patch)[None], paired, preset, simulation_steps,
+            tf.random.experimental.stateless_fold_in(simulation_seed, index))
+        return (tf.ensure_shape(dark[0], [patch_size, patch_size, 3]),
+                tf.ensure_shape(bright[0], [patch_size, patch_size, 3]))
+
+    dataset = dataset.enumerate().map(fixed_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.cache()  # small: the patches only; identical every epoch by construction
+    dataset = dataset.batch(batch_size)
+    return dataset.prefetch(tf.data.AUTOTUNE)
