@@ -1,0 +1,147 @@
+"""Tests of lowlight_tf.calibration and tools/calibrate_simulation on synthetic pairs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from lowlight_tf import calibration, simulation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRUE_PARAMS = np.asarray([20.0, 0.30, 0.22, 0.35, 1.0])
+
+
+def synthetic_bright(seed, shape=(96, 128)):
+    """A textured, smooth-ish RGB image with values spread over [0, 255]."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=shape + (3,)), sigma=(6, 6, 0))
+    field = (field - field.min()) / (field.max() - field.min())
+    ramp = np.linspace(0, 1, shape[1])[None, :, None]
+    texture = rng.uniform(-0.03, 0.03, size=shape + (3,))
+    return np.clip(255 * (0.55 * field + 0.45 * ramp + texture), 0, 255).round().astype(np.float32)
+
+
+def synthetic_dark(bright, params, *, noise_peak=None, seed=0):
+    """Dark image from the TF simulation: noise-free float, or noisy and 8-bit quantised."""
+    if noise_peak is None:
+        steps, quantize = ("bl", "cd", "gc"), False
+    else:
+        steps, quantize = simulation.STEPS, True
+    return simulation.simulate(bright[None], np.asarray(params, np.float32)[None],
+                               seed=[seed, 0], steps=steps, noise_peak=noise_peak or 1.0,
+                               quantize=quantize).numpy()[0]
+
+
+def test_paper_estimators_by_hand():
+    bright = np.asarray([[[100.0, 100.0, 100.0], [200.0, 200.0, 200.0]],
+                         [[3.0, 3.0, 3.0], [255.0, 255.0, 255.0]]])
+    dark = np.asarray([[[20.0, 10.0, 40.0], [60.0, 30.0, 80.0]],
+                       [[1.0, 1.0, 1.0], [254.0, 254.0, 254.0]]])
+    # Pixels in [5, 250] in both images: the first row only.
+    level = np.mean([80, 90, 60, 140, 170, 120])  # 110
+    corrected = np.maximum(np.asarray([100.0, 200.0]) - level, 0)  # [0, 90]
+    weights = [60 / 90, 30 / 90, 80 / 90]  # only the 200-valued pixel stays in range
+    linear = 90 * np.asarray(weights)  # [60, 30, 80]: equal to dark, so the exponent is 1
+    estimate = calibration.estimate_paper(dark, bright)
+    np.testing.assert_allclose(estimate, [level] + weights + [1.0])
+    assert np.all(linear == dark[0, 1])
+
+
+def test_fit_composite_recovers_parameters_noise_free():
+    bright = synthetic_bright(1)
+    dark = synthetic_dark(bright, TRUE_PARAMS)
+    params, rms = calibration.fit_composite(dark, bright)
+    np.testing.assert_allclose(params, TRUE_PARAMS, rtol=2e-3, atol=0.05)
+    assert rms < 0.01
+
+
+def test_joint_fit_recovers_parameters_and_noise_peak_noisy():
+    bright = synthetic_bright(2)
+    peak = 400.0
+    dark = synthetic_dark(bright, TRUE_PARAMS, noise_peak=peak, seed=5)
+    fit = calibration.fit_joint(dark, bright, exponents=(0.6, 1.0, 1.6))
+    assert fit["params"][4] == 1.0  # the noise curve picks the true exponent
+    np.testing.assert_allclose(fit["params"][:4], TRUE_PARAMS[:4], rtol=0.03, atol=1.5)
+    assert peak / 1.5 < fit["noise_peak"] < peak * 1.5
+
+
+def test_calibrate_distribution_and_fidelity():
+    pairs = []
+    for index in range(4):
+        params = TRUE_PARAMS + [index * 3.0, 0.02 * index, 0, 0, 0]
+        bright = synthetic_bright(10 + index, shape=(64, 80))
+        pairs.append(calibration.Pair(str(index), synthetic_dark(bright, params), bright))
+    preset, rows = calibration.calibrate(pairs[:3], method="joint", holdout_pairs=pairs[3:],
+                                         noise_peak=1e5, draws=2, progress=None)
+    np.testing.assert_allclose(preset.mean[:2], [23.0, 0.32], rtol=0.02)
+    assert preset.cov.shape == (5, 5) and preset.cov[0, 0] == pytest.approx(9.0, rel=0.05)
+    own = [row for row in rows if row["condition"] == "own_clean"]
+    assert len(own) == 1 and own[0]["psnr"] > 40
+    summary = calibration.summarise_fidelity(rows)
+    assert set(summary) == {"own_clean", "own_noisy", "mean_noisy", "drawn_noisy"}
+    table = calibration.format_fidelity_table(rows)
+    assert "drawn_noisy" in table and "real" in table
+
+
+def write_pair_folder(root, count=4, sixteen_bit_first=False):
+    for sub in ("low", "high"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for index in range(count):
+        bright = synthetic_bright(20 + index, shape=(48, 64))
+        params = TRUE_PARAMS + [2.0 * index, 0, 0, 0, 0]
+        dark = synthetic_dark(bright, params, noise_peak=2000.0, seed=index)
+        name = f"{index * 10 + 1}.png"
+        Image.fromarray(bright.astype(np.uint8)).save(os.path.join(root, "high", name))
+        if sixteen_bit_first and index == 0:
+            Image.fromarray((dark[..., 1] * 257).astype(np.uint16)).save(
+                os.path.join(root, "low", name))
+        else:
+            Image.fromarray(dark.astype(np.uint8)).save(os.path.join(root, "low", name))
+
+
+def test_load_pair_folder_and_split(tmp_path):
+    write_pair_folder(str(tmp_path), sixteen_bit_first=True)
+    pairs = calibration.load_pairs(str(tmp_path))
+    assert [p.id for p in pairs] == ["1", "11", "21", "31"]
+    assert pairs[0].dark.shape == (48, 64, 3) and pairs[0].dark.max() <= 255
+    fit, holdout = calibration.split_pairs(pairs, fit_first=2)
+    assert [p.id for p in fit] == ["1", "11"] and [p.id for p in holdout] == ["21", "31"]
+    fit, holdout = calibration.split_pairs(pairs, fit_ids=calibration.parse_id_list("11,21-21"))
+    assert [p.id for p in fit] == ["11", "21"] and [p.id for p in holdout] == ["1", "31"]
+    with pytest.raises(calibration.CalibrationError, match="both fitted and held out"):
+        calibration.split_pairs(pairs, fit_ids=["1"], holdout_ids=["1"])
+    with pytest.raises(calibration.CalibrationError, match="low/"):
+        calibration.load_pair_folder(str(tmp_path / "low"))
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "calibrate_simulation"),
+                           *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_cli_joint_with_comparison(tmp_path):
+    write_pair_folder(str(tmp_path / "pairs"))
+    output = tmp_path / "joint.json"
+    result = run_tool(f"--pairs={tmp_path / 'pairs'}", "--fit_first=2", "--method=joint",
+                      f"--output={output}", "--compare=paper", "--draws=1")
+    assert result.returncode == 0, result.stderr
+    assert "Summary" in result.stdout and "preset paper" in result.stdout
+    data = json.loads(output.read_text())
+    assert data["parameters"] == list(simulation.PARAMETER_NAMES)
+    assert {"mean", "covariance", "noise_peak", "per_pair", "fidelity", "provenance"} <= set(data)
+    assert data["provenance"]["holdout_ids"] == ["21", "31"]
+    preset = simulation.load_preset(str(output))
+    assert preset.quantize is True and preset.noise_peak > 0
+
+
+def test_cli_user_errors_exit_2(tmp_path):
+    result = run_tool(f"--pairs={tmp_path / 'nothing'}", f"--output={tmp_path / 'x.json'}")
+    assert result.returncode == 2
+    assert "nothing" in result.stderr
+    result = run_tool(f"--pairs={tmp_path}", "--method=preset", "--preset=unknown_name")
+    assert result.returncode == 2 and "Unknown simulation preset" in result.stderr
