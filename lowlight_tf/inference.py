@@ -1,0 +1,636 @@
+"""Full-image and tiled inference and enhancement of users' photos (paper §3.2 stitching).
+
+The paper evaluates "on all patches generated from an image and then stitch[es] them together"
+(§3.2): fixed-size, non-overlapping patches. Because the U-Net is fully convolutional, we instead
+run it on the whole image, padded (reflect) to the model's size multiple and cropped back. For
+images too large for memory the image is cut into overlapping tiles whose predictions are blended
+with a smooth window; each tile's weight is zero within a margin of its inner edges, so the blend
+equals whole-image inference wherever that margin covers the receptive field, and shows no
+seams elsewhere. The paper's non-overlapping stitching stays available (`stitch="paper"`) for
+comparison.
+
+`enhance_file` / `enhance_paths` apply a model to camera raw files (every LibRaw format, via
+rawpy, rendered as data_prep renders them) and ordinary images, with bounded memory.
+"""
+import dataclasses
+import os
+import struct
+import time
+import weakref
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from lowlight_tf import model as model_lib
+
+STITCH_MODES = ("blend", "paper")
+OUTPUT_FORMATS = ("png", "jpg", "png16")
+# Tiles are sent to the model in batches of at most this many input pixels, which bounds the
+# activation memory of one call (about 0.3 GiB for the default 32-filter U-Net).
+MAX_BATCH_PIXELS = 1 << 20
+# Default tile side for enhancing photos: with 1024 px tiles a 12-MP image peaks at ~1.6 GiB of
+# resident memory (TensorFlow itself ~1 GiB) instead of ~4 GiB whole, and the 32 px overlap
+# costs ~5 % extra compute (benchmarks/inference.py).
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 32
+JPEG_QUALITY = 95
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm")
+# File extensions of the raw formats LibRaw reads (https://www.libraw.org/supported-cameras);
+# used only to pick files out of a folder: a file named explicitly is always tried.
+RAW_EXTENSIONS = (
+    ".3fr", ".ari", ".arw", ".bay", ".braw", ".cap", ".cr2", ".cr3", ".crw", ".cs1", ".dcr",
+    ".dcs", ".dng", ".drf", ".eip", ".erf", ".fff", ".gpr", ".iiq", ".k25", ".kdc", ".mdc", ".mef",
+    ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".ptx", ".pxn", ".qtk", ".r3d", ".raf", ".raw",
+    ".rdc", ".rw2", ".rwl", ".rwz", ".sr2", ".srf", ".srw", ".sti", ".x3f")
+
+
+class UnreadableImageError(ValueError):
+    """A file that is neither a decodable camera raw nor an ordinary image."""
+
+
+class OutputDirError(ValueError):
+    """An output directory that cannot be created or written to."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The model call.
+
+_PREDICTORS = weakref.WeakKeyDictionary()
+
+
+def _predictor(model):
+    """Returns a tf.function calling `model` on [B, h, w, C] float32, traced once for any size."""
+    try:
+        return _PREDICTORS[model]
+    except (KeyError, TypeError):
+        pass
+    channels = int(model.input_shape[-1])
+    spec = tf.TensorSpec([None, None, None, channels], tf.float32)
+    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    try:
+        _PREDICTORS[model] = function
+    except TypeError:
+        pass
+    return function
+
+
+def model_geometry(model):
+    """Returns (input_channels, output_scale, multiple) of a U-Net.
+
+    `output_scale` is the output side divided by the input side (1 for rgb, 2 for bayer, whose
+    input is the half-resolution packed mosaic); `multiple` is what input sides must divide by.
+    """
+    channels = int(model.input_shape[-1])
+    return channels, (2 if channels == 4 else 1), model_lib.size_multiple(model)
+
+
+def _round_up(value, multiple):
+    return -(-int(value) // multiple) * multiple
+
+
+def _pad_to(x, height, width):
+    """Pads [h, w, C] at the bottom/right to [height, width, C], reflecting the content."""
+    pad_h, pad_w = height - x.shape[0], width - x.shape[1]
+    if pad_h == 0 and pad_w == 0:
+        return x
+    # "reflect" needs at least 2 pixels; a 1-pixel side can only be repeated.
+    mode = "reflect" if min(x.shape[0], x.shape[1]) > 1 else "edge"
+    return np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def _run_batches(predict, tiles):
+    """Runs same-shape model inputs [h, w, C] in bounded batches; yields [h*s, w*s, 3] in [0, 1]."""
+    height, width = tiles[0].shape[:2]
+    batch_size = max(1, MAX_BATCH_PIXELS // (height * width))
+    for begin in range(0, len(tiles), batch_size):
+        batch = np.stack([np.asarray(t, np.float32) for t in tiles[begin:begin + batch_size]])
+        out = predict(tf.constant(batch)).numpy()
+        for item in out:
+            yield item
+
+
+def _tile_starts(length, tile, stride):
+    """Start offsets of tiles of side `tile` covering [0, length); the last ends at `length`."""
+    if length <= tile:
+        return [0]
+    return list(range(0, length - tile, stride)) + [length - tile]
+
+
+def _balanced_tile(length, tile, overlap, multiple):
+    """The smallest tile side (a multiple of `multiple`, at most `tile`) that covers `length`
+    with as many tiles as `tile` needs, so the last tile does not mostly repeat its neighbour."""
+    if length <= tile:
+        return length
+    count = -(-(length - overlap) // (tile - overlap))
+    return min(tile, _round_up(-(-(length + (count - 1) * overlap) // count), multiple))
+
+
+def _ramp(distance, margin, ramp):
+    """Raised-cosine weight: 0 for distance < margin, rising smoothly to 1 at margin + ramp."""
+    t = np.clip((distance - margin) / ramp, 0.0, 1.0)
+    return 0.5 - 0.5 * np.cos(np.pi * t)
+
+
+def _window_1d(start, tile, length, overlap, scale):
+    """Blending weights, float32 [tile * scale], of one tile along one axis of `length` input px.
+
+    Zero within overlap / 4 of an inner edge, a raised cosine over the next overlap / 2, one in
+    the middle; sides on the image border keep weight one. With two tiles overlapping by exactly
+    `overlap`, their weights sum to one.
+    """
+    position = (np.arange(tile * scale, dtype=np.float64) + 0.5) / scale
+    weight = np.ones_like(position)
+    if overlap <= 0:
+        return weight.astype(np.float32)
+    margin, ramp = overlap / 4.0, overlap / 2.0
+    if start > 0:
+        weight *= _ramp(position, margin, ramp)
+    if start + tile < length:
+        weight *= _ramp(tile - position, margin, ramp)
+    return weight.astype(np.float32)
+
+
+def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend"):
+    """Runs the model on one model-range input of any size.
+
+    Args:
+      model: a U-Net from `lowlight_tf.model` (rgb or bayer input).
+      x: the model input, [h, w, C] (C = 3 for rgb, 4 for the packed bayer mosaic), float32 in
+        [0, 1] (any dtype convertible to float32; converted tile by tile).
+      tile: None for whole-image inference; else the tile side in *input* pixels, rounded up to
+        the model's size multiple. With stitch="paper" it is the patch size (default 64 px, the
+        paper's patch).
+      overlap: overlap between neighbouring tiles in input pixels (rounded up to the size
+        multiple), at most tile / 2; ignored for whole-image inference and paper stitching.
+      stitch: "blend" (overlapping tiles, smooth window) or "paper" (non-overlapping patches).
+
+    Returns:
+      float32 [h * s, w * s, 3], the prediction clipped to [0, 1]; s = 2 for bayer, else 1.
+    """
+    if stitch not in STITCH_MODES:
+        raise ValueError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}.")
+    channels, out_scale, multiple = model_geometry(model)
+    if x.ndim != 3 or x.shape[-1] != channels:
+        kind = "a packed bayer mosaic [H/2, W/2, 4]" if channels == 4 else "an RGB image [H, W, 3]"
+        raise ValueError(f"This model expects {kind}; got an input of shape {x.shape}. A bayer "
+                         "model needs camera raw input and an rgb model needs RGB images.")
+    height, width = x.shape[:2]
+    predict = _predictor(model)
+    if stitch == "paper":
+        patch = _round_up(tile or 64, multiple)
+        padded = _pad_to(x, _round_up(height, patch), _round_up(width, patch))
+        rows, cols = padded.shape[0] // patch, padded.shape[1] // patch
+        tiles = [padded[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
+                 for r in range(rows) for c in range(cols)]
+        out = np.empty((rows * patch * out_scale, cols * patch * out_scale, 3), np.float32)
+        side = patch * out_scale
+        for index, prediction in enumerate(_run_batches(predict, tiles)):
+            r, c = divmod(index, cols)
+            out[r * side:(r + 1) * side, c * side:(c + 1) * side] = prediction
+        return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
+
+    padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
+    padded = _pad_to(x, padded_h, padded_w)
+    if tile is None or (tile >= padded_h and tile >= padded_w):
+        out = next(_run_batches(predict, [padded]))
+        return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
+
+    tile = _round_up(tile, multiple)
+    overlap = _round_up(max(int(overlap), 0), multiple) if overlap else 0
+    if overlap > tile // 2:
+        raise ValueError(f"overlap ({overlap} px after rounding to the model's multiple "
+                         f"{multiple}) must be at most half the tile ({tile} px); use a larger "
+                         "tile or a smaller overlap.")
+    tile_h = _balanced_tile(padded_h, tile, overlap, multiple)
+    tile_w = _balanced_tile(padded_w, tile, overlap, multiple)
+    starts_y = _tile_starts(padded_h, tile_h, tile_h - overlap)
+    starts_x = _tile_starts(padded_w, tile_w, tile_w - overlap)
+    # The windows are separable and the tiles form a grid, so the sum of all weights is the
+    # outer product of the 1-D sums: no full-size weight image is needed.
+    windows_y = [_window_1d(s, tile_h, padded_h, overlap, out_scale) for s in starts_y]
+    windows_x = [_window_1d(s, tile_w, padded_w, overlap, out_scale) for s in starts_x]
+    sum_y = np.zeros(padded_h * out_scale, np.float32)
+    sum_x = np.zeros(padded_w * out_scale, np.float32)
+    for s, w in zip(starts_y, windows_y):
+        sum_y[s * out_scale:(s + tile_h) * out_scale] += w
+    for s, w in zip(starts_x, windows_x):
+        sum_x[s * out_scale:(s + tile_w) * out_scale] += w
+    # Only the cropped output region is accumulated.
+    out_h, out_w = height * out_scale, width * out_scale
+    out = np.zeros((out_h, out_w, 3), np.float32)
+    grid = [(iy, ix) for iy in range(len(starts_y)) for ix in range(len(starts_x))]
+    batch_size = max(1, MAX_BATCH_PIXELS // (tile_h * tile_w))
+    for begin in range(0, len(grid), batch_size):
+        chunk = grid[begin:begin + batch_size]
+        tiles = [padded[starts_y[iy]:starts_y[iy] + tile_h, starts_x[ix]:starts_x[ix] + tile_w]
+                 for iy, ix in chunk]
+        for (iy, ix), prediction in zip(chunk, _run_batches(predict, tiles)):
+            y0, x0 = starts_y[iy] * out_scale, starts_x[ix] * out_scale
+            y1, x1 = min(y0 + tile_h * out_scale, out_h), min(x0 + tile_w * out_scale, out_w)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            weight = np.outer(windows_y[iy][:y1 - y0], windows_x[ix][:x1 - x0])
+            out[y0:y1, x0:x1] += prediction[:y1 - y0, :x1 - x0] * weight[..., None]
+    # Normalise by the summed weights in row bands (no full-size temporary).
+    sum_y, sum_x = sum_y[:out_h], sum_x[:out_w]
+    for begin in range(0, out_h, 256):
+        band = out[begin:begin + 256]
+        band /= np.outer(sum_y[begin:begin + 256], sum_x)[..., None]
+        np.clip(band, 0.0, 1.0, out=band)
+    return out
+
+
+def predict_image(model, image, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend"):
+    """Enhances one RGB image of any size with an rgb U-Net.
+
+    Args:
+      model: an rgb U-Net (`build_unet(input_mode="rgb")` or `load_model`).
+      image: float32 [H, W, 3] in [0, 255], the dark image.
+      tile, overlap, stitch: see `predict_array` (sizes in pixels of `image`).
+
+    Returns:
+      float32 [H, W, 3] in [0, 255], the enhanced image (not quantised).
+    """
+    image = np.asarray(image, np.float32)
+    if image.size and (image.min() < 0.0 or image.max() > 255.0):
+        raise ValueError(f"predict_image expects [0, 255] values, got [{image.min()}, "
+                         f"{image.max()}].")
+    out = predict_array(model, image / 255.0, tile=tile, overlap=overlap, stitch=stitch)
+    out *= 255.0
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading users' files.
+
+@dataclasses.dataclass
+class DecodedInput:
+    """One decoded input file.
+
+    `model_input` is what the model consumes ([H, W, 3] RGB or [H/2, W/2, 4] packed bayer), in
+    [0, 1] as float32, or uint8/uint16 with `scale` the divisor to [0, 1] (kept integer to bound
+    memory; converted tile by tile).
+    """
+    model_input: np.ndarray
+    scale: float
+    is_raw: bool
+    description: str
+
+
+def _srgb_to_linear(x):
+    """Inverse sRGB transfer curve (IEC 61966-2-1) on [0, 1] values."""
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(x):
+    """sRGB transfer curve (IEC 61966-2-1) on [0, 1] values."""
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+
+
+def _bt709_to_linear(x):
+    """Inverse of LibRaw's default output curve (BT.709: power 1/2.222, toe slope 4.5)."""
+    return np.where(x < 0.081, x / 4.5, ((x + 0.099) / 1.099) ** (1.0 / 0.45))
+
+
+def _linear_to_bt709(x):
+    """LibRaw's default output curve (rawpy postprocess gamma=(2.222, 4.5))."""
+    return np.where(x < 0.018, x * 4.5, 1.099 * np.power(x, 0.45) - 0.099)
+
+
+def amplify(image, ratio, *, curve="srgb"):
+    """Multiplies the *linear* light of a gamma-encoded image by `ratio`, clipping at white.
+
+    SID amplifies the linear sensor signal by the exposure ratio before the network; for
+    rendered images we undo the output curve, amplify, clip and re-apply it, row band by row
+    band so a 24-MP frame needs no full-size float64 copy.
+
+    Args:
+      image: uint8 or uint16 [H, W, 3] (gamma-encoded).
+      ratio: positive float.
+      curve: "srgb" for ordinary images, "bt709" for LibRaw renders.
+
+    Returns:
+      float32 [H, W, 3] in [0, 1].
+    """
+    to_linear, from_linear = ((_srgb_to_linear, _linear_to_srgb) if curve == "srgb"
+                              else (_bt709_to_linear, _linear_to_bt709))
+    scale = float(np.iinfo(image.dtype).max)
+    out = np.empty(image.shape, np.float32)
+    for begin in range(0, image.shape[0], 256):
+        band = image[begin:begin + 256].astype(np.float64) / scale
+        out[begin:begin + 256] = from_linear(np.minimum(to_linear(band) * ratio, 1.0))
+    return out
+
+
+def pack_bayer(path):
+    """Packs a Bayer raw file as SID does: float32 [H/2, W/2, 4] in [0, 1], channels R G B G.
+
+    The black level is subtracted per CFA channel and the result divided by (white - black);
+    the channel order is R, G (same row as R), B, G (same row as B) whatever the CFA layout.
+
+    Raises:
+      UnreadableImageError: not a raw file, or not a 2x2 RGB Bayer mosaic (X-Trans, Foveon).
+    """
+    import rawpy
+    try:
+        with rawpy.imread(path) as raw:
+            mosaic = raw.raw_image_visible.astype(np.float32)
+            colors = raw.raw_colors_visible
+            black = np.asarray(raw.black_level_per_channel, np.float32)
+            white = float(raw.white_level)
+            description = raw.color_desc.decode("ascii", "replace")
+            pattern = np.asarray(raw.raw_pattern) if raw.raw_pattern is not None else None
+    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError) as e:
+        raise UnreadableImageError(f"camera raw file LibRaw cannot decode ({e})") from e
+    if pattern is None or pattern.shape != (2, 2) or mosaic.ndim != 2:
+        raise UnreadableImageError("not a 2x2 Bayer mosaic; a bayer model cannot read it (use "
+                                   "an rgb model)")
+    height, width = mosaic.shape[0] // 2 * 2, mosaic.shape[1] // 2 * 2
+    mosaic, colors = mosaic[:height, :width], colors[:height, :width]
+    mosaic -= black[colors]
+    mosaic /= np.maximum(white - black[colors], 1.0)
+    np.clip(mosaic, 0.0, 1.0, out=mosaic)
+    letters = [description[int(pattern[dy, dx])] for dy in (0, 1) for dx in (0, 1)]
+    offsets = [(dy, dx) for dy in (0, 1) for dx in (0, 1)]
+    red = offsets[letters.index("R")]
+    blue = offsets[letters.index("B")]
+    green_with_red = (red[0], 1 - red[1])
+    green_with_blue = (blue[0], 1 - blue[1])
+    return np.stack([mosaic[dy::2, dx::2] for dy, dx in
+                     (red, green_with_red, blue, green_with_blue)], axis=-1)
+
+
+def decode_input(path, *, input_channels=3, ratio=None):
+    """Decodes a user's file into what the model consumes.
+
+    Raw files are rendered by data_prep's decoder (camera white balance, 16-bit sRGB) with
+    LibRaw's auto-brightening off, so a dark frame reaches the model dark, as in training.
+
+    Args:
+      path: a camera raw file (any LibRaw format) or an ordinary image (PNG, JPEG, TIFF, BMP).
+      input_channels: 3 for an rgb model, 4 for a bayer model (raw files only).
+      ratio: exposure ratio (> 0) applied to the linear signal before the model, as in SID;
+        None leaves the input as it is.
+
+    Returns:
+      DecodedInput.
+
+    Raises:
+      UnreadableImageError: the file cannot be decoded, or a bayer model got a non-raw image.
+    """
+    from data_prep import decoding
+    if not os.path.isfile(path):
+        raise UnreadableImageError("no such file")
+    is_raw = decoding.is_raw_path(path)
+    if input_channels == 4:
+        if not is_raw:
+            raise UnreadableImageError("this bayer model needs camera raw files; this is not "
+                                       "one (use an rgb model for ordinary images)")
+        packed = pack_bayer(path)
+        if ratio:
+            packed *= np.float32(ratio)
+            np.clip(packed, 0.0, 1.0, out=packed)
+        return DecodedInput(packed, 1.0, True, f"raw {packed.shape[1] * 2}x"
+                            f"{packed.shape[0] * 2} packed bayer")
+    try:
+        array, _ = decoding.decode_any(path, no_auto_bright=True)
+    except decoding.DecodeError as e:
+        raise UnreadableImageError(str(e)) from e
+    kind = "raw" if is_raw else ("16-bit" if array.dtype == np.uint16 else "8-bit")
+    description = f"{array.shape[1]}x{array.shape[0]} {kind}"
+    if ratio:
+        array = amplify(array, ratio, curve="bt709" if is_raw else "srgb")
+        return DecodedInput(array, 1.0, is_raw, description + f", x{ratio:g}")
+    return DecodedInput(array, float(np.iinfo(array.dtype).max), is_raw, description)
+
+
+class _ScaledArray:
+    """Read-only view of an integer image as float32 / scale, converted per slice (low memory)."""
+
+    def __init__(self, array, scale):
+        self.array, self.scale = array, np.float32(scale)
+        self.shape, self.ndim = array.shape, array.ndim
+
+    def __getitem__(self, index):
+        return self.array[index].astype(np.float32) / self.scale
+
+
+def _predict_decoded(model, decoded, tile, overlap):
+    """Runs the model on a DecodedInput; returns float32 [H * s, W * s, 3] in [0, 1]."""
+    x = decoded.model_input
+    _, out_scale, multiple = model_geometry(model)
+    if tile is not None:  # image pixels -> model-input pixels (the packed mosaic is half size)
+        tile, overlap = max(1, tile // out_scale), overlap // out_scale
+    if decoded.scale == 1.0:
+        return predict_array(model, x, tile=tile, overlap=overlap)
+    height, width = x.shape[:2]
+    if tile is None or (height <= tile and width <= tile):
+        return predict_array(model, x.astype(np.float32) / np.float32(decoded.scale))
+    # Tiled: pad the integer image (half the bytes of float32) and convert tiles as they are cut.
+    padded = _pad_to(x, _round_up(height, multiple), _round_up(width, multiple))
+    out = predict_array(model, _ScaledArray(padded, decoded.scale), tile=tile, overlap=overlap)
+    return out[:height * out_scale, :width * out_scale]
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing.
+
+def write_png16(path, image):
+    """Writes uint16 [H, W, 3] as a 16-bit RGB PNG, row by row (Pillow cannot write 48-bit PNG)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"write_png16 expects uint16 [H, W, 3], got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    compressor = zlib.compressobj(6)
+    parts = []
+    for begin in range(0, height, 256):
+        band = np.ascontiguousarray(image[begin:begin + 256], dtype=">u2")
+        rows = band.reshape(-1, width * 3).view(np.uint8)
+        raw = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), rows], axis=1)
+        parts.append(compressor.compress(raw.tobytes()))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", header))
+        f.write(chunk(b"IDAT", b"".join(parts)))
+        f.write(chunk(b"IEND", b""))
+
+
+def write_image(path, image, fmt):
+    """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit)."""
+    from PIL import Image
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
+    peak, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
+    # Quantise in row bands: no full-size float temporary for a 24-MP frame.
+    pixels = np.empty(image.shape, dtype)
+    for begin in range(0, image.shape[0], 256):
+        band = np.clip(image[begin:begin + 256], 0.0, 1.0) * peak
+        pixels[begin:begin + 256] = np.round(band)
+    if fmt == "png16":
+        write_png16(path, pixels)
+        return
+    if fmt == "jpg":
+        Image.fromarray(pixels).save(path, quality=JPEG_QUALITY)
+    else:
+        Image.fromarray(pixels).save(path)
+
+
+def check_output_dir(output_dir):
+    """Creates `output_dir` if needed and proves it writable; raises OutputDirError otherwise."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".write_test_{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OutputDirError(f"Cannot write to the output directory {output_dir} ({e.strerror or e}"
+                             "); choose a directory you can write to.") from e
+
+
+def _output_path(output_dir, path, fmt, taken):
+    """`NAME_enhanced.EXT` in output_dir; never an input's own path, never reused within a run."""
+    stem, source_ext = os.path.splitext(os.path.basename(path))
+    ext = "jpg" if fmt == "jpg" else "png"
+    candidate = os.path.join(output_dir, f"{stem}_enhanced.{ext}")
+    if candidate in taken:
+        candidate = os.path.join(output_dir, f"{stem}_{source_ext.lstrip('.')}_enhanced.{ext}")
+    counter = 2
+    while candidate in taken:
+        candidate = os.path.join(output_dir, f"{stem}_enhanced_{counter}.{ext}")
+        counter += 1
+    return candidate
+
+
+def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap):
+    """Decodes, predicts and writes one file; returns the output (width, height)."""
+    channels, _, _ = model_geometry(model)
+    decoded = decode_input(path, input_channels=channels, ratio=ratio)
+    prediction = _predict_decoded(model, decoded, tile, overlap)
+    del decoded
+    write_image(output_path, prediction, fmt)
+    return prediction.shape[1], prediction.shape[0]
+
+
+def _check_options(ratio, fmt):
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
+    if ratio is not None and not ratio > 0:
+        raise ValueError(f"ratio must be positive, got {ratio}.")
+
+
+def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
+                 overlap=DEFAULT_OVERLAP, output_path=None):
+    """Enhances one raw or ordinary image file and writes the result.
+
+    Args:
+      model: a U-Net (rgb: raw files are rendered to sRGB first; bayer: raw files only).
+      path: the input file.
+      output_dir: where the result goes (must exist and be writable).
+      ratio: exposure ratio applied to the linear signal before the model (SID's
+        amplification), None for none.
+      fmt: "png" (8-bit), "jpg" (8-bit, quality 95) or "png16" (16-bit PNG).
+      tile, overlap: tiled inference (image pixels) bounding memory for any image size; None
+        runs the whole image at once.
+      output_path: explicit output file; default `output_dir/NAME_enhanced.png|jpg`.
+
+    Returns:
+      The written path.
+
+    Raises:
+      UnreadableImageError: the input cannot be decoded (nothing is written).
+    """
+    _check_options(ratio, fmt)
+    output_path = output_path or _output_path(output_dir, path, fmt, set())
+    _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap)
+    return output_path
+
+
+@dataclasses.dataclass
+class EnhanceSummary:
+    """What `enhance_paths` did: written (input, output) pairs and skipped (input, reason)."""
+    written: list
+    skipped: list
+    seconds: float
+    megapixels: float
+
+
+def expand_inputs(inputs):
+    """Files given explicitly plus the image and raw files inside given folders, sorted."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for name in sorted(os.listdir(item)):
+                candidate = os.path.join(item, name)
+                if (os.path.isfile(candidate)
+                        and name.lower().endswith(IMAGE_EXTENSIONS + RAW_EXTENSIONS)):
+                    files.append(candidate)
+        else:
+            files.append(item)
+    return files
+
+
+def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
+                  overlap=DEFAULT_OVERLAP, progress=print):
+    """Enhances files and folders of files, skipping unreadable ones with a reason.
+
+    The output directory is checked first: if it cannot be written, OutputDirError is raised
+    before any file is read.
+
+    Args:
+      model: a U-Net (see `enhance_file`).
+      inputs: file and folder paths (folders: their image and raw files, not recursive).
+      output_dir: created if missing.
+      ratio, fmt, tile, overlap: see `enhance_file`.
+      progress: callable taking one line of text (print by default; None for silence).
+
+    Returns:
+      EnhanceSummary.
+    """
+    _check_options(ratio, fmt)
+    check_output_dir(output_dir)
+    progress = progress or (lambda line: None)
+    files = expand_inputs(inputs)
+    written, skipped, taken = [], [], set()
+    megapixels, started = 0.0, time.time()
+    for index, path in enumerate(files, 1):
+        begin = time.time()
+        output_path = _output_path(output_dir, path, fmt, taken)
+        try:
+            width, height = _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt,
+                                         tile=tile, overlap=overlap)
+        except UnreadableImageError as e:
+            skipped.append((path, str(e)))
+            progress(f"[{index}/{len(files)}] skipped {path}: {e}")
+            continue
+        taken.add(output_path)
+        written.append((path, output_path))
+        megapixels += width * height / 1e6
+        progress(f"[{index}/{len(files)}] {path} -> {output_path} ({width}x{height}, "
+                 f"{time.time() - begin:.1f} s)")
+    return EnhanceSummary(written, skipped, time.time() - started, megapixels)
+
+
+def format_summary(summary, output_dir):
+    """One-screen text summary of an EnhanceSummary."""
+    lines = [f"Enhanced {len(summary.written)} file(s), {summary.megapixels:.1f} MPix in "
+             f"{summary.seconds:.1f} s"
+             + (f" ({summary.megapixels / summary.seconds:.2f} MPix/s)"
+                if summary.seconds > 0 and summary.megapixels else "")
+             + f"; output in {output_dir}"]
+    if summary.skipped:
+        lines.append(f"Skipped {len(summary.skipped)} file(s):")
+        for path, reason in summary.skipped[:20]:
+            lines.append(f"  {path}: {reason}")
+        if len(summary.skipped) > 20:
+            lines.append(f"  ... and {len(summary.skipped) - 20} more")
+    return "\n".join(lines)

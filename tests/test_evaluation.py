@@ -1,0 +1,250 @@
+"""Tests for lowlight_tf.baselines and lowlight_tf.evaluation (Table 1 reports, tools/evaluate)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowlight_tf import baselines
+from lowlight_tf import evaluation
+from lowlight_tf import model as model_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Baselines against hand-computed values.
+
+def test_gamma_hand_computed():
+    dark = np.array([[[0.0, 64.0, 255.0]]], np.float32)
+    # 255 * (64 / 255) ** 0.4 = 255 * exp(0.4 * ln 0.250980) = 255 * 0.575239 = 146.686
+    np.testing.assert_allclose(baselines.gamma(dark), [[[0.0, 146.686, 255.0]]], atol=1e-2)
+
+
+def test_auto_gain_hand_computed():
+    dark = np.array([[[20.0, 40.0, 60.0], [100.0, 140.0, 6.0]]], np.float32)  # mean 61
+    # gain = 0.45 * 255 / 61 = 1.881148; 140 * gain = 263.4 is clipped to 255.
+    expected = [[[37.623, 75.246, 112.869], [188.115, 255.0, 11.287]]]
+    np.testing.assert_allclose(baselines.auto_gain(dark), expected, atol=1e-3)
+    np.testing.assert_array_equal(baselines.auto_gain(np.zeros((2, 2, 3))), 0.0)
+
+
+def test_histogram_equalization_hand_computed():
+    # Values 0, 0, 10, 20: 256 bins over [0, 20]; the CDF is 0.5 at the first bin centre,
+    # 0.75 at bin 128 (centre 10.039), 1 at the last. 10 lies halfway between the centres of
+    # bins 127 and 128 -> 0.625.
+    flat = np.array([0.0, 0.0, 10.0, 20.0], np.float32).reshape(1, 4, 1).repeat(3, axis=-1)
+    out = baselines.histogram_equalization(flat)
+    np.testing.assert_allclose(out[0, :, 0], [127.5, 127.5, 159.375, 255.0], atol=1e-3)
+
+
+def test_histogram_equalization_matches_skimage():
+    from skimage import exposure
+    dark = np.random.default_rng(0).gamma(2.0, 6.0, (40, 50, 3)).clip(0, 255).astype(np.float32)
+    expected = exposure.equalize_hist(dark / 255.0, nbins=256) * 255.0
+    np.testing.assert_allclose(baselines.histogram_equalization(dark), expected, atol=1e-3)
+
+
+def test_apply_by_key_and_unknown_name():
+    dark = np.full((2, 2, 3), 51.0, np.float32)
+    np.testing.assert_allclose(baselines.apply("auto_gain", dark), 114.75)
+    np.testing.assert_allclose(baselines.apply("input", dark), 51.0)
+    with pytest.raises(ValueError, match="auto_gain"):
+        baselines.apply("retinex", dark)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on a tiny generated pairs dataset.
+
+def _numpy_psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 20.0 * np.log10(255.0 / np.sqrt(mse))
+
+
+@pytest.fixture(scope="module")
+def pairs_dataset(tmp_path_factory):
+    """A pairs dataset `toy` with 2 train and 3 test pairs of 40x56 images; returns its root."""
+    from data_prep import prepare
+    root = tmp_path_factory.mktemp("evaluation")
+    rng = np.random.default_rng(0)
+    for folder in ("low", "high"):
+        (root / "input" / folder).mkdir(parents=True)
+    for i in range(5):
+        bright = rng.integers(40, 255, (40, 56, 3)).astype(np.uint8)
+        dark = (bright * 0.1 + rng.integers(0, 3, bright.shape)).astype(np.uint8)
+        Image.fromarray(dark).save(root / "input" / "low" / f"{i}.png")
+        Image.fromarray(bright).save(root / "input" / "high" / f"{i}.png")
+    prepare.make_tfrecords(
+        "pairs", output_dir=str(root / "tfr"), name="toy", input_dir=str(root / "input"),
+        splits="train:0.5,test:0.5",
+        split_overrides={f"{i}.png": "train" if i < 2 else "test" for i in range(5)})
+    # An images dataset (bright only) for the error test.
+    (root / "photos").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3)).astype(np.uint8)).save(
+            root / "photos" / f"{i}.png")
+    prepare.make_tfrecords("images", output_dir=str(root / "tfr"), name="photos",
+                           input_dir=str(root / "photos"), splits="test:1.0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dirs(pairs_dataset):
+    """A pretrain model_dir and a transfer model_dir (init_from the first) with flags.txt."""
+    keras.utils.set_random_seed(0)
+    pretrain = pairs_dataset / "runs" / "pre"
+    transfer = pairs_dataset / "runs" / "transfer"
+    for run in (pretrain, transfer):
+        run.mkdir(parents=True)
+        model_lib.build_unet("rgb", base_filters=4, depth=1).save(str(run / "final.keras"))
+    (pretrain / "flags.txt").write_text(
+        "# Effective flags\n--stage=pretrain\n--train_data=sample\n--epochs=7\n")
+    (transfer / "flags.txt").write_text(
+        f"--stage=transfer\n--init_from={pretrain}\n--train_data={pairs_dataset}/tfr/toy:train\n"
+        "--train_fraction=1.0\n--epochs=3\n--seed=0\n")
+    return pretrain, transfer
+
+
+def test_evaluate_end_to_end(pairs_dataset, model_dirs, tmp_path):
+    _, transfer = model_dirs
+    lines = []
+    rows = evaluation.evaluate(str(transfer), [f"{pairs_dataset}/tfr/toy"], str(tmp_path),
+                               save_images=2, progress=lines.append)
+    methods = [row["method"] for row in rows]
+    assert methods == ["transfer", "input", "gamma 0.4", "histogram equalisation",
+                       "auto-gain (mean 0.45)"]
+    assert all(row["dataset"] == "toy:test" and row["images"] == 3 for row in rows)
+    model_row = rows[0]
+    # Table 1 facts from flags.txt: 2 training images of toy, 7 initial / 3 transfer epochs.
+    assert model_row["training_images"] == 2 and model_row["epochs"] == "7 / 3"
+    assert model_row["kind"] == "model" and rows[1]["kind"] == "baseline"
+
+    # The input row is the plain PSNR of the stored dark vs bright PNGs, computed with NumPy.
+    expected = np.mean([
+        _numpy_psnr(np.asarray(Image.open(pairs_dataset / "input" / "low" / f"{i}.png")),
+                    np.asarray(Image.open(pairs_dataset / "input" / "high" / f"{i}.png")))
+        for i in (2, 3, 4)])
+    assert rows[1]["psnr"] == pytest.approx(expected, abs=1e-3)
+    # 8-bit PSNR of these images is a few dB to a few tens of dB, never the 48 dB too high that
+    # a [0, 1] vs [0, 255] mix-up gives.
+    assert 3.0 < rows[1]["psnr"] < 30.0
+
+    with open(tmp_path / "per_image.csv", encoding="utf-8") as f:
+        per_image = list(csv.DictReader(f))
+    assert len(per_image) == 3 * 5
+    transfer_psnr = [float(r["psnr"]) for r in per_image if r["method"] == "transfer"]
+    assert np.mean(transfer_psnr) == pytest.approx(model_row["psnr"], abs=1e-3)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == methods
+    for key in ("method", "dataset", "psnr", "psnr_gt_mean", "ssim", "images"):
+        assert key in summary["rows"][0]
+    table = (tmp_path / "table.md").read_text()
+    assert "| Model | Dataset | No. training images from dataset | No. epochs initial / transfer" \
+        in table
+    assert "GT-mean PSNR" in table and "| transfer | toy:test | 2 | 7 / 3 |" in table
+
+    panels = sorted(os.listdir(tmp_path / "panels"))
+    assert len(panels) == 2
+    panel = np.asarray(Image.open(tmp_path / "panels" / panels[0]))
+    assert panel.shape == (40, 3 * 56, 3)
+    assert any("mean PSNR" in line for line in lines)
+
+
+def test_evaluate_tiled_and_paper_stitching(pairs_dataset, model_dirs, tmp_path):
+    pretrain, _ = model_dirs
+    model = model_lib.load_model(str(pretrain))
+    whole = evaluation.evaluate(model, [f"{pairs_dataset}/tfr/toy:test"], str(tmp_path / "w"),
+                                save_images=0, baselines=[], progress=None)
+    tiled = evaluation.evaluate(model, [f"{pairs_dataset}/tfr/toy:test"], str(tmp_path / "t"),
+                                tile=32, overlap=16, save_images=0, baselines=[], progress=None)
+    paper = evaluation.evaluate(model, [f"{pairs_dataset}/tfr/toy:test"], str(tmp_path / "p"),
+                                stitch="paper", tile=16, save_images=0, baselines=[],
+                                progress=None)
+    assert len(whole) == len(tiled) == len(paper) == 1
+    assert whole[0]["method"] == "model" and whole[0]["training_images"] == "n/a"
+    assert tiled[0]["psnr"] == pytest.approx(whole[0]["psnr"], abs=0.5)
+    assert np.isfinite(paper[0]["psnr"])
+
+
+def test_simulated_test_set_counts_its_source_images(pairs_dataset, tmp_path):
+    from data_prep import prepare
+    tfr = pairs_dataset / "tfr"
+    prepare.make_tfrecords("simulated", output_dir=str(tfr), name="photos_sim",
+                           source_data=f"{tfr}/photos", splits="test:1.0")
+    run = tmp_path / "pre_on_photos"
+    run.mkdir()
+    model_lib.build_unet("rgb", base_filters=4, depth=1).save(str(run / "final.keras"))
+    (run / "flags.txt").write_text(f"--stage=pretrain\n--train_data={tfr}/photos:test\n"
+                                   "--epochs=4\n")
+    rows = evaluation.evaluate(str(run), [f"{tfr}/photos_sim:test", f"{tfr}/toy:test"],
+                               str(tmp_path / "eval"), save_images=0, baselines=["input"],
+                               progress=None)
+    by_dataset = {(r["method"], r["dataset"]): r for r in rows}
+    assert by_dataset[("pre_on_photos", "photos_sim:test")]["training_images"] == 2
+    assert by_dataset[("pre_on_photos", "toy:test")]["training_images"] == 0
+    assert by_dataset[("pre_on_photos", "toy:test")]["epochs"] == "4 / -"
+    assert len(rows) == 4
+
+
+def test_training_facts_for_pretrain_and_unknown(model_dirs, tmp_path):
+    pretrain, _ = model_dirs
+    facts = evaluation.training_facts(str(pretrain / "final.keras"))
+    assert facts.known and facts.epochs == "7 / -"
+    # A per-epoch checkpoint reports the epochs it has seen.
+    checkpoint = pretrain / "checkpoints" / "epoch_002.weights.h5"
+    assert evaluation.training_facts(str(checkpoint)).epochs == "2 / -"
+    assert evaluation.training_facts(str(tmp_path / "x.keras")).epochs == "n/a"
+
+
+def test_bad_inputs_raise_clear_errors(pairs_dataset, model_dirs, tmp_path):
+    _, transfer = model_dirs
+    toy = f"{pairs_dataset}/tfr/toy"
+    with pytest.raises(evaluation.EvaluationError, match="does not exist"):
+        evaluation.evaluate(str(tmp_path / "missing.keras"), [toy], str(tmp_path / "o"))
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip file")
+    with pytest.raises(evaluation.EvaluationError, match="corrupt.keras"):
+        evaluation.evaluate(str(corrupt), [toy], str(tmp_path / "o"))
+    bayer = model_lib.build_unet("bayer", base_filters=4, depth=1)
+    with pytest.raises(evaluation.EvaluationError, match="bayer"):
+        evaluation.evaluate(bayer, [toy], str(tmp_path / "o"))
+    with pytest.raises(evaluation.EvaluationError, match="images"):
+        evaluation.evaluate(str(transfer), [f"{pairs_dataset}/tfr/photos"], str(tmp_path / "o"))
+    with pytest.raises(evaluation.EvaluationError, match="no examples"):
+        evaluation.evaluate(str(transfer), [f"{toy}:test[:0]"], str(tmp_path / "o"))
+    with pytest.raises(evaluation.EvaluationError, match="nothere"):
+        evaluation.evaluate(str(transfer), [f"{pairs_dataset}/tfr/nothere"], str(tmp_path / "o"))
+    with pytest.raises(evaluation.EvaluationError, match="at least one"):
+        evaluation.evaluate(str(transfer), [], str(tmp_path / "o"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(evaluation.EvaluationError, match="file"):
+        evaluation.evaluate(str(transfer), [toy], str(blocker / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def _run_tool(args, cwd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evaluate")] + args,
+                          capture_output=True, text=True, cwd=cwd, env=env, check=False)
+
+
+def test_evaluate_cli_exit_codes(pairs_dataset, model_dirs, tmp_path):
+    _, transfer = model_dirs
+    toy = f"--data={pairs_dataset}/tfr/toy"
+    ok = _run_tool([f"--model={transfer}", toy, f"--output_dir={tmp_path / 'ok'}",
+                    "--baselines=gamma", "--save_images=1"], cwd=str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    assert "| transfer | toy:test |" in ok.stdout and "gamma 0.4" in ok.stdout
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == ["transfer", "gamma 0.4"]
+
+    bad_model = _run_tool([f"--model={tmp_path / 'missing.keras'}", toy,
+                           f"--output_dir={tmp_path / 'bad'}"], cwd=str(tmp_path))
+    assert bad_model.returncode == 2 and "missing.keras" in bad_model.stderr
