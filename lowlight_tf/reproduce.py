@@ -1,0 +1,441 @@
+"""The paper's experiment (§4, Table 1) as one resumable run, plus our added rows.
+
+Stages, in order (each writes `WORK_DIR/stages/NAME.json` when it finishes; a second run reuses
+finished stages and resumes an interrupted training from its last finished epoch):
+
+  prepare          bright images -> `images` TFRecords; real pairs -> `pairs` TFRecords with
+                   scene-disjoint splits (the target camera: `calib` + `val`; the other device:
+                   `train` + `test` by index runs).
+  calibrate        fit the simulation (§3.1) on the target's calibration pairs only (or use a
+                   preset), report its fidelity on the target's validation pairs.
+  simulated_test   the fixed simulated test set (the paper's simulated RAISE test set).
+  pretrain         the U-Net on simulated pairs only (§3.2-3.3).
+  eval_pretrain    simulated test set, zero-shot on the target and the device (§3.4).
+  transfer_target  last two blocks retrained on the target's calibration pairs.
+  transfer_device  last two blocks retrained on 10% of the device's training pairs (§3.4).
+  finetune_all_device, scratch_device, full_device
+                   our rows on the same data: all layers on the same 10%, from scratch on the same
+                   10%, and full supervision on 100% of the device's training pairs.
+  report           `report.md` (Table 1 form), `summary.json`, `curves.png`, panels.
+
+Stages whose inputs are not configured (no target or no device pairs) are skipped, so the same
+runner drives the embedded-default demo on bright photos alone.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+# Table 1 of the paper, for context only (their data: RAISE 6k and SID Sony; not comparable).
+PAPER_ROWS = (
+    ("Paper: ours (simulated)", "RAISE 6k (simulated)", "6000", "100 / -", 15.73),
+    ("Paper: ours, zero-shot", "SID", "0", "100 / 0", 6.33),
+    ("Paper: ours, transfer", "SID", "200", "100 / 250", 10.19),
+    ("Paper: SID model (Chen et al.)", "SID", "2000", "4000 / -", 28.88),
+)
+
+STAGES = ("prepare", "calibrate", "simulated_test", "pretrain", "eval_pretrain",
+          "transfer_target", "transfer_device", "finetune_all_device", "scratch_device",
+          "full_device", "report")
+
+
+class ReproduceError(ValueError):
+    """A configuration or input problem; the message says what to do."""
+
+
+@dataclasses.dataclass
+class ReproduceConfig:
+    """Every tools/reproduce flag (same names); see tools/reproduce for the help texts."""
+    work_dir: str
+    bright_dir: str = ""               # "" = the embedded sample photos (scikit-image)
+    bright_splits: str = "train:0.8,val:0.1,test:0.1"
+    max_side: int = 0
+    target_pairs: str = ""             # the ordinary camera: zero-shot and same-camera transfer
+    target_calib_ids: str = ""         # e.g. "4-5,29-30,38,294-295,317"
+    device_pairs: str = ""             # "another device": the paper's 10% transfer protocol
+    device_splits: str = "train:0.7,test:0.3"
+    simulation: str = "joint"          # joint | paper (fit on the target calib pairs) or a preset
+    simulation_steps: str = "bl,cd,pn,gc"
+    patch_size: int = 64
+    batch_size: int = 16
+    base_filters: int = 32
+    depth: int = 4
+    seed: int = 0
+    jit_compile: bool = False
+    pretrain_epochs: int = 20
+    pretrain_steps: int = 100
+    pretrain_learning_rate: float = 1e-3
+    transfer_epochs: int = 10
+    transfer_steps: int = 50
+    transfer_learning_rate: float = 1e-4
+    transfer_blocks: str = ""          # "" = the model's last two blocks (up4, head)
+    device_fraction: float = 0.1
+    scratch_epochs: int = 20
+    scratch_steps: int = 100
+    scratch_learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    clipnorm: float = 1.0
+    validation_steps: int = 4
+    eval_tile: int = 0
+    save_images: int = 4
+    max_eval_images: int = 0
+    stages: str = ",".join(STAGES)
+
+
+def _say(progress, text):
+    if progress:
+        progress(text)
+
+
+def _write_json(path, value):
+    """Write JSON atomically (a killed run never leaves a half-written stage record)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+class _Run:
+    """Paths and the stage bookkeeping of one work_dir."""
+
+    def __init__(self, config, progress):
+        self.config = config
+        self.progress = progress
+        self.work_dir = os.path.abspath(config.work_dir)
+        self.tfrecords = os.path.join(self.work_dir, "tfrecords")
+        self.models = os.path.join(self.work_dir, "models")
+        self.evals = os.path.join(self.work_dir, "evaluations")
+        self.state_dir = os.path.join(self.work_dir, "stages")
+
+    def stage(self, name, fn):
+        """Run `fn()` once: its JSON result is stored and returned on every later run."""
+        path = os.path.join(self.state_dir, f"{name}.json")
+        if os.path.isfile(path):
+            _say(self.progress, f"== [{name}] finished earlier; reusing {path}")
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        _say(self.progress, f"== [{name}] {time.strftime('%H:%M:%S')}")
+        started = time.monotonic()
+        try:
+            result = fn()
+        except _user_errors() as error:
+            raise ReproduceError(f"stage {name}: {error}") from error
+        result["seconds"] = round(time.monotonic() - started, 1)
+        _write_json(path, result)
+        _say(self.progress, f"== [{name}] done in {result['seconds']:.0f} s")
+        return result
+
+    def done(self, name):
+        return os.path.isfile(os.path.join(self.state_dir, f"{name}.json"))
+
+
+def _user_errors():
+    """The library's error types that mean bad input or configuration (not a bug)."""
+    from data_prep import prepare
+    from lowlight_tf import calibration, data, evaluation, simulation, training
+    return (prepare.InputError, calibration.CalibrationError, data.DatasetError,
+            evaluation.EvaluationError, simulation.PresetError, training.ConfigError)
+
+
+def _check_config(config):
+    unknown = [s for s in config.stages.split(",") if s and s not in STAGES]
+    if unknown:
+        raise ReproduceError(f"Unknown stage(s) {unknown}; stages are {', '.join(STAGES)}.")
+    for what, path in (("bright_dir", config.bright_dir), ("target_pairs", config.target_pairs),
+                       ("device_pairs", config.device_pairs)):
+        if path and not os.path.isdir(path):
+            raise ReproduceError(f"--{what}={path} is not a folder. Point it at the images (or "
+                                 "the folder holding low/ and high/), or leave it empty to skip "
+                                 "the stages that need it.")
+    if config.target_pairs and not config.target_calib_ids:
+        raise ReproduceError("--target_pairs needs --target_calib_ids: the scene-disjoint pairs "
+                             "(file stems or ranges such as 4-5,29-30) used for calibration and "
+                             "same-camera transfer; the rest validate.")
+    if not 0.0 < config.device_fraction <= 1.0:
+        raise ReproduceError(f"--device_fraction={config.device_fraction} must lie in (0, 1].")
+
+
+def _prepare(run):
+    """Build every TFRecord dataset the experiment reads; returns their specs."""
+    from data_prep import prepare, sample_photos
+    config, report = run.config, (lambda line: _say(run.progress, "  " + line))
+    specs = {}
+    try:
+        if config.bright_dir:
+            prepare.make_tfrecords("images", output_dir=run.tfrecords, name="bright",
+                                   input_dir=config.bright_dir, splits=config.bright_splits,
+                                   max_side=config.max_side or None, report=report)
+            bright = f"{run.tfrecords}/bright"
+        else:
+            sample = sample_photos.ensure_sample_datasets(os.path.join(run.work_dir, "sample"),
+                                                          report=report)
+            bright = f"{sample['output_dir']}/{sample['name']}"
+        specs.update(bright_train=f"{bright}:train", bright_val=f"{bright}:val",
+                     bright_test=f"{bright}:test")
+        if config.target_pairs:
+            prepare.make_tfrecords("pairs", output_dir=run.tfrecords, name="target",
+                                   input_dir=config.target_pairs, splits="val:1.0",
+                                   split_ids=[f"calib:{config.target_calib_ids}"], report=report)
+            specs.update(target_calib=f"{run.tfrecords}/target:calib",
+                         target_val=f"{run.tfrecords}/target:val")
+        if config.device_pairs:
+            prepare.make_tfrecords("pairs", output_dir=run.tfrecords, name="device",
+                                   input_dir=config.device_pairs, splits=config.device_splits,
+                                   split_by="index_run", report=report)
+            specs.update(device_train=f"{run.tfrecords}/device:train",
+                         device_test=f"{run.tfrecords}/device:test")
+    except prepare.InputError as error:
+        raise ReproduceError(str(error)) from error
+    return {"specs": specs}
+
+
+def _calibrate(run, specs):
+    """Fit the simulation on the target's calibration pairs (or take a preset)."""
+    from lowlight_tf import calibration, simulation
+    config = run.config
+    params_path = os.path.join(run.work_dir, "simulation_params.json")
+    if config.simulation not in ("joint", "paper"):
+        preset = simulation.load_preset(config.simulation)
+        simulation.save_preset(preset, params_path)
+        return {"params": params_path, "method": f"preset {config.simulation}"}
+    if "target_calib" not in specs:
+        raise ReproduceError(f"--simulation={config.simulation} fits the simulation on the target "
+                             "camera's calibration pairs, but no --target_pairs were given; use "
+                             "--simulation=paper or the path of a preset JSON.")
+    fit = calibration.load_pairs(specs["target_calib"])
+    holdout = calibration.load_pairs(specs["target_val"])
+    preset, rows = calibration.calibrate(
+        fit, method=config.simulation, holdout_pairs=holdout, seed=config.seed,
+        source=specs["target_calib"], progress=lambda line: _say(run.progress, "  " + line))
+    simulation.save_preset(preset, params_path)
+    comparison = {}
+    for name in ("paper",):
+        report, _ = calibration.fidelity_report(simulation.load_preset(name), holdout,
+                                                seed=config.seed)
+        comparison[name] = report["summary"]
+    summary = calibration.summarise_fidelity(rows) if rows else {}
+    _say(run.progress, calibration.format_fidelity_table(rows, title="fidelity (held-out)"))
+    return {"params": params_path, "method": config.simulation, "fidelity": summary,
+            "fidelity_paper_preset": comparison["paper"], "fit_pairs": len(fit),
+            "holdout_pairs": len(holdout)}
+
+
+def _simulated_test(run, specs, params_path):
+    from data_prep import prepare
+    prepare.make_tfrecords("simulated", output_dir=run.tfrecords, name="simulated_test",
+                           source_data=specs["bright_test"], simulation_params=params_path,
+                           splits="test:1.0", seed=run.config.seed + 1,
+                           report=lambda line: _say(run.progress, "  " + line))
+    return {"spec": f"{run.tfrecords}/simulated_test:test"}
+
+
+def _train(run, name, *, stage, train_data, val_data, epochs, steps, learning_rate,
+           init_from="", train_fraction=1.0, params_path="paper"):
+    """One tools/train stage in WORK_DIR/models/NAME; returns the final model and its curves."""
+    from lowlight_tf import training
+    config = run.config
+    train_config = training.TrainConfig(
+        model_dir=os.path.join(run.models, name), stage=stage, train_data=train_data,
+        val_data=val_data or "none", init_from=init_from,
+        trainable_blocks=config.transfer_blocks if stage == "transfer" else "",
+        simulation_params=params_path, simulation_steps=config.simulation_steps,
+        patch_size=config.patch_size, batch_size=config.batch_size, epochs=epochs,
+        steps_per_epoch=steps, validation_steps=config.validation_steps if val_data else 0,
+        learning_rate=learning_rate, lr_schedule=config.lr_schedule,
+        warmup_steps=config.warmup_steps, clipnorm=config.clipnorm,
+        base_filters=None if init_from else config.base_filters,
+        depth=None if init_from else config.depth, train_fraction=train_fraction,
+        seed=config.seed, jit_compile=config.jit_compile)
+    result = training.train(train_config)
+    history = {k: [float(v) for v in values] for k, values in result.history.items()}
+    return {"model": result.final_model_path, "history": history, "stage": stage,
+            "epochs": epochs, "train_data": train_data, "train_fraction": train_fraction}
+
+
+def _evaluate(run, name, model_path, datasets, label):
+    from lowlight_tf import evaluation
+    config = run.config
+    rows = evaluation.evaluate(
+        model_path, datasets, os.path.join(run.evals, name), tile=config.eval_tile or None,
+        save_images=config.save_images, model_label=label,
+        max_images=config.max_eval_images or None,
+        progress=lambda line: _say(run.progress, "  " + line))
+    return {"rows": rows, "output_dir": os.path.join(run.evals, name)}
+
+
+def run_reproduce(config, progress=print):
+    """Run (or resume) every selected stage; returns the report dict (also in report.md).
+
+    Raises:
+        ReproduceError: bad configuration or inputs, with what to do.
+    """
+    _check_config(config)
+    run = _Run(config, progress)
+    selected = set(s for s in config.stages.split(",") if s)
+    os.makedirs(run.work_dir, exist_ok=True)
+    _write_json(os.path.join(run.work_dir, "config.json"), dataclasses.asdict(config))
+
+    specs = run.stage("prepare", lambda: _prepare(run))["specs"]
+    results = {}
+    if "calibrate" in selected:
+        params = run.stage("calibrate", lambda: _calibrate(run, specs))
+        results["calibrate"] = params
+        params_path = params["params"]
+    else:
+        params_path = config.simulation if config.simulation not in ("joint", "paper") else "paper"
+    if "simulated_test" in selected:
+        specs["simulated_test"] = run.stage(
+            "simulated_test", lambda: _simulated_test(run, specs, params_path))["spec"]
+
+    def train_and_eval(name, label, datasets, **train_args):
+        if name not in selected and not run.done(name):
+            return
+        trained = run.stage(name, lambda: _train(run, name, params_path=params_path,
+                                                 **train_args))
+        results[name] = trained
+        eval_name = f"eval_{name}" if name != "pretrain" else "eval_pretrain"
+        if datasets and (eval_name in selected or name != "pretrain" or run.done(eval_name)):
+            results[eval_name] = run.stage(
+                eval_name, lambda: _evaluate(run, eval_name, trained["model"], datasets, label))
+
+    zero_shot_sets = [specs[k] for k in ("simulated_test", "target_val", "device_test")
+                      if k in specs]
+    train_and_eval("pretrain", "ours: pretrained on simulated (zero-shot on real)",
+                   zero_shot_sets, stage="pretrain", train_data=specs["bright_train"],
+                   val_data=specs["bright_val"], epochs=config.pretrain_epochs,
+                   steps=config.pretrain_steps, learning_rate=config.pretrain_learning_rate)
+    pretrained = results.get("pretrain", {}).get("model", "")
+    transfer_args = dict(epochs=config.transfer_epochs, steps=config.transfer_steps,
+                         learning_rate=config.transfer_learning_rate, init_from=pretrained)
+    if "target_calib" in specs and pretrained:
+        train_and_eval("transfer_target", "ours: transfer, last two blocks",
+                       [specs["target_val"]], stage="transfer",
+                       train_data=specs["target_calib"], val_data="", **transfer_args)
+    if "device_train" in specs:
+        fraction = config.device_fraction
+        if pretrained:
+            train_and_eval("transfer_device", f"ours: transfer, last two blocks, {fraction:.0%}",
+                           [specs["device_test"]], stage="transfer",
+                           train_data=specs["device_train"], val_data="",
+                           train_fraction=fraction, **transfer_args)
+            train_and_eval("finetune_all_device", f"ours: transfer, all layers, {fraction:.0%}",
+                           [specs["device_test"]], stage="finetune_all",
+                           train_data=specs["device_train"], val_data="",
+                           train_fraction=fraction, **transfer_args)
+        scratch_args = dict(epochs=config.scratch_epochs, steps=config.scratch_steps,
+                            learning_rate=config.scratch_learning_rate)
+        train_and_eval("scratch_device", f"scratch, {fraction:.0%}", [specs["device_test"]],
+                       stage="scratch", train_data=specs["device_train"], val_data="",
+                       train_fraction=fraction, **scratch_args)
+        train_and_eval("full_device", "scratch, 100% (full supervision)",
+                       [specs["device_test"]], stage="scratch",
+                       train_data=specs["device_train"], val_data="", train_fraction=1.0,
+                       **scratch_args)
+    report = build_report(run, results, specs)
+    if "report" in selected:
+        write_report(run, report)
+    return report
+
+
+def _table_rows(results):
+    """Model rows in stage order, then each dataset's baselines once."""
+    rows, baselines, seen = [], [], set()
+    for name in [k for k in results if k.startswith("eval_")]:
+        for row in results[name]["rows"]:
+            if row.get("kind") == "baseline":
+                key = (row["method"], row["dataset"])
+                if key not in seen:
+                    seen.add(key)
+                    baselines.append(row)
+            else:
+                rows.append(row)
+    return rows + baselines
+
+
+def build_report(run, results, specs):
+    """The report dict: rows (models then baselines), calibration, curves, panel folders."""
+    return {
+        "work_dir": run.work_dir,
+        "rows": _table_rows(results),
+        "calibration": {k: v for k, v in results.get("calibrate", {}).items()},
+        "histories": {k: v["history"] for k, v in results.items() if "history" in v},
+        "panels": [v["output_dir"] + "/panels" for k, v in results.items()
+                   if k.startswith("eval_")],
+        "datasets": specs,
+    }
+
+
+def format_table(rows, with_paper=True):
+    """The Table 1 form of lowlight_tf.evaluation, plus the paper's own rows for context."""
+    from lowlight_tf import evaluation
+    lines = [evaluation.format_table(rows)]
+    if with_paper:
+        lines += [f"| {method} | {dataset} | {images} | {epochs} | {psnr:.2f} | n/a | n/a |"
+                  for method, dataset, images, epochs, psnr in PAPER_ROWS]
+    return "\n".join(lines)
+
+
+def plot_curves(histories, path):
+    """Training (and validation) MAE per epoch of every stage, one panel each; returns path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    names = [n for n, h in histories.items() if h.get("loss")]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        history = histories[name]
+        epochs = np.arange(1, len(history["loss"]) + 1)
+        axis.plot(epochs, history["loss"], label="train MAE")
+        if history.get("val_loss"):
+            axis.plot(epochs[:len(history["val_loss"])], history["val_loss"], label="val MAE")
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_report(run, report):
+    """Write report.md, summary.json and curves.png into the work_dir; print the table."""
+    curves = plot_curves(report["histories"], os.path.join(run.work_dir, "curves.png"))
+    table = format_table(report["rows"])
+    calibration = report["calibration"]
+    lines = ["# Reproduction report", "",
+             "PSNR is the paper's 8-bit formula 20·log10(255/√MSE) on full images; GT-mean PSNR "
+             "scales the prediction's mean to the reference's first and is reported beside it, "
+             "never instead of it.", "", table, ""]
+    if calibration:
+        lines += ["## Simulation", "",
+                  f"Calibrated with `{calibration.get('method')}` on "
+                  f"{calibration.get('fit_pairs', 'n/a')} pairs; parameters in "
+                  f"`{calibration.get('params')}`.", "",
+                  "Fidelity on held-out pairs (calibrated): "
+                  f"`{json.dumps(calibration.get('fidelity', {}), default=_json_default)}`", "",
+                  "Fidelity of the `paper` preset on the same pairs: "
+                  f"`{json.dumps(calibration.get('fidelity_paper_preset', {}), default=_json_default)}`",
+                  ""]
+    if curves:
+        lines += ["## Training curves", "", "![curves](curves.png)", ""]
+    lines += ["## Example panels (input | prediction | reference)", ""]
+    lines += [f"- `{os.path.relpath(p, run.work_dir)}`" for p in report["panels"]]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(run.work_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    _write_json(os.path.join(run.work_dir, "summary.json"), report)
+    _say(run.progress, "\n" + table + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")

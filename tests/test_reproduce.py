@@ -1,0 +1,126 @@
+"""The reproduce runner and the demo end to end on tiny generated data (lowlight_tf.reproduce)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowlight_tf import demo, reproduce
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny U-Net and a handful of steps: every stage runs, none learns much.
+TINY = dict(base_filters=4, depth=2, patch_size=32, batch_size=4, pretrain_epochs=1,
+            pretrain_steps=2, transfer_epochs=1, transfer_steps=2, scratch_epochs=1,
+            scratch_steps=2, warmup_steps=0, validation_steps=1, save_images=1)
+
+
+def _photo(rng, size=48):
+    """A smooth colourful image with edges: uint8 [size, size, 3]."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    image = np.stack([120 + 100 * np.sin(6 * x + c) * np.cos(4 * y) for c in range(3)], -1)
+    image[size // 3:size // 2, :] = rng.uniform(30, 220, 3)
+    return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+
+
+def _write_pairs(folder, stems, rng):
+    for sub in ("low", "high"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for stem in stems:
+        bright = _photo(rng)
+        dark = np.clip(bright * 0.08 + rng.normal(0, 1, bright.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(bright).save(os.path.join(folder, "high", f"{stem}.png"))
+        Image.fromarray(dark).save(os.path.join(folder, "low", f"{stem}.png"))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce_inputs")
+    rng = np.random.default_rng(0)
+    bright_dir = root / "bright"
+    bright_dir.mkdir()
+    for index in range(12):
+        Image.fromarray(_photo(rng)).save(bright_dir / f"photo_{index:02d}.png")
+    _write_pairs(str(root / "target"), [1, 2, 3, 10, 11, 20], rng)
+    _write_pairs(str(root / "device"), list(range(1, 7)) + list(range(30, 36)) +
+                 list(range(60, 66)), rng)
+    return root
+
+
+def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_path):
+    lines = []
+    config = reproduce.ReproduceConfig(
+        work_dir=str(tmp_path / "run"), bright_dir=str(inputs / "bright"),
+        bright_splits="train:0.5,val:0.25,test:0.25", target_pairs=str(inputs / "target"),
+        target_calib_ids="1-3", device_pairs=str(inputs / "device"),
+        device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper", **TINY)
+    report = reproduce.run_reproduce(config, progress=lines.append)
+
+    for stage in reproduce.STAGES[:-1]:
+        assert os.path.isfile(tmp_path / "run" / "stages" / f"{stage}.json"), stage
+    models = [r for r in report["rows"] if r.get("kind") != "baseline"]
+    datasets = {r["dataset"] for r in models}
+    assert len(models) == 3 + 5  # pretrain on 3 test sets, then 5 trained rows
+    assert any("simulated_test" in d for d in datasets)
+    assert any("target" in d for d in datasets) and any("device" in d for d in datasets)
+    baselines = [r for r in report["rows"] if r.get("kind") == "baseline"]
+    assert len(baselines) == 4 * 3  # four baselines, once per test set
+    for row in report["rows"]:
+        assert 0.0 < row["psnr"] < 100.0 and -1.0 <= row["ssim"] <= 1.0
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "| PSNR (dB) |" in text and "GT-mean PSNR" in text and "Paper: ours, zero-shot" in text
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["rows"]) == len(report["rows"])
+    # The transfer stage trained only the default blocks, from the pretrained model.
+    flags_text = (tmp_path / "run" / "models" / "transfer_device" / "flags.txt").read_text()
+    assert "--stage=transfer" in flags_text and "--train_fraction=0.5" in flags_text
+
+    final = tmp_path / "run" / "models" / "pretrain" / "final.keras"
+    mtime = final.stat().st_mtime_ns
+    again = []
+    second = reproduce.run_reproduce(config, progress=again.append)
+    assert final.stat().st_mtime_ns == mtime
+    records = os.listdir(tmp_path / "run" / "stages")
+    assert len(records) == 15  # 10 stages + 5 evaluations of trained models
+    assert sum("finished earlier" in line for line in again) == len(records)
+    assert [r["psnr"] for r in second["rows"]] == [r["psnr"] for r in report["rows"]]
+
+
+def test_bad_configuration_says_what_to_do(inputs, tmp_path):
+    with pytest.raises(reproduce.ReproduceError, match="target_calib_ids"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path), target_pairs=str(inputs / "target")), progress=None)
+    with pytest.raises(reproduce.ReproduceError, match="is not a folder"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path), bright_dir=str(tmp_path / "missing")), progress=None)
+    with pytest.raises(reproduce.ReproduceError, match="no --target_pairs"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path / "w"), bright_dir=str(inputs / "bright"), simulation="joint",
+            bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
+
+
+def test_reproduce_cli_rejects_unknown_flags_with_status_2(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "reproduce"),
+                             f"--work_dir={tmp_path}", "--no_such_flag=1"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "no_such_flag" in result.stderr
+
+
+def test_demo_runs_offline_and_enhances(tmp_path):
+    lines = []
+    report = demo.run_demo(str(tmp_path / "demo"), progress=lines.append, enhance_images=1,
+                           **{k: v for k, v in TINY.items() if not k.startswith(
+                               ("transfer", "scratch"))})
+    assert (tmp_path / "demo" / "report.md").is_file()
+    assert report["enhanced"] and all(os.path.isfile(p) for p in report["enhanced"])
+    enhanced = np.asarray(Image.open(report["enhanced"][0]))
+    assert enhanced.ndim == 3 and enhanced.shape[2] == 3
+    assert any("Demo finished" in line for line in lines)
+    methods = {r["method"] for r in report["rows"]}
+    assert {"input", "gamma 0.4", "histogram equalisation"} <= methods
+    assert any(m.startswith("ours") for m in methods)
