@@ -1,0 +1,701 @@
+"""Training stages of the paper (§3.3 pretraining on simulated pairs, §3.4 transfer learning).
+
+Stages:
+  pretrain      random init (or --init_from), every block, usually bright-only data whose dark
+                patches are simulated on the fly (§3.1 presets);
+  transfer      --init_from a pretrained model, only `trainable_blocks` (default: the last
+                decoder block and the head, the blue blocks of Figure 4), usually 10% of the
+                target device's real pairs;
+  finetune_all  --init_from, every block trainable;
+  scratch       random init, every block, real pairs (the "trained on 100%" reference).
+
+MAE loss and Adam at 1e-3 (§3.3). The model is built and compiled under a tf.distribute
+strategy (MirroredStrategy: every GPU, the CPU when there is none; MultiWorkerMirroredStrategy
+from TF_CONFIG), so the same code runs on one CPU or several machines; `batch_size` is global.
+
+model_dir layout (docs/interfaces.md): `flags.txt` (the effective configuration as a replayable
+flagfile), `model.json` (build_unet arguments), `checkpoints/epoch_NNN.weights.h5` (one per
+epoch, as in the paper's Figure 6), `backup/` (BackupAndRestore: a killed run restarted with the
+same command resumes after its last finished epoch), `final.keras`, and TensorBoard events in
+`train/` and `validation/` (MAE, PSNR, SSIM, learning rate, examples/s, and an image grid
+dark | prediction | bright of fixed validation patches every epoch).
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import types
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lowlight_tf import model as model_lib
+
+STAGES = ("pretrain", "transfer", "finetune_all", "scratch")
+STRATEGIES = ("mirrored", "multi_worker", "default")
+LR_SCHEDULES = ("constant", "cosine")
+SAMPLE = "sample"  # --train_data value selecting the embedded sample photos
+NO_VALIDATION = "none"
+FLAGS_NAME = "flags.txt"
+BACKUP_DIR = "backup"
+# Flags that may change when a run is resumed in the same model_dir (training longer).
+RESUMABLE_CHANGES = ("epochs", "verbose")
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message says which value and what to do."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every tools/train flag (same names); see tools/train for the full help texts.
+
+    `base_filters`/`depth` None mean "the --init_from model's, else 32/4"; `trainable_blocks`
+    "" means the stage's default; `val_data` "" means the train data's `val` split and "none"
+    disables validation; `train_data` "sample" (or "") uses the embedded sample photos built
+    under `sample_root` ("" = `<model_dir>/../sample_data`).
+    """
+    model_dir: str
+    stage: str = "pretrain"
+    train_data: str = SAMPLE
+    val_data: str = ""
+    sample_root: str = ""
+    init_from: str = ""
+    trainable_blocks: str = ""
+    simulation_params: str = "paper"
+    simulation_steps: str = "bl,cd,pn,gc"
+    patch_size: int = 64
+    batch_size: int = 16
+    epochs: int = 100
+    steps_per_epoch: int = 100
+    validation_steps: int = 0
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    clipnorm: float = 0.0
+    base_filters: int | None = None
+    depth: int | None = None
+    train_fraction: float = 1.0
+    seed: int = 0
+    strategy: str = "mirrored"
+    jit_compile: bool = False
+    deterministic: bool = False
+    num_images: int = 4
+    verbose: int = 2
+
+    def to_flags(self):
+        """Returns the configuration as flagfile lines `--name=value` (booleans as --[no]name)."""
+        lines = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                lines.append(f"--{'' if value else 'no'}{field.name}")
+            else:
+                lines.append(f"--{field.name}={value}")
+        return lines
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` produced: the final .keras path, the Keras history, the last finished epoch."""
+    final_model_path: str
+    history: dict
+    last_epoch: int
+    initial_epoch: int
+    model_dir: str
+
+
+def _parse_flags(lines):
+    """Reads `--name=value` / `--[no]name` lines written by `TrainConfig.to_flags` into a dict."""
+    values = {}
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, sep, value = line[2:].partition("=")
+        if not sep:
+            value = "False" if name.startswith("no") else "True"
+            name = name[2:] if name.startswith("no") else name
+        values[name] = value
+    return values
+
+
+def _resolve_split(spec, split):
+    """`OUTPUT_DIR/NAME[:split]` with its split replaced by `split`."""
+    from lowlight_tf import data
+    parsed = data.parse_dataset_spec(spec)
+    return f"{parsed.output_dir}/{parsed.name}:{split}"
+
+
+def resolve_config(config):
+    """Validates `config` and fills in its defaults; returns a new, fully explicit TrainConfig.
+
+    Raises:
+      ConfigError: an invalid value, a stage without the --init_from it needs, or an --init_from
+        model that cannot be loaded.
+    """
+    c = dataclasses.replace(config)
+    if not c.model_dir:
+        raise ConfigError("--model_dir is required: the directory for checkpoints and logs.")
+    c.model_dir = os.path.abspath(c.model_dir)
+    if c.stage not in STAGES:
+        raise ConfigError(f"--stage={c.stage} is not one of {', '.join(STAGES)}.")
+    if c.strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy={c.strategy} is not one of {', '.join(STRATEGIES)}.")
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"--lr_schedule={c.lr_schedule} is not one of {LR_SCHEDULES}.")
+    for name in ("patch_size", "batch_size", "epochs", "steps_per_epoch"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"--{name}={getattr(c, name)} must be at least 1.")
+    for name in ("validation_steps", "warmup_steps", "num_images", "clipnorm"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"--{name}={getattr(c, name)} must not be negative.")
+    if not c.learning_rate > 0:
+        raise ConfigError(f"--learning_rate={c.learning_rate} must be positive (paper: 1e-3).")
+    if not 0 < c.train_fraction <= 1:
+        raise ConfigError(f"--train_fraction={c.train_fraction} must be in (0, 1] (paper: 0.1 "
+                          "for transfer).")
+
+    if c.deterministic and c.strategy != "default":
+        # Measured on CPU: MirroredStrategy runs with the same seed and deterministic ops still
+        # differed in 1 of 3 runs; without tf.distribute they were bit-identical.
+        raise ConfigError(f"--deterministic needs --strategy=default (got --strategy="
+                          f"{c.strategy}): tf.distribute runs are not bit-reproducible.")
+    if c.stage in ("transfer", "finetune_all") and not c.init_from:
+        raise ConfigError(f"--stage={c.stage} needs --init_from: a pretrained .keras model, an "
+                          "epoch_NNN.weights.h5 checkpoint or the model_dir of a pretrain run.")
+    if c.stage == "scratch" and c.init_from:
+        raise ConfigError("--stage=scratch trains from random weights; drop --init_from or use "
+                          "--stage=finetune_all.")
+    if c.init_from:
+        c.init_from = os.path.abspath(c.init_from)
+        try:
+            arch = model_lib.architecture(model_lib.load_model(c.init_from))
+        except model_lib.ModelLoadError as e:
+            raise ConfigError(f"--init_from: {e}") from e
+        if c.base_filters is None:
+            c.base_filters = arch["base_filters"]
+        if c.depth is None:
+            c.depth = arch["depth"]
+    c.base_filters = 32 if c.base_filters is None else int(c.base_filters)
+    c.depth = 4 if c.depth is None else int(c.depth)
+    if c.base_filters < 1 or c.depth < 1:
+        raise ConfigError(f"--base_filters={c.base_filters} and --depth={c.depth} must be >= 1.")
+    multiple = 2 ** (c.depth + 1)
+    if c.patch_size % multiple:
+        suggestion = max(multiple, c.patch_size // multiple * multiple)
+        raise ConfigError(f"--patch_size={c.patch_size} must be a multiple of {multiple} for "
+                          f"--depth={c.depth}; try {suggestion}.")
+
+    if not c.trainable_blocks:
+        c.trainable_blocks = f"up{c.depth},head" if c.stage == "transfer" else "all"
+
+    if c.train_data in ("", SAMPLE):
+        c.train_data = SAMPLE
+        if not c.sample_root:
+            c.sample_root = os.path.join(os.path.dirname(c.model_dir), "sample_data")
+        c.sample_root = os.path.abspath(c.sample_root)
+    if not c.val_data:
+        c.val_data = SAMPLE if c.train_data == SAMPLE else _resolve_split(c.train_data, "val")
+    return c
+
+
+def make_strategy(name, devices=None):
+    """Returns the tf.distribute strategy for --strategy (call before any other TF work).
+
+    Args:
+      name: "mirrored" (all visible GPUs, or the CPU when there is none, unless `devices`),
+        "multi_worker" (MultiWorkerMirroredStrategy configured by the TF_CONFIG environment
+        variable) or "default" (no distribution).
+      devices: optional device list for "mirrored", e.g. ["/cpu:0", "/cpu:1"].
+    """
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                              "(cluster and task of this worker); see the tf.distribute guide.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    raise ConfigError(f"--strategy={name} is not one of {', '.join(STRATEGIES)}.")
+
+
+def _is_chief(strategy):
+    """True on the one worker that writes checkpoints and logs."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (
+        task_type == "worker" and task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _patch_keras_for_multi_worker(model):
+    """Works around Keras 3's broken Model.fit under MultiWorkerMirroredStrategy.
+
+    keras-team/keras#20585 (open for Keras 3.x, still in 3.15): fit() (1) reduces the whole
+    per-replica input batch with strategy.reduce to build the model symbolically, and (2)
+    reduces the scalar metric results with strategy.reduce("MEAN", v, axis=0), both of which
+    fail across workers. The symbolic build only needs shapes, so it takes the first local
+    replica's batch; scalar results are averaged over all replicas with axis=None, which is
+    what the single-machine path computes.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if not getattr(tf_trainer.reduce_per_replica, "_lowlight_patched", False):
+        original = tf_trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction in ("auto", "mean") and _is_multi_worker(strategy):
+                return tf.nest.map_structure(
+                    lambda v: strategy.reduce("MEAN", v, axis=None), values)
+            return original(values, strategy, reduction)
+
+        reduce_per_replica._lowlight_patched = True
+        tf_trainer.reduce_per_replica = reduce_per_replica
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0],
+                    next(batches))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+
+
+def learning_rate_schedule(config):
+    """Returns a float or a keras LearningRateSchedule for the config (warm-up, cosine decay)."""
+    total_steps = config.epochs * config.steps_per_epoch
+    if config.lr_schedule == "constant" and not config.warmup_steps:
+        return config.learning_rate
+    warmup = min(config.warmup_steps, total_steps - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=max(1, total_steps - warmup),
+        alpha=1.0 if config.lr_schedule == "constant" else 0.0,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup)
+
+
+def create_model(config, strategy):
+    """Builds, initialises and compiles the U-Net under `strategy` for a resolved config.
+
+    Returns:
+      (model, trainable_params, non_trainable_params).
+
+    Raises:
+      ArchitectureMismatchError: --init_from's weights do not fit (the message names the layer).
+      ValueError: an unknown --trainable_blocks name.
+    """
+    from lowlight_tf import metrics
+    source = model_lib.load_model(config.init_from) if config.init_from else None
+    with strategy.scope():
+        model = model_lib.build_unet("rgb", config.base_filters, config.depth)
+        if source is not None:
+            model_lib.copy_weights(source, model)
+        trainable, frozen = model_lib.set_trainable_blocks(model, config.trainable_blocks)
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(config),
+                                          clipnorm=config.clipnorm or None)
+        model.compile(optimizer=optimizer, loss=keras.losses.MeanAbsoluteError(),
+                      metrics=[keras.metrics.MeanAbsoluteError(name="mae"),
+                               metrics.PSNRMetric(), metrics.SSIMMetric()],
+                      jit_compile=config.jit_compile)
+    if _is_multi_worker(strategy):
+        _patch_keras_for_multi_worker(model)
+    return model, trainable, frozen
+
+
+def _data_specs(config):
+    """Returns (train_spec, val_spec or None), building the sample datasets when asked to."""
+    train_spec, val_spec = config.train_data, config.val_data
+    if SAMPLE in (train_spec, val_spec):
+        from data_prep import sample_photos
+        specs = sample_photos.ensure_sample_datasets(config.sample_root)
+        train_spec = specs["train"] if train_spec == SAMPLE else train_spec
+        val_spec = specs["val"] if val_spec == SAMPLE else val_spec
+    return train_spec, (None if val_spec == NO_VALIDATION else val_spec)
+
+
+def _load_source(spec, default_split, what):
+    """Loads a dataset spec; returns (dataset, kind, count). Raises ConfigError when empty."""
+    from lowlight_tf import data
+    try:
+        parsed = data.parse_dataset_spec(spec, default_split=default_split)
+        source = data.load(parsed.output_dir, parsed.name, parsed.split)
+        kind = data.dataset_kind(parsed.output_dir, parsed.name)
+        count = data.num_examples(parsed.output_dir, parsed.name, parsed.split)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--{what}={spec}: {e}") from e
+    if count == 0:
+        raise ConfigError(f"--{what}={spec} holds no examples; check the split name or rebuild "
+                          "it with tools/make_tfrecords.")
+    return source, kind, count
+
+
+def _shard_by_data(dataset):
+    """Multi-worker input: every worker reads all files and keeps its share of the elements."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def make_datasets(config):
+    """Returns (train_ds, val_ds or None, description) for a resolved config.
+
+    Both yield (dark, bright) float32 [batch_size, patch_size, patch_size, 3] in [0, 1];
+    bright-only data gets its dark patches simulated with --simulation_params.
+    """
+    from lowlight_tf import pipeline, simulation
+    train_spec, val_spec = _data_specs(config)
+    steps = tuple(s for s in config.simulation_steps.replace("+", ",").split(",") if s)
+    try:
+        preset = simulation.load_preset(config.simulation_params)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--simulation_params={config.simulation_params}: {e}") from e
+    source, kind, count = _load_source(train_spec, "train", "train_data")
+    try:
+        train_ds = pipeline.train_dataset(
+            source, patch_size=config.patch_size, batch_size=config.batch_size,
+            seed=config.seed, simulation=preset if kind == "images" else None,
+            simulation_steps=steps, train_fraction=config.train_fraction)
+    except ValueError as e:
+        raise ConfigError(f"--train_data={train_spec}: {e}") from e
+    simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
+    description = [f"train: {train_spec} ({kind}, {count} examples, fraction "
+                   f"{config.train_fraction:g}{simulated})"]
+    val_ds = None
+    if val_spec:
+        val_source, val_kind, val_count = _load_source(val_spec, "val", "val_data")
+        try:
+            val_ds = pipeline.validation_dataset(
+                val_source, patch_size=config.patch_size, batch_size=config.batch_size,
+                seed=config.seed, simulation=preset if val_kind == "images" else None,
+                simulation_steps=steps,
+                max_patches=config.validation_steps * config.batch_size or None)
+        except ValueError as e:
+            raise ConfigError(f"--val_data={val_spec}: {e}") from e
+        description.append(f"validation: {val_spec} ({val_kind}, {val_count} examples)")
+    if val_ds is not None:
+        val_ds = _shard_by_data(val_ds)
+    return _shard_by_data(train_ds), val_ds, description
+
+
+def _first_batch(dataset, what):
+    """The first (dark, bright) batch as NumPy; ConfigError when the dataset yields nothing."""
+    for dark, bright in dataset.take(1):
+        return dark.numpy(), bright.numpy()
+    raise ConfigError(f"The {what} dataset yields no patches (empty after --train_fraction or "
+                      "smaller than --patch_size?); use more data or a larger fraction.")
+
+
+def image_grid(dark, prediction, bright):
+    """Stacks rows dark | prediction | bright: float32 [N, H, W, 3] in [0, 1] each ->
+    float32 [1, N*H, 3*W, 3] in [0, 1]."""
+    rows = np.concatenate([dark, np.clip(prediction, 0.0, 1.0), bright], axis=2)
+    return rows.reshape(1, -1, rows.shape[2], 3)
+
+
+class _NanGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad = (self.epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
+
+
+class _GuardedBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that never backs up a diverged model and keeps the backup after it."""
+
+    def __init__(self, guard, **kwargs):
+        super().__init__(**kwargs)
+        self.guard = guard
+        self.restored_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"Cannot resume from {self.backup_dir}: {e}. Delete that folder to restart the "
+                "run from its last checkpoint with --init_from, or use a new --model_dir.") from e
+        self.restored_epoch = getattr(self.model, "_initial_epoch", None) or 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.bad is None:
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self.guard.bad is None:
+            super().on_train_end(logs)
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Writes checkpoints/epoch_NNN.weights.h5 after every finished, finite epoch."""
+
+    def __init__(self, directory, guard):
+        super().__init__()
+        self.directory = directory
+        self.guard = guard
+        self.last_path = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.bad is not None:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.weights.h5")
+        partial = path[:-len(".weights.h5")] + ".partial.weights.h5"
+        self.model.save_weights(partial, overwrite=True)
+        os.replace(partial, path)  # a kill during the save never leaves a truncated checkpoint
+        self.last_path = path
+
+
+class _Monitor(keras.callbacks.Callback):
+    """Adds examples/s to the epoch logs and writes the dark | prediction | bright image grid.
+
+    Must come before keras.callbacks.TensorBoard in the callback list so that TensorBoard logs
+    `examples_per_second` together with the other scalars.
+    """
+
+    def __init__(self, global_batch, images, log_dir, guard):
+        super().__init__()
+        self.global_batch = global_batch
+        self.images = images
+        self.guard = guard
+        self.writer = tf.summary.create_file_writer(log_dir) if images is not None else None
+        self._start = self._last = None
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self._last = time.perf_counter()
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.perf_counter()
+        self._steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._last > self._start:
+            seconds = self._last - self._start
+            logs["examples_per_second"] = self._steps * self.global_batch / seconds
+        if self.writer is None or self.guard.bad is not None:
+            return
+        dark, bright = self.images
+        prediction = self.model(dark, training=False)
+        prediction = np.asarray(keras.ops.convert_to_numpy(prediction))
+        with self.writer.as_default():
+            tf.summary.image("dark | prediction | bright", image_grid(dark, prediction, bright),
+                             step=epoch, max_outputs=1)
+        self.writer.flush()
+
+
+def _check_model_dir(config):
+    """Refuses to overwrite a finished run or to resume a run made with other flags.
+
+    Returns True when model_dir holds an interrupted run with the same flags (a resume).
+    """
+    model_dir = config.model_dir
+    if os.path.exists(os.path.join(model_dir, model_lib.FINAL_MODEL_NAME)):
+        raise ConfigError(f"{model_dir} already holds a finished run "
+                          f"({model_lib.FINAL_MODEL_NAME}); choose a new --model_dir (nothing "
+                          "was overwritten).")
+    flags_path = os.path.join(model_dir, FLAGS_NAME)
+    if not os.path.exists(flags_path):
+        if os.path.isdir(model_dir) and os.listdir(model_dir):
+            leftovers = set(os.listdir(model_dir)) - {"sample_data"}
+            if leftovers & {model_lib.CHECKPOINT_DIR, BACKUP_DIR, "train", "validation"}:
+                raise ConfigError(f"{model_dir} holds training output without {FLAGS_NAME}; "
+                                  "choose a new --model_dir (nothing was overwritten).")
+        return False
+    with open(flags_path, encoding="utf-8") as f:
+        previous = _parse_flags(f)
+    current = _parse_flags(config.to_flags())
+    changed = sorted(k for k in set(previous) | set(current)
+                     if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k))
+    if changed:
+        details = "; ".join(f"--{k}: {previous.get(k)} before, {current.get(k)} now"
+                            for k in changed)
+        raise ConfigError(f"{model_dir} holds an unfinished run made with other flags ({details}). "
+                          f"Resume it with --flagfile={flags_path}, or choose a new --model_dir "
+                          "(nothing was overwritten).")
+    return True
+
+
+def _write_text(path, text):
+    """Writes a text file atomically."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _log(config, message):
+    if config.verbose:
+        print(message, flush=True)
+
+
+def train(config, strategy=None, extra_callbacks=()):
+    """Runs one training stage; see the module docstring for stages and the model_dir layout.
+
+    Args:
+      config: a TrainConfig (defaults are resolved by `resolve_config`).
+      strategy: optional tf.distribute strategy (else made from config.strategy).
+      extra_callbacks: more Keras callbacks, run after the built-in ones.
+
+    Returns:
+      TrainResult.
+
+    Raises:
+      ConfigError: bad flags, data, --init_from or model_dir (nothing written or overwritten).
+      ArchitectureMismatchError: --init_from does not fit --base_filters/--depth.
+      TrainingDivergedError: the loss became NaN; earlier checkpoints are kept.
+    """
+    # The strategy comes first: MultiWorkerMirroredStrategy must start before other TF ops.
+    if strategy is None:
+        strategy = make_strategy(config.strategy)
+    config = resolve_config(config)
+    if config.deterministic:
+        # oneDNN's CPU kernels ignore TensorFlow's determinism switch (measured: 1 of 3 runs
+        # differed with oneDNN on, 0 of 3 with it off), and it can only be disabled before
+        # TensorFlow starts.
+        if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+            raise ConfigError("--deterministic needs oneDNN disabled before TensorFlow starts: "
+                              "run TF_ENABLE_ONEDNN_OPTS=0 tools/train ... --deterministic.")
+        # Process-wide and irreversible; some speed cost.
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    chief = _is_chief(strategy)
+    resuming = chief and _check_model_dir(config) and os.path.isdir(
+        os.path.join(config.model_dir, BACKUP_DIR))
+    # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
+    out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
+
+    train_ds, val_ds, description = make_datasets(config)
+    images = None
+    if config.num_images:
+        # Fixed validation patches; without validation, a copy of the training pipeline (its
+        # own iterator, so the training stream itself is untouched).
+        dark, bright = (_first_batch(val_ds, "validation") if val_ds is not None else
+                        _first_batch(make_datasets(config)[0], "training"))
+        images = (dark[:config.num_images], bright[:config.num_images])
+
+    model, trainable, frozen = create_model(config, strategy)
+
+    os.makedirs(out_dir, exist_ok=True)
+    _write_text(os.path.join(out_dir, FLAGS_NAME),
+                "# Effective flags of this run; replay with tools/train --flagfile=THIS_FILE\n"
+                + "\n".join(config.to_flags()) + "\n")
+    _write_text(os.path.join(out_dir, model_lib.ARCHITECTURE_NAME),
+                json.dumps(model_lib.architecture(model)) + "\n")
+
+    guard = _NanGuard()
+    backup = _GuardedBackup(guard, backup_dir=os.path.join(out_dir, BACKUP_DIR),
+                            double_checkpoint=True)
+    checkpoint = _EpochCheckpoint(os.path.join(out_dir, model_lib.CHECKPOINT_DIR), guard)
+    monitor = _Monitor(config.batch_size, images, os.path.join(out_dir, "validation"), guard)
+    tensorboard = keras.callbacks.TensorBoard(log_dir=out_dir, write_graph=False,
+                                              update_freq="epoch", profile_batch=0)
+
+    _log(config, "\n".join([
+        f"Stage {config.stage}: U-Net base_filters={config.base_filters} depth={config.depth}, "
+        f"trainable blocks {config.trainable_blocks} ({trainable:,} trainable / {frozen:,} frozen "
+        "parameters)",
+        *description,
+        f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch "
+        f"{config.batch_size}, patch {config.patch_size}, lr {config.learning_rate:g} "
+        f"({config.lr_schedule}), model_dir {config.model_dir}"
+        + (f", resuming from {os.path.join(out_dir, BACKUP_DIR)}" if resuming else "")]))
+
+    started = time.perf_counter()
+    try:
+        history = model.fit(
+            train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+            validation_data=val_ds, shuffle=False,
+            callbacks=[guard, backup, checkpoint, monitor, tensorboard, *extra_callbacks],
+            verbose=config.verbose)
+    except tf.errors.InvalidArgumentError:
+        # A NaN prediction trips the metrics' range assertions before the NaN loss reaches
+        # _NanGuard; non-finite weights tell the two apart from a genuine error.
+        if all(np.isfinite(w).all() for w in model.get_weights()):
+            raise
+        guard.bad = (guard.epoch + 1, "?", float("nan"))
+        history = None
+    elapsed = time.perf_counter() - started
+    initial_epoch = backup.restored_epoch
+    if resuming or initial_epoch:
+        _log(config, f"Resumed after epoch {initial_epoch} from {backup.backup_dir}.")
+
+    if guard.bad is not None:
+        epoch, step, loss = guard.bad
+        last_good = checkpoint.last_path or model_lib.latest_checkpoint(out_dir)
+        raise TrainingDivergedError(
+            f"The loss became {loss} at epoch {epoch}, step {step}; training stopped and that "
+            "epoch was not saved. Last good checkpoint: "
+            f"{last_good or 'none (diverged in the first epoch)'}. "
+            "Lower --learning_rate or set --clipnorm, and restart in a new --model_dir"
+            + (f" with --init_from={last_good}." if last_good else "."))
+
+    final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
+    model.save(final_path)
+    last_epoch = initial_epoch + len(history.history.get("loss", []))
+    hist = {k: [float(v) for v in values] for k, values in history.history.items()}
+    if not chief:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if chief:
+        _summary(config, hist, last_epoch, initial_epoch, elapsed, final_path)
+    else:
+        _log(config, f"Worker finished epochs {initial_epoch + 1}..{last_epoch}; the chief "
+                     f"writes {config.model_dir}.")
+    return TrainResult(final_model_path=final_path if chief else "", history=hist,
+                       last_epoch=last_epoch, initial_epoch=initial_epoch,
+                       model_dir=config.model_dir)
+
+
+def _summary(config, history, last_epoch, initial_epoch, elapsed, final_path):
+    """Prints the one-screen end-of-run summary."""
+    def last(name):
+        values = history.get(name)
+        return f"{values[-1]:.4f}" if values else "-"
+
+    lines = [
+        "=" * 72,
+        f"{config.stage} finished: epochs {initial_epoch + 1}..{last_epoch} of {config.epochs} "
+        f"in {elapsed:.1f} s",
+        f"train  MAE {last('mae')}  PSNR {last('psnr')} dB  SSIM {last('ssim')}  "
+        f"({last('examples_per_second')} examples/s)",
+        f"val    MAE {last('val_mae')}  PSNR {last('val_psnr')} dB  SSIM {last('val_ssim')}",
+        f"final model  {final_path}",
+        f"checkpoints  {os.path.join(config.model_dir, model_lib.CHECKPOINT_DIR)}",
+        f"flags        {os.path.join(config.model_dir, FLAGS_NAME)}",
+        f"TensorBoard  tensorboard --logdir {config.model_dir}",
+        "=" * 72,
+    ]
+    _log(config, "\n".join(lines))

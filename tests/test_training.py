@@ -1,0 +1,238 @@
+"""Tests for lowlight_tf.training and tools/train: CLI end to end, resume, errors, determinism."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from lowlight_tf import model as model_lib
+from lowlight_tf import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "tools", "train")
+SMOKE = os.path.join(ROOT, "configs", "smoke.flags")
+
+
+def make_tiny_dataset(root):
+    """Writes 8 random 48x64 PNGs and builds the images dataset root/tfrecords/tiny (6 train,
+    2 val); returns its OUTPUT_DIR/NAME."""
+    from data_prep import prepare
+    photos = os.path.join(root, "photos")
+    os.makedirs(photos, exist_ok=True)
+    rng = np.random.default_rng(0)
+    overrides = {}
+    for i in range(8):
+        image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+        Image.fromarray(image).save(os.path.join(photos, f"p{i}.png"))
+        overrides[f"p{i}.png"] = "val" if i >= 6 else "train"
+    prepare.make_tfrecords("images", output_dir=os.path.join(root, "tfrecords"), name="tiny",
+                           input_dir=photos, splits="train:0.75,val:0.25",
+                           split_overrides=overrides)
+    return os.path.join(root, "tfrecords", "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_dataset(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    from data_prep import sample_photos
+    root = str(tmp_path_factory.mktemp("sample"))
+    sample_photos.ensure_sample_datasets(root)
+    return root
+
+
+def tiny_config(model_dir, data, **overrides):
+    """A TrainConfig for a 4-filter, depth-2 U-Net on 16x16 patches, a few steps."""
+    values = dict(model_dir=str(model_dir), train_data=f"{data}:train", val_data=f"{data}:val",
+                  base_filters=4, depth=2, patch_size=16, batch_size=4, epochs=1,
+                  steps_per_epoch=3, validation_steps=1, num_images=2, verbose=0)
+    values.update(overrides)
+    return training.TrainConfig(**values)
+
+
+def run_train(*args, timeout=240, **env_vars):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **env_vars)
+    return subprocess.run([sys.executable, TRAIN, *args], cwd=ROOT, env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def summary_tags(log_dir):
+    """{tag: plugin} of every summary in the event files of log_dir."""
+    tags = {}
+    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                tags[value.tag] = value.metadata.plugin_data.plugin_name
+    return tags
+
+
+def final_weights(model_dir):
+    model = model_lib.load_model(os.path.join(model_dir, "final.keras"))
+    return {w.path: w.numpy() for w in model.weights}
+
+
+def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
+    pretrain_dir, transfer_dir = str(tmp_path / "pretrain"), str(tmp_path / "transfer")
+    result = run_train(f"--flagfile={SMOKE}", f"--model_dir={pretrain_dir}",
+                       f"--sample_root={sample_root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pretrain finished" in result.stdout
+    for epoch in (1, 2):
+        assert os.path.isfile(os.path.join(pretrain_dir, "checkpoints",
+                                           f"epoch_{epoch:03d}.weights.h5"))
+    train_tags = summary_tags(os.path.join(pretrain_dir, "train"))
+    val_tags = summary_tags(os.path.join(pretrain_dir, "validation"))
+    for tag in ("epoch_loss", "epoch_mae", "epoch_psnr", "epoch_ssim", "epoch_learning_rate",
+                "epoch_examples_per_second"):
+        assert train_tags.get(tag) == "scalars", (tag, train_tags)
+    for tag in ("epoch_mae", "epoch_psnr", "epoch_ssim"):
+        assert val_tags.get(tag) == "scalars", (tag, val_tags)
+    assert val_tags.get("dark | prediction | bright") == "images", val_tags
+
+    result = run_train(f"--flagfile={SMOKE}", "--stage=transfer", f"--init_from={pretrain_dir}",
+                       f"--model_dir={transfer_dir}", f"--sample_root={sample_root}",
+                       "--epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(os.path.join(transfer_dir, "checkpoints", "epoch_001.weights.h5"))
+    # The replayable flagfile holds the resolved defaults: the smoke model is depth 3.
+    flags_text = open(os.path.join(transfer_dir, "flags.txt")).read()
+    assert "--stage=transfer" in flags_text and "--trainable_blocks=up3,head" in flags_text
+    assert "--base_filters=8" in flags_text
+    # Transfer trained only up3 and head: every other weight is the pretrained one.
+    before, after = final_weights(pretrain_dir), final_weights(transfer_dir)
+    for path, value in before.items():
+        block = model_lib.block_of(path.split("/")[0])
+        if block in ("up3", "head"):
+            continue
+        np.testing.assert_array_equal(after[path], value, err_msg=path)
+    assert not np.array_equal(after["head_conv/kernel"], before["head_conv/kernel"])
+
+
+def test_cli_unknown_flag_exits_2_and_writes_nothing(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run_train(f"--flagfile={SMOKE}", f"--model_dir={model_dir}", "--bogus_flag=1")
+    assert result.returncode == 2 and "bogus_flag" in result.stderr
+    assert not model_dir.exists()
+
+
+def test_config_errors(tmp_path, tiny_data):
+    with pytest.raises(training.ConfigError, match="needs --init_from"):
+        training.train(tiny_config(tmp_path / "a", tiny_data, stage="transfer"))
+    with pytest.raises(training.ConfigError, match="multiple of 8"):
+        training.train(tiny_config(tmp_path / "a", tiny_data, patch_size=12))
+    with pytest.raises(training.ConfigError, match="missing_name"):
+        training.train(tiny_config(tmp_path / "a", tiny_data,
+                                   train_data=str(tmp_path / "missing_name")))
+    with pytest.raises(training.ConfigError, match="no split 'test'"):
+        training.train(tiny_config(tmp_path / "a", tiny_data, val_data=f"{tiny_data}:test"))
+    with pytest.raises(training.ConfigError, match="--strategy=default"):
+        training.train(tiny_config(tmp_path / "a", tiny_data, deterministic=True))
+    with pytest.raises(training.ConfigError, match="train_fraction"):
+        training.train(tiny_config(tmp_path / "a", tiny_data, train_fraction=0.0))
+    assert not (tmp_path / "a").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
+    class Poison(keras.callbacks.Callback):
+        """Makes the weights NaN at the start of the second epoch."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.get_layer("head_conv").kernel
+                kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    model_dir = tmp_path / "nan"
+    with pytest.raises(training.TrainingDivergedError,
+                       match=r"epoch 2.*Last good checkpoint: .*epoch_001\.weights\.h5"):
+        training.train(tiny_config(model_dir, tiny_data, epochs=3),
+                       extra_callbacks=[Poison()])
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["epoch_001.weights.h5"]
+    assert not (model_dir / "final.keras").exists()
+    checkpoint = str(model_dir / "checkpoints" / "epoch_001.weights.h5")
+    good = model_lib.load_model(checkpoint)
+    assert all(np.isfinite(w).all() for w in good.get_weights())
+    # That checkpoint under another architecture: the error names the layer, writes nothing.
+    with pytest.raises(model_lib.ArchitectureMismatchError, match="down1_conv1"):
+        training.train(tiny_config(tmp_path / "other", tiny_data, stage="transfer",
+                                   init_from=checkpoint, base_filters=8))
+    assert not (tmp_path / "other").exists()
+
+
+def test_same_seed_same_weights(tmp_path, tiny_data):
+    # Two processes (as a user would rerun): --deterministic switches TensorFlow to deterministic
+    # kernels for the rest of a process, which must not leak into the other tests, and oneDNN
+    # must be off from the start (its kernels are not deterministic).
+    args = [f"--train_data={tiny_data}:train", "--val_data=none", "--base_filters=4",
+            "--depth=2", "--patch_size=16", "--batch_size=4", "--epochs=1",
+            "--steps_per_epoch=4", "--num_images=0", "--seed=7", "--deterministic",
+            "--strategy=default"]
+    for name in ("a", "b"):
+        result = run_train(*args, f"--model_dir={tmp_path / name}", TF_ENABLE_ONEDNN_OPTS="0")
+        assert result.returncode == 0, result.stderr[-3000:]
+    first, second = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert first.keys() == second.keys()
+    for path in first:
+        np.testing.assert_array_equal(first[path], second[path], err_msg=path)
+    # The runs trained: the weights moved away from the seed's initial weights.
+    keras.utils.set_random_seed(7)
+    fresh = model_lib.build_unet("rgb", 4, 2)
+    assert not np.array_equal(fresh.get_layer("head_conv").kernel.numpy(),
+                              first["head_conv/kernel"])
+
+
+def test_jit_compile_trains_and_finished_run_is_kept(tmp_path, tiny_data):
+    config = tiny_config(tmp_path / "xla", tiny_data, jit_compile=True, steps_per_epoch=2,
+                         lr_schedule="cosine", warmup_steps=1, clipnorm=1.0, val_data="none",
+                         num_images=0)
+    result = training.train(config)
+    assert np.isfinite(result.history["loss"]).all()
+    assert "--jit_compile" in open(tmp_path / "xla" / "flags.txt").read()
+    stamp = os.path.getmtime(result.final_model_path)
+    with pytest.raises(training.ConfigError, match="finished run"):
+        training.train(config)
+    assert os.path.getmtime(result.final_model_path) == stamp
+
+
+def test_kill_and_resume(tmp_path, tiny_data):
+    model_dir = tmp_path / "resume"
+    args = ["--stage=pretrain", f"--train_data={tiny_data}:train", f"--val_data={tiny_data}:val",
+            f"--model_dir={model_dir}", "--base_filters=4", "--depth=2", "--patch_size=16",
+            "--batch_size=4", "--epochs=6", "--steps_per_epoch=5", "--validation_steps=1",
+            "--num_images=2", "--strategy=default"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = model_dir / "checkpoints" / "epoch_001.weights.h5"
+    deadline = time.time() + 180
+    try:
+        while not first.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert first.exists(), "the first run never finished an epoch"
+    assert not (model_dir / "final.keras").exists(), "killed too late: the run had finished"
+    assert (model_dir / "backup").is_dir()
+    finished = len(glob.glob(str(model_dir / "checkpoints" / "epoch_*.weights.h5")))
+    stamp = os.path.getmtime(first)
+
+    result = run_train(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed after epoch" in result.stdout
+    resumed_epochs = result.stdout.count("Epoch ")
+    assert resumed_epochs <= 6 - finished + 1, result.stdout  # +1: killed while backing up
+    assert (model_dir / "final.keras").exists()
+    assert (model_dir / "checkpoints" / "epoch_006.weights.h5").exists()
+    assert os.path.getmtime(first) == stamp
+    assert not (model_dir / "backup").exists()
