@@ -9,6 +9,8 @@ otherwise uint8. 8-bit inputs in a uint16 dataset are stored as 257 * v, so read
 (`lowlight_tf.data.load` divides uint16 by 257) gives exactly the original 8-bit values. Forcing
 8 bits rounds 16-bit data to the nearest 8-bit value (smaller files, lossy).
 """
+import os
+
 import numpy as np
 
 from data_prep import core
@@ -38,7 +40,9 @@ def scan(input_dir, splits, *, skips, split_overrides=None, bit_depth="auto", ma
     """Plan the images dataset: one Item per raw/image file under input_dir.
 
     Args:
-        input_dir: folder tree to read (recursively).
+        input_dir: folder tree to read (recursively); several comma-separated folders are read
+            as one dataset, ids prefixed with each folder's name (e.g. `clean/x.png`,
+            `high/1.png`).
         splits: ordered mapping split name -> fraction (splitting.parse_splits).
         skips: SkipLog (counts ignored non-image files).
         split_overrides: optional {id: split} taking precedence over the id hash.
@@ -51,8 +55,19 @@ def scan(input_dir, splits, *, skips, split_overrides=None, bit_depth="auto", ma
     Returns:
         (items, dtype, dtype_rule).
     """
-    core.require_dir(input_dir, "input directory")
-    files = list(core.iter_input_files(input_dir, skips))
+    roots = [part for part in str(input_dir or "").split(",") if part]
+    for root in roots or [input_dir]:
+        core.require_dir(root, "input directory")
+    if len(roots) == 1:
+        files = list(core.iter_input_files(roots[0], skips))
+    else:
+        # Several folders: ids are prefixed with each folder's name so they stay unique.
+        names = [os.path.basename(os.path.normpath(root)) for root in roots]
+        if len(set(names)) != len(names):
+            raise core.InputError(f"--input_dir folders {roots} share a folder name; ids would "
+                                  "collide. Give folders with distinct names.")
+        files = [(path, f"{name}/{rel}") for root, name in zip(roots, names)
+                 for path, rel in core.iter_input_files(root, skips)]
     dtype, rule = resolve_dtype(bit_depth, (path for path, _ in files))
     chosen = splitting.choose_splits([(i, i) for _, i in files], splits, split_by=split_by,
                                      split_ids=split_ids, overrides=split_overrides)

@@ -65,18 +65,9 @@ class TrainingFacts:
 
 def _read_flags(path):
     """Reads `--name=value` lines (tools/train's flags.txt) into a dict of strings."""
-    values = {}
+    from lowlight_tf import training
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("--"):
-                continue
-            name, sep, value = line[2:].partition("=")
-            if not sep:
-                value = "False" if name.startswith("no") else "True"
-                name = name[2:] if name.startswith("no") else name
-            values[name] = value
-    return values
+        return training.parse_flag_lines(f)
 
 
 def model_dir_of(model_path):

@@ -49,7 +49,7 @@ class ReproduceError(ValueError):
 class ReproduceConfig:
     """Every tools/reproduce flag (same names); see tools/reproduce for the help texts."""
     work_dir: str
-    bright_dir: str = ""               # "" = the embedded sample photos (scikit-image)
+    bright_dir: str = ""               # comma-separated folders; "" = the bundled sample photos
     bright_splits: str = "train:0.8,val:0.1,test:0.1"
     max_side: int = 0
     target_pairs: str = ""             # the ordinary camera: zero-shot and same-camera transfer
@@ -153,8 +153,9 @@ def _check_config(config):
     unknown = [s for s in config.stages.split(",") if s and s not in STAGES]
     if unknown:
         raise ReproduceError(f"Unknown stage(s) {unknown}; stages are {', '.join(STAGES)}.")
-    for what, path in (("bright_dir", config.bright_dir), ("target_pairs", config.target_pairs),
-                       ("device_pairs", config.device_pairs)):
+    folders = [("bright_dir", p) for p in config.bright_dir.split(",") if p]
+    folders += [("target_pairs", config.target_pairs), ("device_pairs", config.device_pairs)]
+    for what, path in folders:
         if path and not os.path.isdir(path):
             raise ReproduceError(f"--{what}={path} is not a folder. Point it at the images (or "
                                  "the folder holding low/ and high/), or leave it empty to skip "

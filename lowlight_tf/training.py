@@ -115,7 +115,7 @@ class TrainResult:
     model_dir: str
 
 
-def _parse_flags(lines):
+def parse_flag_lines(lines):
     """Reads `--name=value` / `--[no]name` lines written by `TrainConfig.to_flags` into a dict."""
     values = {}
     for line in lines:
@@ -537,8 +537,8 @@ def _check_model_dir(config):
                                   "choose a new --model_dir (nothing was overwritten).")
         return False
     with open(flags_path, encoding="utf-8") as f:
-        previous = _parse_flags(f)
-    current = _parse_flags(config.to_flags())
+        previous = parse_flag_lines(f)
+    current = parse_flag_lines(config.to_flags())
     changed = sorted(k for k in set(previous) | set(current)
                      if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k))
     if changed:

@@ -497,3 +497,25 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     bad_flag = _run_tool("--kind=images", f"--input_dir={source}", f"--output_dir={out}",
                          "--name=x", "--splits=train:0.5")
     assert bad_flag.returncode == 2 and "--splits" in bad_flag.stderr
+
+
+def test_images_from_several_folders_get_prefixed_ids(tmp_path):
+    """Comma-separated --input_dir folders make one dataset; ids keep the folder names."""
+    from data_prep import prepare
+    from lowlight_tf import data
+    rng = np.random.default_rng(3)
+    for folder in ("clean", "high"):
+        (tmp_path / folder).mkdir()
+        for index in range(3):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+                tmp_path / folder / f"{index}.png")
+    summary = prepare.make_tfrecords(
+        "images", output_dir=str(tmp_path / "out"), name="both",
+        input_dir=f"{tmp_path / 'clean'},{tmp_path / 'high'}", splits="train:1.0")
+    assert summary["examples"] == 6
+    ids = sorted(e["id"].decode() for e in data.load(str(tmp_path / "out"), "both", "train")
+                 .as_numpy_iterator())
+    assert ids == [f"{folder}/{i}.png" for folder in ("clean", "high") for i in range(3)]
+    with pytest.raises(prepare.InputError, match="share a folder name"):
+        prepare.make_tfrecords("images", output_dir=str(tmp_path / "out"), name="dup",
+                               input_dir=f"{tmp_path / 'clean'},{tmp_path / 'clean'}")

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from lowlight_tf import pipeline
 from lowlight_tf import simulation
@@ -165,7 +166,17 @@ def test_simulation_full_model_is_reproducible_and_darker():
     assert not np.array_equal(first[0][0], other[0][0])
 
 
-def test_select_fraction_is_deterministic_nested_and_logged(caplog):
+@pytest.fixture(name="info_logs")
+def _info_logs(caplog):
+    """Capture absl INFO lines whatever verbosity earlier tests (or TF/Keras) left behind."""
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    with caplog.at_level(logging.INFO):
+        yield caplog
+    absl_logging.set_verbosity(previous)
+
+
+def test_select_fraction_is_deterministic_nested_and_logged(info_logs):
     source = _ids_source(400)
     names = [f"dir/image_{i:04d}.jpg" for i in range(400)]
 
@@ -173,9 +184,8 @@ def test_select_fraction_is_deterministic_nested_and_logged(caplog):
         subset = pipeline.select_fraction(dataset, fraction, seed=seed)
         return [x.decode() for x in subset.map(lambda e: e["id"]).as_numpy_iterator()]
 
-    with caplog.at_level(logging.INFO):
-        tenth = ids(0.1)
-    assert "using 40 of 400 images (10%)" in caplog.text
+    tenth = ids(0.1)
+    assert "using 40 of 400 images (10%)" in info_logs.text
     assert len(tenth) == 40
     assert ids(0.1) == tenth
     half, full = ids(0.5), ids(1.0)
@@ -194,11 +204,10 @@ def test_select_fraction_is_deterministic_nested_and_logged(caplog):
     assert len(ids(0.01, dataset=_ids_source(5))) == 1
 
 
-def test_train_fraction_selects_pairs(caplog):
+def test_train_fraction_selects_pairs(info_logs):
     source, brights = _pairs_source(sizes=((40, 40),) * 10)
-    with caplog.at_level(logging.INFO):
-        dataset = pipeline.train_dataset(source, patch_size=32, batch_size=8, train_fraction=0.2)
-    assert "using 2 of 10 pairs (20%)" in caplog.text
+    dataset = pipeline.train_dataset(source, patch_size=32, batch_size=8, train_fraction=0.2)
+    assert "using 2 of 10 pairs (20%)" in info_logs.text
     seen = {_locate(np.round(bright * 255.0), brights)[0]
             for _, batch in _batches(dataset, 4) for bright in batch}
     assert len(seen) == 2
