@@ -388,6 +388,18 @@ def format_table(rows, with_paper=True):
     return "\n".join(lines)
 
 
+def format_fidelity(calibration):
+    """Markdown table of the calibration's fidelity summary next to the `paper` preset's."""
+    lines = ["| parameters | condition | PSNR (dB) | abs. error of channel means | "
+             "abs. error of channel stds | noise simulated / real |", "|---|---|---|---|---|---|"]
+    for label, key in (("calibrated", "fidelity"), ("paper preset", "fidelity_paper_preset")):
+        for condition, row in sorted((calibration.get(key) or {}).items()):
+            lines.append(f"| {label} | {condition} | {row['psnr']:.2f} | "
+                         f"{row['mean_abs_error']:.2f} | {row['std_abs_error']:.2f} | "
+                         f"{row['noise_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
 def plot_curves(histories, path):
     """Training (and validation) MAE per epoch of every stage, one panel each; returns path."""
     import matplotlib
@@ -396,8 +408,12 @@ def plot_curves(histories, path):
     names = [n for n, h in histories.items() if h.get("loss")]
     if not names:
         return None
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    for axis, name in zip(axes[0], names):
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.flat[len(names):]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, names):
         history = histories[name]
         epochs = np.arange(1, len(history["loss"]) + 1)
         axis.plot(epochs, history["loss"], label="train MAE")
@@ -425,12 +441,9 @@ def write_report(run, report):
         lines += ["## Simulation", "",
                   f"Calibrated with `{calibration.get('method')}` on "
                   f"{calibration.get('fit_pairs', 'n/a')} pairs; parameters in "
-                  f"`{calibration.get('params')}`.", "",
-                  "Fidelity on held-out pairs (calibrated): "
-                  f"`{json.dumps(calibration.get('fidelity', {}), default=_json_default)}`", "",
-                  "Fidelity of the `paper` preset on the same pairs: "
-                  f"`{json.dumps(calibration.get('fidelity_paper_preset', {}), default=_json_default)}`",
-                  ""]
+                  f"`{calibration.get('params')}`. Fidelity on "
+                  f"{calibration.get('holdout_pairs', 'n/a')} held-out pairs (real dark image "
+                  "against the simulated one):", "", format_fidelity(calibration), ""]
     if curves:
         lines += ["## Training curves", "", "![curves](curves.png)", ""]
     lines += ["## Example panels (input | prediction | reference)", ""]
