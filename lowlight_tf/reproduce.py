@@ -313,7 +313,7 @@ def run_reproduce(config, progress=print):
 
     zero_shot_sets = [specs[k] for k in ("simulated_test", "target_val", "device_test")
                       if k in specs]
-    train_and_eval("pretrain", "ours: pretrained on simulated (zero-shot on real)",
+    train_and_eval("pretrain", "ours: pretrained on simulated pairs (zero-shot)",
                    zero_shot_sets, stage="pretrain", train_data=specs["bright_train"],
                    val_data=specs["bright_val"], epochs=config.pretrain_epochs,
                    steps=config.pretrain_steps, learning_rate=config.pretrain_learning_rate)
