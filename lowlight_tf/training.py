@@ -32,6 +32,7 @@ import types
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from lowlight_tf import model as model_lib
 
@@ -87,6 +88,8 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "mirrored"
     jit_compile: bool = False
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
     deterministic: bool = False
     num_images: int = 4
     verbose: int = 2
@@ -562,6 +565,21 @@ def _log(config, message):
         print(message, flush=True)
 
 
+def _set_threads(config):
+    """Apply --intra_op_threads/--inter_op_threads (0 = TensorFlow's choice).
+
+    They only take effect before TensorFlow starts its runtime; a process that already ran ops
+    (e.g. a notebook) keeps its threads, and we say so instead of failing.
+    """
+    try:
+        if config.intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
+        if config.inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_threads)
+    except RuntimeError as error:
+        logging.warning("thread settings ignored (TensorFlow already started): %s", error)
+
+
 def train(config, strategy=None, extra_callbacks=()):
     """Runs one training stage; see the module docstring for stages and the model_dir layout.
 
@@ -578,6 +596,7 @@ def train(config, strategy=None, extra_callbacks=()):
       ArchitectureMismatchError: --init_from does not fit --base_filters/--depth.
       TrainingDivergedError: the loss became NaN; earlier checkpoints are kept.
     """
+    _set_threads(config)
     # The strategy comes first: MultiWorkerMirroredStrategy must start before other TF ops.
     if strategy is None:
         strategy = make_strategy(config.strategy)

@@ -236,3 +236,18 @@ def test_kill_and_resume(tmp_path, tiny_data):
     assert (model_dir / "checkpoints" / "epoch_006.weights.h5").exists()
     assert os.path.getmtime(first) == stamp
     assert not (model_dir / "backup").exists()
+
+
+def test_thread_flags_reach_tensorflow_in_a_fresh_process(tmp_path):
+    """--intra_op_threads/--inter_op_threads are applied before TensorFlow starts."""
+    script = (
+        "import tensorflow as tf\n"
+        "from lowlight_tf import training\n"
+        f"config = training.TrainConfig(model_dir={str(tmp_path)!r}, intra_op_threads=1,"
+        " inter_op_threads=2)\n"
+        "training._set_threads(config)\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.split()[-2:] == ["1", "2"]
