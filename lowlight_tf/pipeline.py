@@ -260,11 +260,7 @@ def _to_pair(patches, paired, preset, steps, seed):
         dark, bright = patches[..., :3], patches[..., 3:]
     else:
         bright = patches
-        # Hide the batch size from static shape inference: the while_loop in
-        # simulation.sample_params rejects a static batch of 1 (its shape check).
-        dynamic = tf.raw_ops.PlaceholderWithDefault(input=bright,
-                                                    shape=[None] + bright.shape[1:].as_list())
-        dark, _ = preset.simulate(dynamic, seed=seed, steps=steps)  # per-patch parameters
+        dark, _ = preset.simulate(bright, seed=seed, steps=steps)  # per-patch parameters
         dark = tf.ensure_shape(dark, bright.shape)
     return dark / 255.0, bright / 255.0
 

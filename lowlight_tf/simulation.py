@@ -322,9 +322,12 @@ def sample_params(n, mean, cov, *, seed, max_rounds=1000):
     def not_finished(round_index, rows, done):
         return tf.logical_and(round_index < max_rounds, tf.logical_not(tf.reduce_all(done)))
 
+    # Loose invariants: a batch size known statically (e.g. 1) must not pin the loop's shapes.
     _, rows, done = tf.while_loop(
         not_finished, body,
-        (tf.constant(0, tf.int32), tf.zeros([n, dim], tf.float64), tf.zeros([n], tf.bool)))
+        (tf.constant(0, tf.int32), tf.zeros([n, dim], tf.float64), tf.zeros([n], tf.bool)),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, dim]),
+                          tf.TensorShape([None])))
     tf.debugging.assert_equal(
         tf.reduce_all(done), True,
         message=f"sample_params: no positive sample after {max_rounds} draws; the mean/cov put "

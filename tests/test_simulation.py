@@ -211,3 +211,16 @@ def test_preset_simulate_returns_params():
     again, params_again = preset.simulate(bright, seed=[4, 2])
     np.testing.assert_array_equal(dark.numpy(), again.numpy())
     np.testing.assert_array_equal(params.numpy(), params_again.numpy())
+
+
+def test_sample_params_works_with_a_static_batch_of_one_inside_a_graph():
+    """tf.data/tf.function know the batch size statically; a batch of 1 must still sample."""
+    preset = simulation.load_preset("paper")
+
+    @tf.function
+    def one(bright):
+        return preset.simulate(bright, seed=tf.constant([1, 2], tf.int64))
+
+    dark, params = one(tf.fill([1, 8, 8, 3], 200.0))
+    assert dark.shape == (1, 8, 8, 3) and params.shape == (1, 5)
+    assert bool(tf.reduce_all(params > 0.0))
