@@ -370,7 +370,7 @@ def build_report(run, results, specs):
     return {
         "work_dir": run.work_dir,
         "rows": _table_rows(results),
-        "calibration": {k: v for k, v in results.get("calibrate", {}).items()},
+        "calibration": results.get("calibrate", {}),
         "histories": {k: v["history"] for k, v in results.items() if "history" in v},
         "panels": [v["output_dir"] + "/panels" for k, v in results.items()
                    if k.startswith("eval_")],
