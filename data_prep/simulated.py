@@ -29,7 +29,7 @@ def simulate_example(bright, example_id, preset, seed):
     Args:
         bright: uint8 or uint16 [H, W, 3] array (uint16 maps to [0, 255] by / 257).
         example_id: the image id (its hash seeds this image's randomness).
-        preset: lowlight_tf.simulation.SimulationPreset (mean, cov, noise_peak).
+        preset: lowlight_tf.simulation.SimulationPreset (mean, cov, noise_peak, tone_curve).
         seed: int, the dataset seed.
 
     Returns:
@@ -43,7 +43,8 @@ def simulate_example(bright, example_id, preset, seed):
     bright_float = tf.convert_to_tensor(bright.astype(np.float32) / scale)[None]
     params = simulation.sample_params(1, preset.mean, preset.cov, seed=param_seed)
     dark = simulation.simulate(bright_float, params, seed=noise_seed,
-                               noise_peak=preset.noise_peak, quantize=True)
+                               noise_peak=preset.noise_peak, quantize=True,
+                               tone_curve=preset.tone_curve)
     dark = np.clip(np.round(dark.numpy()[0]), 0, 255).astype(np.uint8)
     return dark, np.asarray(params.numpy()[0], np.float32), np.float32(preset.noise_peak)
 

@@ -20,6 +20,10 @@ peak that matches a given noise level depends steeply on the exponent, so peaks 
 different exponents cannot be averaged), and the per-pair peaks give one `noise_peak`
 (geometric mean).
 
+Optionally (`calibrate(tone_curve=True)`, beyond the paper) a camera tone curve shared by all
+pairs is fitted first (`fit_tone_curve`: dark ~ gain * T(bright), monotone T per channel) and the
+per-pair parameters are then fitted on (dark, T(bright)); the preset carries T.
+
 `fidelity` measures how close simulated dark images are to real ones on held-out pairs: PSNR and
 per-channel mean/std of real vs simulated, plus the high-pass noise level, for each pair's own
 fitted parameters (noise-free and noisy), the distribution's mean, and draws from the
@@ -46,6 +50,10 @@ JOINT_EXPONENTS = (0.6, 0.8, 1.0, 1.25, 1.6, 2.0)
 NOISE_CROP = 256  # noise statistics use a central crop of this size (speed)
 NOISE_LEVEL_EDGES = (0, 2, 4, 6, 8, 11, 15, 20, 27, 36, 48, 64, 90, 128, 250)
 NOISE_SIGMA = 1.0  # Gaussian blur (pixels) that separates noise from image content
+TONE_ITERATIONS = 6  # alternations of curve and gains in fit_tone_curve
+TONE_MIN_PIXELS = 50  # pixels a bright value needs to be measured in fit_tone_curve
+TONE_TAIL = 16  # measured values whose slope extends the curve above the brightest measured one
+TONE_SATURATED = 250.0  # pixels at or above this in either image do not fit tone-curve gains
 
 
 class CalibrationError(ValueError):
@@ -215,6 +223,74 @@ def composite_noise_free(bright, params):
 
 
 # ---------------------------------------------------------------------------------------------
+# Camera tone curve (beyond the paper; see lowlight_tf.simulation).
+# ---------------------------------------------------------------------------------------------
+def tone_map(bright, curve):
+    """NumPy `simulation.apply_tone_curve`: float [H, W, 3] in [0, 255] through curve [3, 256]."""
+    bright = np.clip(np.asarray(bright, np.float64), 0.0, 255.0)
+    grid = np.arange(256, dtype=np.float64)
+    return np.stack([np.interp(bright[..., c], grid, curve[c]) for c in range(3)], axis=-1)
+
+
+def _unsaturated(pair):
+    """Bool [H, W]: pixels unsaturated in both images (all channels < TONE_SATURATED)."""
+    return (pair.bright < TONE_SATURATED).all(-1) & (pair.dark < TONE_SATURATED).all(-1)
+
+
+def fit_tone_curve(pairs, *, iterations=TONE_ITERATIONS, min_pixels=TONE_MIN_PIXELS):
+    """Fit one monotone tone curve per channel, shared by all pairs, up to a per-pair gain.
+
+    Model: dark[..., c] ~ gain[pair, c] * T_c(bright[..., c]). Alternates (a) T_c(v) = pooled
+    mean of dark / gain over pixels whose bright value rounds to v, made non-decreasing by
+    weighted isotonic regression and linearly interpolated over values with fewer than
+    `min_pixels` pixels (above the brightest measured value, continued with the slope of the
+    last `TONE_TAIL` measured values), then scaled so T_c(255) = 255; and (b) per-pair gains by least squares
+    over unsaturated pixels. The per-image exposure and colour then stay in the composite's
+    parameters, fitted on (dark, T(bright)).
+
+    Args:
+      pairs: list of Pair (at least one).
+      iterations: alternations of (a) and (b).
+      min_pixels: pixels a bright value needs to count as measured.
+    Returns:
+      (curve float64 [3, 256] in [0, 255], non-decreasing; gains float64 [len(pairs), 3]).
+    """
+    if not pairs:
+        raise CalibrationError("fit_tone_curve needs at least one pair.")
+    grid = np.arange(256, dtype=np.float64)
+    indices = [np.clip(np.round(pair.bright), 0, 255).astype(np.int64) for pair in pairs]
+    masks = [_unsaturated(pair) for pair in pairs]
+    gains = np.ones((len(pairs), 3))
+    curve = np.tile(grid, (3, 1))
+    for _ in range(iterations):
+        for c in range(3):
+            total, count = np.zeros(256), np.zeros(256)
+            for k, pair in enumerate(pairs):
+                index = indices[k][..., c].ravel()
+                total += np.bincount(index, pair.dark[..., c].ravel() / gains[k, c], 256)
+                count += np.bincount(index, minlength=256)
+            measured = count >= min_pixels
+            if measured.sum() < 2:
+                raise CalibrationError("Too few distinct bright values to fit a tone curve; use "
+                                       "more or larger pairs.")
+            fitted = optimize.isotonic_regression(total[measured] / count[measured],
+                                                  weights=count[measured]).x
+            values = np.interp(grid, grid[measured], fitted)
+            top = int(grid[measured][-1])
+            if top < 255:  # continue the last measured slope instead of flattening highlights
+                tail_x, tail_y = grid[measured][-TONE_TAIL:], fitted[-TONE_TAIL:]
+                slope = max(float(np.polyfit(tail_x, tail_y, 1)[0]), 0.0) if len(tail_x) > 1 else 0.0
+                values[top + 1:] = fitted[-1] + slope * (grid[top + 1:] - top)
+            curve[c] = np.maximum.accumulate(values)
+            curve[c] *= 255.0 / max(curve[c, -1], 1e-6)
+        for k, pair in enumerate(pairs):
+            mapped = tone_map(pair.bright, curve)[masks[k]]
+            dark = np.asarray(pair.dark, np.float64)[masks[k]]
+            gains[k] = (dark * mapped).sum(0) / np.maximum((mapped ** 2).sum(0), 1e-9)
+    return np.clip(curve, 0.0, 255.0), gains
+
+
+# ---------------------------------------------------------------------------------------------
 # Per-pair estimators.
 # ---------------------------------------------------------------------------------------------
 def _in_range(values, pixel_range):
@@ -371,11 +447,11 @@ def noise_mask(dark):
 
 
 def _simulate_one(bright, params, *, seed, steps=simulation.STEPS, noise_peak=1.0,
-                  quantize=False):
+                  quantize=False, tone_curve=None):
     """Run lowlight_tf.simulation.simulate on one image; float32 [H, W, 3] in [0, 255]."""
     dark = simulation.simulate(np.asarray(bright, np.float32)[None],
                                np.asarray(params, np.float32)[None], seed=[seed, 0], steps=steps,
-                               noise_peak=noise_peak, quantize=quantize)
+                               noise_peak=noise_peak, quantize=quantize, tone_curve=tone_curve)
     return dark.numpy()[0]
 
 
@@ -507,7 +583,8 @@ def fidelity(pairs, preset, *, own_params=None, draws=4, seed=0):
     (each pair's own fit): `own_clean` (noise-free composite) and `own_noisy`; always
     `mean_noisy` (the preset's mean parameters) and `drawn_noisy` (averaged over `draws`
     parameter draws from the preset). Noisy conditions use the preset's noise peak and
-    quantisation; the noise-free one is quantised like the preset too.
+    quantisation; the noise-free one is quantised like the preset too. Every condition applies
+    the preset's tone curve, if any (own parameters must then be fitted on tone-mapped brights).
 
     Args:
       pairs: list of Pair.
@@ -522,12 +599,13 @@ def fidelity(pairs, preset, *, own_params=None, draws=4, seed=0):
         real = image_statistics(pair.dark, mask)
         rows.append({"id": pair.id, "condition": "real", "psnr": math.nan, **real})
         pair_seed = seed * 1000 + index
-        noisy = dict(noise_peak=preset.noise_peak, quantize=preset.quantize)
+        noisy = dict(noise_peak=preset.noise_peak, quantize=preset.quantize,
+                     tone_curve=preset.tone_curve)
         if own_params is not None and pair.id in own_params:
             params = own_params[pair.id]
             rows.append(_condition_row(pair, "own_clean", [_simulate_one(
                 pair.bright, params, seed=pair_seed, steps=("bl", "cd", "gc"),
-                quantize=preset.quantize)], mask))
+                quantize=preset.quantize, tone_curve=preset.tone_curve)], mask))
             rows.append(_condition_row(pair, "own_noisy", [_simulate_one(
                 pair.bright, params, seed=pair_seed, **noisy)], mask))
         rows.append(_condition_row(pair, "mean_noisy", [_simulate_one(
@@ -582,8 +660,8 @@ def format_fidelity_table(rows, title=""):
 # Orchestration.
 # ---------------------------------------------------------------------------------------------
 def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, quantize=None,
-              pixel_range=PIXEL_RANGE, max_pixels=30000, draws=4, seed=0, source="",
-              progress=print):
+              tone_curve=False, pixel_range=PIXEL_RANGE, max_pixels=30000, draws=4, seed=0,
+              source="", progress=print):
     """Fit a simulation preset on `fit_pairs`; report fidelity on `holdout_pairs`.
 
     Args:
@@ -593,6 +671,8 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
         `paper` the authors' peak 10 (its §3.1 estimators have no noise parameter).
       quantize: whether simulated dark images are 8-bit quantised (preset field); None means
         True for `joint` (real dark images are 8-bit) and False for `paper` (as the authors).
+      tone_curve: if True, first fit the camera tone curve on `fit_pairs` (`fit_tone_curve`),
+        then fit the per-pair parameters on tone-mapped bright images; the preset carries it.
       pixel_range: the paper estimator's pixel range.
       max_pixels, seed: least-squares subsample size and seed.
       draws: parameter draws per held-out pair for the `drawn_noisy` fidelity condition.
@@ -605,6 +685,15 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
     say = progress or (lambda *_: None)
     if quantize is None:
         quantize = method == "joint"
+    curve = None
+    if tone_curve:
+        curve, _ = fit_tone_curve(fit_pairs)
+        say("  tone curve (G): " + ", ".join(f"{v}->{curve[1, v]:.1f}"
+                                               for v in (32, 64, 128, 192, 224, 255)))
+    measured_holdout = holdout_pairs
+    if curve is not None:  # per-pair parameters act on the tone-mapped bright image
+        fit_pairs = [Pair(p.id, p.dark, tone_map(p.bright, curve)) for p in fit_pairs]
+        measured_holdout = [Pair(p.id, p.dark, tone_map(p.bright, curve)) for p in holdout_pairs]
 
     def run(pairs, label, **options):
         fits = []
@@ -656,9 +745,10 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
                      "the real ones' high-pass noise energy")
     else:
         peak, peak_note = simulation.PAPER_NOISE_PEAK, "the authors' peak (paper method)"
-    holdout_fits = run(holdout_pairs, "holdout", **options) if holdout_pairs else []
+    holdout_fits = run(measured_holdout, "holdout", **options) if holdout_pairs else []
     preset = simulation.SimulationPreset(
-        name=f"calibrated-{method}", mean=mean, cov=cov, noise_peak=peak, quantize=quantize,
+        name=f"calibrated-{method}" + ("+tone" if curve is not None else ""), mean=mean, cov=cov,
+        noise_peak=peak, quantize=quantize, tone_curve=curve,
         provenance={
             "method": method,
             "source": str(source),
@@ -666,6 +756,8 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
             "holdout_ids": [pair.id for pair in holdout_pairs],
             "pixel_range": list(pixel_range),
             "noise_peak": peak_note,
+            "tone_curve": ("fitted on the fit pairs (fit_tone_curve)" if curve is not None
+                           else "none"),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
     rows = []
@@ -675,7 +767,8 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
         rows = fidelity(holdout_pairs, preset, own_params=own, draws=draws, seed=seed)
     preset.extra = {
         "description": (f"Simulation parameters calibrated with the {method!r} method on "
-                        f"{len(per_pair)} real pairs."),
+                        f"{len(per_pair)} real pairs"
+                        + (", after a fitted camera tone curve." if curve is not None else ".")),
         "per_pair": per_pair,
         "holdout_fits": holdout_fits,
         "fidelity": {"rows": _json_rows(rows), "summary": summarise_fidelity(rows) if rows else {}},

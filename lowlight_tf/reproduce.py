@@ -58,6 +58,7 @@ class ReproduceConfig:
     device_splits: str = "train:0.7,test:0.3"
     simulation: str = "joint"          # joint | paper (fit on the target calib pairs) or a preset
     simulation_steps: str = "bl,cd,pn,gc"
+    tone_curve: bool = False           # also fit the camera tone curve (calibration.fit_tone_curve)
     patch_size: int = 64
     batch_size: int = 16
     base_filters: int = 32
@@ -166,6 +167,10 @@ def _check_config(config):
                              "same-camera transfer; the rest validate.")
     if not 0.0 < config.device_fraction <= 1.0:
         raise ReproduceError(f"--device_fraction={config.device_fraction} must lie in (0, 1].")
+    if config.tone_curve and config.simulation not in ("joint", "paper"):
+        raise ReproduceError(f"--tone_curve fits a tone curve during calibration, but "
+                             f"--simulation={config.simulation} is a fixed preset (which carries "
+                             "its own curve, if any); drop one of the two.")
 
 
 def _prepare(run):
@@ -218,7 +223,8 @@ def _calibrate(run, specs):
     fit = calibration.load_pairs(specs["target_calib"])
     holdout = calibration.load_pairs(specs["target_val"])
     preset, rows = calibration.calibrate(
-        fit, method=config.simulation, holdout_pairs=holdout, seed=config.seed,
+        fit, method=config.simulation, holdout_pairs=holdout, tone_curve=config.tone_curve,
+        seed=config.seed,
         source=specs["target_calib"], progress=lambda line: _say(run.progress, "  " + line))
     simulation.save_preset(preset, params_path)
     comparison = {}
@@ -228,7 +234,8 @@ def _calibrate(run, specs):
         comparison[name] = report["summary"]
     summary = calibration.summarise_fidelity(rows) if rows else {}
     _say(run.progress, calibration.format_fidelity_table(rows, title="fidelity (held-out)"))
-    return {"params": params_path, "method": config.simulation, "fidelity": summary,
+    method = config.simulation + (" + tone curve" if config.tone_curve else "")
+    return {"params": params_path, "method": method, "fidelity": summary,
             "fidelity_paper_preset": comparison["paper"], "fit_pairs": len(fit),
             "holdout_pairs": len(holdout)}
 

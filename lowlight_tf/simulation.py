@@ -21,8 +21,16 @@ parameters), redrawing non-positive samples as the authors did (`sample_params`)
 are deterministic; randomness lives only in the named samplers (`sample_params`,
 `sample_poisson`), seeded statelessly so the same seed and inputs give bit-identical outputs.
 
+Beyond the paper, a preset may carry a calibrated camera *tone curve* T (float [3, 256], one
+monotone curve per channel, `apply_tone_curve`), applied to B before the composite:
+f(T(B)). Real cameras do not write a dark exposure as a power law of the bright one: the
+references of ELIEI rgb_dev are highlight-compressed (dark 10 -> bright ~140, dark 40 -> ~220),
+which the composite's single exponent cannot represent. `lowlight_tf.calibration.fit_tone_curve`
+measures T from the calibration pairs; the per-image parameters then model only what varies
+between images (exposure, colour, black level, noise).
+
 Presets (`SimulationPreset`, `load_preset`) hold a distribution, its noise peak, whether simulated
-dark images are quantised to 8 bits, and where the numbers came from. `paper` is the authors'
+dark images are quantised to 8 bits, the optional tone curve, and where the numbers came from. `paper` is the authors'
 distribution shipped in `lowlight_tf/presets/paper.json`; calibration writes the same JSON format.
 """
 import dataclasses
@@ -105,6 +113,39 @@ def gamma_correction(image, exponent):
     # exp(e * log x) is about 5x faster than tf.pow on CPU; log(0) = -inf gives exp(-inf) = 0.
     powered = tf.exp(_per_image(exponent, 4) * tf.math.log(tf.maximum(image, 0.0)))
     return tf.clip_by_value(powered, 0.0, 255.0)
+
+
+def apply_tone_curve(image, curve):
+    """Map each channel through its tone curve, linearly interpolated between integer values.
+
+    Args:
+      image: float32 [B, H, W, 3] in [0, 255] (values outside are clipped to it first).
+      curve: float [3, 256], curve[c, v] = output for input value v of channel c (RGB), in
+        [0, 255] and non-decreasing along v (`check_tone_curve`).
+    Returns:
+      float32 [B, H, W, 3] in [0, 255].
+    """
+    image = tf.clip_by_value(tf.convert_to_tensor(image, tf.float32), 0.0, 255.0)
+    table = tf.reshape(tf.transpose(tf.convert_to_tensor(curve, tf.float32)), [-1])  # [256 * 3]
+    lower = tf.minimum(tf.floor(image), 254.0)
+    fraction = image - lower
+    index = tf.cast(lower, tf.int32) * 3 + tf.range(3)  # row v, column c of the [256, 3] table
+    below = tf.gather(table, index)
+    above = tf.gather(table, index + 3)
+    return below + fraction * (above - below)
+
+
+def check_tone_curve(curve, name="tone curve"):
+    """Validate and return a tone curve as float64 [3, 256]; raises ValueError saying what is wrong."""
+    curve = np.asarray(curve, np.float64)
+    if curve.shape != (3, 256):
+        raise ValueError(f"{name} must have shape [3, 256] (one 256-entry curve per RGB channel), "
+                         f"got {curve.shape}.")
+    if not np.all(np.isfinite(curve)) or curve.min() < 0.0 or curve.max() > 255.0:
+        raise ValueError(f"{name} values must be finite and in [0, 255].")
+    if np.any(np.diff(curve, axis=1) < -1e-6):
+        raise ValueError(f"{name} must be non-decreasing along its 256 input values.")
+    return curve
 
 
 def quantize_8bit(image):
@@ -248,7 +289,8 @@ def _check_steps(steps):
     return steps
 
 
-def simulate(bright, params, *, seed, steps=STEPS, noise_peak=DEFAULT_NOISE_PEAK, quantize=False):
+def simulate(bright, params, *, seed, steps=STEPS, noise_peak=DEFAULT_NOISE_PEAK, quantize=False,
+             tone_curve=None):
     """Simulate dark images: f(B) = GC(PN(CD(BL(B)))) of paper §3.1, or a sub-task of it.
 
     Args:
@@ -260,6 +302,8 @@ def simulate(bright, params, *, seed, steps=STEPS, noise_peak=DEFAULT_NOISE_PEAK
         `SUB_TASKS` ("bl", "bl+cd", "bl+cd+pn", "bl+cd+pn+gc").
       noise_peak: float or float32 [B], > 0; see `poisson_noise`.
       quantize: if True, round the result to integer 8-bit values (real dark sRGB images are 8-bit).
+      tone_curve: None, or float [3, 256]: the camera tone curve applied to `bright` before the
+        steps (`apply_tone_curve`), whatever the steps are.
     Returns:
       float32 [B, H, W, 3] in [0, 255]. Same seed and inputs give bit-identical outputs.
     """
@@ -267,6 +311,8 @@ def simulate(bright, params, *, seed, steps=STEPS, noise_peak=DEFAULT_NOISE_PEAK
     bright = tf.convert_to_tensor(bright, tf.float32)
     params = tf.convert_to_tensor(params, tf.float32)
     dark = bright
+    if tone_curve is not None:
+        dark = apply_tone_curve(dark, tone_curve)  # the camera's dark-exposure tone space
     if "bl" in steps:
         dark = black_level(dark, params[:, 0])  # subtract the black level, floor at 0
     if "cd" in steps:
@@ -348,6 +394,7 @@ class SimulationPreset:
       cov: float64 [5, 5] covariance.
       noise_peak: Poisson peak of `poisson_noise`, > 0.
       quantize: whether simulated dark images are rounded to 8-bit values.
+      tone_curve: None or float64 [3, 256], the calibrated camera tone curve (`apply_tone_curve`).
       provenance: free-form dict (source, method, pairs used, date, ...).
       extra: any other keys of the JSON file (per-pair fits, fidelity table, notes), kept as read.
     """
@@ -356,6 +403,7 @@ class SimulationPreset:
     cov: np.ndarray
     noise_peak: float = DEFAULT_NOISE_PEAK
     quantize: bool = False
+    tone_curve: np.ndarray = None
     provenance: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -377,7 +425,7 @@ class SimulationPreset:
         param_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         params = self.sample(tf.shape(bright)[0], seed=param_seed)
         dark = simulate(bright, params, seed=noise_seed, steps=steps, noise_peak=self.noise_peak,
-                        quantize=self.quantize)
+                        quantize=self.quantize, tone_curve=self.tone_curve)
         return dark, params
 
     def to_json(self):
@@ -392,6 +440,8 @@ class SimulationPreset:
             "quantize": bool(self.quantize),
             "provenance": self.provenance,
         })
+        if self.tone_curve is not None:
+            data["tone_curve"] = [[round(float(v), 4) for v in row] for row in self.tone_curve]
         return data
 
 
@@ -400,7 +450,8 @@ def preset_from_json(data, name="<dict>"):
 
     Required keys: `mean` [5], `covariance` [5, 5]. Optional: `parameters` (names; any
     permutation of PARAMETER_NAMES is reordered, e.g. the authors' BGR order), `noise_peak`
-    (default DEFAULT_NOISE_PEAK), `quantize` (default False), `provenance`.
+    (default DEFAULT_NOISE_PEAK), `quantize` (default False), `tone_curve` ([3, 256], default
+    none), `provenance`.
     """
     missing = [key for key in ("mean", "covariance") if key not in data]
     if missing:
@@ -425,11 +476,18 @@ def preset_from_json(data, name="<dict>"):
     noise_peak = float(data.get("noise_peak", DEFAULT_NOISE_PEAK))
     if not noise_peak > 0:
         raise PresetError(f"Preset {name}: `noise_peak` must be > 0, got {noise_peak}.")
+    tone_curve = data.get("tone_curve")
+    if tone_curve is not None:
+        try:
+            tone_curve = check_tone_curve(tone_curve, f"Preset {name}: `tone_curve`")
+        except ValueError as error:
+            raise PresetError(f"{error} Regenerate the preset with tools/calibrate_simulation "
+                              "--tone_curve.") from error
     known = {"parameters", "channel_order", "mean", "covariance", "noise_peak", "quantize",
-             "provenance"}
+             "provenance", "tone_curve"}
     return SimulationPreset(
         name=name, mean=mean, cov=cov, noise_peak=noise_peak,
-        quantize=bool(data.get("quantize", False)),
+        quantize=bool(data.get("quantize", False)), tone_curve=tone_curve,
         provenance=dict(data.get("provenance", {})),
         extra={k: v for k, v in data.items() if k not in known})
 

@@ -87,6 +87,53 @@ def test_calibrate_distribution_and_fidelity():
     assert "drawn_noisy" in table and "real" in table
 
 
+def convex_tone_curve():
+    """A highlight-expanding camera curve, T(v) = 255 (v / 255)^3, per channel: float [3, 256]."""
+    return np.tile(255.0 * (np.arange(256) / 255.0) ** 3, (3, 1))
+
+
+def test_fit_tone_curve_recovers_curve_and_gains():
+    curve = convex_tone_curve()
+    true_gains = np.asarray([[0.10, 0.12, 0.08], [0.2, 0.25, 0.15], [0.05, 0.05, 0.06]])
+    pairs = []
+    for index, gains in enumerate(true_gains):
+        bright = synthetic_bright(30 + index, shape=(64, 80))
+        pairs.append(calibration.Pair(str(index), calibration.tone_map(bright, curve) * gains,
+                                      bright))
+    fitted, gains = calibration.fit_tone_curve(pairs, min_pixels=5)
+    # The curve is identifiable only up to a scale per channel (the gains absorb it): compare
+    # shapes over well-measured values (the synthetic images rarely leave [40, 220]).
+    ratio = fitted[:, 40:221] / curve[:, 40:221]
+    scale = np.median(ratio, axis=1, keepdims=True)
+    np.testing.assert_allclose(ratio, np.broadcast_to(scale, ratio.shape), rtol=0.01)
+    np.testing.assert_allclose(gains * scale.T, true_gains, rtol=0.01)
+    assert np.all(np.diff(fitted, axis=1) >= 0) and np.allclose(fitted[:, -1], 255.0)
+    with pytest.raises(calibration.CalibrationError, match="at least one pair"):
+        calibration.fit_tone_curve([])
+
+
+def test_calibrate_with_tone_curve_models_a_curved_camera():
+    grid = np.arange(256.0)  # a highlight knee, which no single power law follows
+    curve = np.tile(np.where(grid <= 160, 0.25 * grid, 40.0 + (grid - 160.0) * 215.0 / 95.0),
+                    (3, 1))
+    pairs = []
+    for index in range(4):
+        bright = synthetic_bright(40 + index, shape=(64, 80))
+        params = TRUE_PARAMS + [0, 0.05 * index, 0.05 * index, 0.05 * index, 0]
+        dark = synthetic_dark(calibration.tone_map(bright, curve), params, noise_peak=400.0,
+                              seed=index)  # noise lets the joint fit choose the exponent
+        pairs.append(calibration.Pair(str(index), dark, bright))
+    scores = {}
+    for tone_curve in (False, True):
+        preset, rows = calibration.calibrate(pairs[:3], method="joint", holdout_pairs=pairs[3:],
+                                             draws=1, tone_curve=tone_curve,
+                                             progress=None)
+        assert (preset.tone_curve is not None) == tone_curve
+        scores[tone_curve] = [row["psnr"] for row in rows if row["condition"] == "own_clean"][0]
+    # The composite alone cannot bend like the camera; with the fitted curve it fits closely.
+    assert scores[True] > 38 and scores[True] > scores[False] + 1.5, scores
+
+
 def write_pair_folder(root, count=4, sixteen_bit_first=False):
     for sub in ("low", "high"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
@@ -128,7 +175,7 @@ def test_cli_joint_with_comparison(tmp_path):
     write_pair_folder(str(tmp_path / "pairs"))
     output = tmp_path / "joint.json"
     result = run_tool(f"--pairs={tmp_path / 'pairs'}", "--fit_first=2", "--method=joint",
-                      f"--output={output}", "--compare=paper", "--draws=1")
+                      f"--output={output}", "--compare=paper", "--draws=1", "--tone_curve")
     assert result.returncode == 0, result.stderr
     assert "Summary" in result.stdout and "preset paper" in result.stdout
     data = json.loads(output.read_text())
@@ -137,6 +184,7 @@ def test_cli_joint_with_comparison(tmp_path):
     assert data["provenance"]["holdout_ids"] == ["21", "31"]
     preset = simulation.load_preset(str(output))
     assert preset.quantize is True and preset.noise_peak > 0
+    assert preset.tone_curve.shape == (3, 256) and "tone curve" in result.stdout
 
 
 def test_cli_user_errors_exit_2(tmp_path):

@@ -56,8 +56,12 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         work_dir=str(tmp_path / "run"), bright_dir=str(inputs / "bright"),
         bright_splits="train:0.5,val:0.25,test:0.25", target_pairs=str(inputs / "target"),
         target_calib_ids="1-3", device_pairs=str(inputs / "device"),
-        device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper", **TINY)
+        device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper",
+        tone_curve=True, **TINY)
     report = reproduce.run_reproduce(config, progress=lines.append)
+    # The calibrated tone curve reaches the preset that pretraining and the simulated test use.
+    params = json.loads((tmp_path / "run" / "simulation_params.json").read_text())
+    assert np.asarray(params["tone_curve"]).shape == (3, 256)
 
     for stage in reproduce.STAGES[:-1]:
         assert os.path.isfile(tmp_path / "run" / "stages" / f"{stage}.json"), stage
@@ -101,6 +105,10 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
             work_dir=str(tmp_path / "w"), bright_dir=str(inputs / "bright"), simulation="joint",
             bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
+    with pytest.raises(reproduce.ReproduceError, match="--tone_curve.*fixed preset"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path / "t"), bright_dir=str(inputs / "bright"), simulation="paper.json",
+            tone_curve=True, bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
 
 
 def test_reproduce_cli_rejects_unknown_flags_with_status_2(tmp_path):

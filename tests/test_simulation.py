@@ -224,3 +224,52 @@ def test_sample_params_works_with_a_static_batch_of_one_inside_a_graph():
     dark, params = one(tf.fill([1, 8, 8, 3], 200.0))
     assert dark.shape == (1, 8, 8, 3) and params.shape == (1, 5)
     assert bool(tf.reduce_all(params > 0.0))
+
+
+def test_apply_tone_curve_interpolates_each_channel():
+    grid = np.arange(256, dtype=np.float64)
+    curve = np.stack([grid, grid ** 2 / 255.0, np.full(256, 7.0)])  # identity, square, flat
+    image = np.asarray([[[[10.5, 10.5, 10.5], [255.0, 255.0, 255.0], [-3.0, 300.0, 0.0]]]],
+                       np.float32)
+    mapped = simulation.apply_tone_curve(image, curve).numpy()
+    square = lambda v: v ** 2 / 255.0  # noqa: E731
+    expected = [[[[10.5, (square(10) + square(11)) / 2, 7.0], [255.0, 255.0, 7.0],
+                  [0.0, 255.0, 7.0]]]]  # out-of-range inputs clip to [0, 255] first
+    np.testing.assert_allclose(mapped, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_identity_tone_curve_changes_nothing_and_a_real_one_applies_first(batch):
+    bright, params = batch
+    identity = np.tile(np.arange(256, dtype=np.float64), (3, 1))
+    plain = simulation.simulate(bright, params, seed=[3, 4], noise_peak=50.0)
+    same = simulation.simulate(bright, params, seed=[3, 4], noise_peak=50.0, tone_curve=identity)
+    np.testing.assert_allclose(same.numpy(), plain.numpy(), atol=1e-3)
+    halved = identity / 2
+    curved = simulation.simulate(bright, params, seed=[3, 4], steps=("bl", "cd", "gc"),
+                                 tone_curve=halved)
+    direct = simulation.simulate(bright / 2, params, seed=[3, 4], steps=("bl", "cd", "gc"))
+    np.testing.assert_allclose(curved.numpy(), direct.numpy(), rtol=1e-5, atol=1e-3)
+
+
+def test_tone_curve_validation_and_preset_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        simulation.check_tone_curve(np.zeros((3, 255)))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        simulation.check_tone_curve(np.tile(np.arange(256.0)[::-1], (3, 1)))
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        simulation.check_tone_curve(np.full((3, 256), 300.0))
+    curve = np.tile(np.linspace(2.0, 255.0, 256), (3, 1))
+    preset = simulation.load_preset("paper")
+    preset.tone_curve = curve
+    path = tmp_path / "toned.json"
+    simulation.save_preset(preset, str(path))
+    again = simulation.load_preset(str(path))
+    np.testing.assert_allclose(again.tone_curve, curve, atol=1e-4)
+    assert "tone_curve" not in again.extra
+    data = json.loads(path.read_text())
+    data["tone_curve"] = [[5.0, 1.0] * 128] * 3
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(simulation.PresetError, match="non-decreasing.*--tone_curve"):
+        simulation.load_preset(str(bad))
+    assert simulation.load_preset("paper").tone_curve is None  # the authors' preset has none
