@@ -237,14 +237,36 @@ def _unsaturated(pair):
     return (pair.bright < TONE_SATURATED).all(-1) & (pair.dark < TONE_SATURATED).all(-1)
 
 
+def _monotone_curve(total, count, min_pixels):
+    """Non-decreasing float64 [256] curve, scaled to end at 255, from per-value sums and counts.
+
+    Values with at least `min_pixels` pixels are measured: their means are made monotone by
+    weighted isotonic regression; values between them are interpolated linearly and values
+    above the brightest one continue the slope of the last `TONE_TAIL` measured values.
+    """
+    grid = np.arange(256, dtype=np.float64)
+    measured = count >= min_pixels
+    if measured.sum() < 2:
+        raise CalibrationError("Too few distinct bright values to fit a tone curve; use more or "
+                               "larger pairs.")
+    fitted = optimize.isotonic_regression(total[measured] / count[measured],
+                                          weights=count[measured]).x
+    values = np.interp(grid, grid[measured], fitted)
+    top = int(grid[measured][-1])
+    if top < 255:  # continue the last measured slope instead of flattening highlights
+        tail_x, tail_y = grid[measured][-TONE_TAIL:], fitted[-TONE_TAIL:]
+        slope = max(float(np.polyfit(tail_x, tail_y, 1)[0]), 0.0)
+        values[top + 1:] = fitted[-1] + slope * (grid[top + 1:] - top)
+    values = np.maximum.accumulate(values)
+    return values * 255.0 / max(values[-1], 1e-6)
+
+
 def fit_tone_curve(pairs, *, iterations=TONE_ITERATIONS, min_pixels=TONE_MIN_PIXELS):
     """Fit one monotone tone curve per channel, shared by all pairs, up to a per-pair gain.
 
     Model: dark[..., c] ~ gain[pair, c] * T_c(bright[..., c]). Alternates (a) T_c(v) = pooled
-    mean of dark / gain over pixels whose bright value rounds to v, made non-decreasing by
-    weighted isotonic regression and linearly interpolated over values with fewer than
-    `min_pixels` pixels (above the brightest measured value, continued with the slope of the
-    last `TONE_TAIL` measured values), then scaled so T_c(255) = 255; and (b) per-pair gains by least squares
+    mean of dark / gain over pixels whose bright value rounds to v, made monotone and filled in
+    by `_monotone_curve`, scaled so T_c(255) = 255; and (b) per-pair gains by least squares
     over unsaturated pixels. The per-image exposure and colour then stay in the composite's
     parameters, fitted on (dark, T(bright)).
 
@@ -269,20 +291,7 @@ def fit_tone_curve(pairs, *, iterations=TONE_ITERATIONS, min_pixels=TONE_MIN_PIX
                 index = indices[k][..., c].ravel()
                 total += np.bincount(index, pair.dark[..., c].ravel() / gains[k, c], 256)
                 count += np.bincount(index, minlength=256)
-            measured = count >= min_pixels
-            if measured.sum() < 2:
-                raise CalibrationError("Too few distinct bright values to fit a tone curve; use "
-                                       "more or larger pairs.")
-            fitted = optimize.isotonic_regression(total[measured] / count[measured],
-                                                  weights=count[measured]).x
-            values = np.interp(grid, grid[measured], fitted)
-            top = int(grid[measured][-1])
-            if top < 255:  # continue the last measured slope instead of flattening highlights
-                tail_x, tail_y = grid[measured][-TONE_TAIL:], fitted[-TONE_TAIL:]
-                slope = max(float(np.polyfit(tail_x, tail_y, 1)[0]), 0.0) if len(tail_x) > 1 else 0.0
-                values[top + 1:] = fitted[-1] + slope * (grid[top + 1:] - top)
-            curve[c] = np.maximum.accumulate(values)
-            curve[c] *= 255.0 / max(curve[c, -1], 1e-6)
+            curve[c] = _monotone_curve(total, count, min_pixels)
         for k, pair in enumerate(pairs):
             mapped = tone_map(pair.bright, curve)[masks[k]]
             dark = np.asarray(pair.dark, np.float64)[masks[k]]
