@@ -220,3 +220,36 @@ class SSIMMetric(keras.metrics.MeanMetricWrapper):
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="lowlight_tf")
+class MAESSIMLoss(keras.losses.Loss):
+    """Training loss MAE + ssim_weight * (1 - SSIM) on the model's [0, 1] tensors.
+
+    The paper trains with MAE alone (§3.3; `ssim_weight` 0 gives exactly that). The SSIM term
+    (the window of the module doc, max_val 1, predictions clipped to [0, 1] for it) penalises
+    the blotchy texture and amplified noise MAE tolerates, as in Zhao et al. 2017, "Loss
+    Functions for Image Restoration with Neural Networks".
+
+    `call(y_true, y_pred)`: float32 [B, H, W, 3], H and W >= 11; returns float32 [B].
+    """
+
+    def __init__(self, ssim_weight=0.0, name="mae_ssim", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if ssim_weight < 0:
+            raise ValueError(f"ssim_weight must be >= 0, got {ssim_weight}.")
+        self.ssim_weight = float(ssim_weight)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.convert_to_tensor(y_true, tf.float32)
+        y_pred = tf.convert_to_tensor(y_pred, tf.float32)
+        loss = tf.reduce_mean(tf.abs(y_true - y_pred), axis=[1, 2, 3])
+        if self.ssim_weight:
+            similarity = tf.image.ssim(tf.clip_by_value(y_pred, 0.0, 1.0), y_true, max_val=1.0,
+                                       filter_size=SSIM_FILTER_SIZE,
+                                       filter_sigma=SSIM_FILTER_SIGMA, k1=SSIM_K1, k2=SSIM_K2)
+            loss += self.ssim_weight * (1.0 - similarity)
+        return loss
+
+    def get_config(self):
+        return {**super().get_config(), "ssim_weight": self.ssim_weight}

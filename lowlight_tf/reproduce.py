@@ -79,6 +79,7 @@ class ReproduceConfig:
     lr_schedule: str = "cosine"
     warmup_steps: int = 100
     clipnorm: float = 1.0
+    ssim_weight: float = 0.0
     validation_steps: int = 4
     eval_tile: int = 0
     save_images: int = 4
@@ -263,7 +264,7 @@ def _train(run, name, *, stage, train_data, val_data, epochs, steps, learning_ra
         steps_per_epoch=steps, validation_steps=config.validation_steps if val_data else 0,
         learning_rate=learning_rate, lr_schedule=config.lr_schedule,
         warmup_steps=config.warmup_steps, clipnorm=config.clipnorm,
-        base_filters=None if init_from else config.base_filters,
+        ssim_weight=config.ssim_weight, base_filters=None if init_from else config.base_filters,
         depth=None if init_from else config.depth, train_fraction=train_fraction,
         seed=config.seed, jit_compile=config.jit_compile)
     result = training.train(train_config)

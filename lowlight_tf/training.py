@@ -82,6 +82,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     clipnorm: float = 0.0
+    ssim_weight: float = 0.0
     base_filters: int | None = None
     depth: int | None = None
     train_fraction: float = 1.0
@@ -160,7 +161,7 @@ def resolve_config(config):
     for name in ("patch_size", "batch_size", "epochs", "steps_per_epoch"):
         if getattr(c, name) < 1:
             raise ConfigError(f"--{name}={getattr(c, name)} must be at least 1.")
-    for name in ("validation_steps", "warmup_steps", "num_images", "clipnorm"):
+    for name in ("validation_steps", "warmup_steps", "num_images", "clipnorm", "ssim_weight"):
         if getattr(c, name) < 0:
             raise ConfigError(f"--{name}={getattr(c, name)} must not be negative.")
     if not c.learning_rate > 0:
@@ -319,7 +320,7 @@ def create_model(config, strategy):
         trainable, frozen = model_lib.set_trainable_blocks(model, config.trainable_blocks)
         optimizer = keras.optimizers.Adam(learning_rate_schedule(config),
                                           clipnorm=config.clipnorm or None)
-        model.compile(optimizer=optimizer, loss=keras.losses.MeanAbsoluteError(),
+        model.compile(optimizer=optimizer, loss=metrics.MAESSIMLoss(config.ssim_weight),
                       metrics=[keras.metrics.MeanAbsoluteError(name="mae"),
                                metrics.PSNRMetric(), metrics.SSIMMetric()],
                       jit_compile=config.jit_compile)

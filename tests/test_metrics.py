@@ -193,3 +193,24 @@ def test_keras_metrics_in_compiled_model():
     x = np.random.default_rng(4).uniform(0, 1, (8, 16, 16, 3)).astype(np.float32)
     result = model.evaluate(x, x, verbose=0, return_dict=True)
     assert np.isfinite(result["psnr"]) and -1 <= result["ssim"] <= 1
+
+
+def test_mae_ssim_loss_matches_its_definition_and_has_gradients():
+    rng = np.random.default_rng(3)
+    y_true = rng.uniform(0, 1, (2, 24, 24, 3)).astype(np.float32)
+    y_pred = np.clip(y_true + rng.normal(0, 0.1, y_true.shape), 0, 1).astype(np.float32)
+    mae = np.abs(y_true - y_pred).mean(axis=(1, 2, 3))
+    plain = metrics.MAESSIMLoss(0.0)
+    np.testing.assert_allclose(plain.call(y_true, y_pred).numpy(), mae, rtol=1e-5)
+    weighted = metrics.MAESSIMLoss(0.5)
+    similarity = metrics.ssim(y_pred * 255.0, y_true * 255.0).numpy()  # SSIM is scale-free
+    np.testing.assert_allclose(weighted.call(y_true, y_pred).numpy(),
+                               mae + 0.5 * (1 - similarity), rtol=1e-4)
+    prediction = tf.Variable(y_pred)
+    with tf.GradientTape() as tape:
+        value = weighted(y_true, prediction)
+    assert float(tf.reduce_sum(tf.abs(tape.gradient(value, prediction)))) > 0
+    again = metrics.MAESSIMLoss.from_config(weighted.get_config())
+    assert again.ssim_weight == 0.5
+    with pytest.raises(ValueError, match="ssim_weight"):
+        metrics.MAESSIMLoss(-0.1)

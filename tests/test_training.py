@@ -140,6 +140,8 @@ def test_config_errors(tmp_path, tiny_data):
         training.train(tiny_config(tmp_path / "a", tiny_data, deterministic=True))
     with pytest.raises(training.ConfigError, match="train_fraction"):
         training.train(tiny_config(tmp_path / "a", tiny_data, train_fraction=0.0))
+    with pytest.raises(training.ConfigError, match="ssim_weight"):
+        training.train(tiny_config(tmp_path / "a", tiny_data, ssim_weight=-1.0))
     assert not (tmp_path / "a").exists()
 
 
@@ -189,6 +191,16 @@ def test_same_seed_same_weights(tmp_path, tiny_data):
     fresh = model_lib.build_unet("rgb", 4, 2)
     assert not np.array_equal(fresh.get_layer("head_conv").kernel.numpy(),
                               first["head_conv/kernel"])
+
+
+def test_ssim_loss_term_trains_and_the_model_reloads(tmp_path, tiny_data):
+    result = training.train(tiny_config(tmp_path / "ssim", tiny_data, ssim_weight=0.5,
+                                        steps_per_epoch=2, val_data="none", num_images=0))
+    loss, mae = result.history["loss"][-1], result.history["mae"][-1]
+    assert np.isfinite(loss) and loss > mae + 0.01  # the (1 - SSIM) term is in the loss
+    assert "--ssim_weight=0.5" in open(tmp_path / "ssim" / "flags.txt").read()
+    reloaded = model_lib.load_model(result.final_model_path)
+    assert reloaded.output_shape == (None, None, None, 3)
 
 
 def test_jit_compile_trains_and_finished_run_is_kept(tmp_path, tiny_data):
