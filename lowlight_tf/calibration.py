@@ -332,7 +332,8 @@ def estimate_paper(dark, bright, pixel_range=PIXEL_RANGE):
     return np.asarray([level] + weights + [exponent], np.float64)
 
 
-def fit_composite(dark, bright, *, exponent=None, initial=None, max_pixels=30000, seed=0):
+def fit_composite(dark, bright, *, exponent=None, black_level=None, initial=None,
+                  max_pixels=30000, seed=0):
     """Least-squares fit of the noise-free composite f(b) = clip((w * max(b - bl, 0)) ** e) to d.
 
     Minimises sum((f(b) - d)^2) over up to `max_pixels` randomly chosen pixels (all channels),
@@ -341,7 +342,9 @@ def fit_composite(dark, bright, *, exponent=None, initial=None, max_pixels=30000
 
     Args:
       dark, bright: float [H, W, 3] in [0, 255].
-      exponent: fix gamma_exponent to this value and fit the other four; None fits all five.
+      exponent: fix gamma_exponent to this value; None fits it.
+      black_level: fix black_level to this value (0 with a tone curve, which carries the
+        camera's floor); None fits it.
       initial: float [5] extra start point.
       max_pixels: pixel subsample size.
       seed: subsample seed.
@@ -359,7 +362,9 @@ def fit_composite(dark, bright, *, exponent=None, initial=None, max_pixels=30000
         dark, bright = dark[chosen], bright[chosen]
     lower = np.asarray([0.0, 1e-4, 1e-4, 1e-4, 0.05])
     upper = np.asarray([254.0, 20.0, 20.0, 20.0, 4.0])
-    free = slice(0, 5) if exponent is None else slice(0, 4)
+    fixed = {index: float(value) for index, value in ((0, black_level), (4, exponent))
+             if value is not None}
+    free = np.asarray([index not in fixed for index in range(5)])
     starts = []
     if initial is not None and np.all(np.isfinite(initial)):
         starts.append(np.asarray(initial, np.float64))
@@ -373,8 +378,11 @@ def fit_composite(dark, bright, *, exponent=None, initial=None, max_pixels=30000
     starts.append(np.concatenate([[0.0], ratio, [neutral_exponent]]))
 
     def full(free_params):
-        return (free_params if exponent is None
-                else np.concatenate([free_params, [float(exponent)]]))
+        params = np.zeros(5)
+        params[free] = free_params
+        for index, value in fixed.items():
+            params[index] = value
+        return params
 
     def residuals(free_params):
         return (composite_noise_free(bright, full(free_params)) - dark).ravel()
@@ -390,8 +398,8 @@ def fit_composite(dark, bright, *, exponent=None, initial=None, max_pixels=30000
     return full(best.x), math.sqrt(2.0 * best.cost / best.fun.size)
 
 
-def fit_joint(dark, bright, *, exponents=JOINT_EXPONENTS, quantize=True, max_pixels=30000,
-              seed=0):
+def fit_joint(dark, bright, *, exponents=JOINT_EXPONENTS, black_level=None, quantize=True,
+              max_pixels=30000, seed=0):
     """Our joint fit: brightness and colour by least squares, noise level and shape from d.
 
     Brightness alone leaves the exponent e nearly undetermined (w^e and e trade off), but e
@@ -406,6 +414,7 @@ def fit_joint(dark, bright, *, exponents=JOINT_EXPONENTS, quantize=True, max_pix
     Args:
       dark, bright: float [H, W, 3] in [0, 255].
       exponents: candidate gamma exponents.
+      black_level: fix the black level (see `fit_composite`); None fits it.
       quantize: simulate 8-bit dark images (as the real ones are) when matching noise.
       max_pixels, seed: least-squares subsample.
     Returns:
@@ -419,8 +428,8 @@ def fit_joint(dark, bright, *, exponents=JOINT_EXPONENTS, quantize=True, max_pix
     candidates = []
     previous = None
     for exponent in exponents:
-        params, rms = fit_composite(dark, bright, exponent=exponent, max_pixels=max_pixels,
-                                    seed=seed, initial=previous)
+        params, rms = fit_composite(dark, bright, exponent=exponent, black_level=black_level,
+                                    max_pixels=max_pixels, seed=seed, initial=previous)
         previous = params
         peak = estimate_noise_peak(dark_crop, bright_crop, params, quantize=quantize, seed=seed)
         simulated = _simulate_one(bright_crop, params, seed=seed, noise_peak=peak,
@@ -541,7 +550,7 @@ def fit_distribution(rows):
 
 
 def estimate_pair(pair, method, *, pixel_range=PIXEL_RANGE, quantize=True, max_pixels=30000,
-                  seed=0, exponents=JOINT_EXPONENTS):
+                  seed=0, exponents=JOINT_EXPONENTS, black_level=None):
     """Per-pair estimate with the given method ("paper" or "joint").
 
     Returns:
@@ -551,8 +560,8 @@ def estimate_pair(pair, method, *, pixel_range=PIXEL_RANGE, quantize=True, max_p
     if method == "paper":
         return {"params": estimate_paper(pair.dark, pair.bright, pixel_range), "noise_peak": None}
     if method == "joint":
-        return fit_joint(pair.dark, pair.bright, exponents=exponents, quantize=quantize,
-                         max_pixels=max_pixels, seed=seed)
+        return fit_joint(pair.dark, pair.bright, exponents=exponents, black_level=black_level,
+                         quantize=quantize, max_pixels=max_pixels, seed=seed)
     raise ValueError(f"Unknown calibration method {method!r}; use one of {METHODS}.")
 
 
@@ -681,7 +690,8 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
       quantize: whether simulated dark images are 8-bit quantised (preset field); None means
         True for `joint` (real dark images are 8-bit) and False for `paper` (as the authors).
       tone_curve: if True, first fit the camera tone curve on `fit_pairs` (`fit_tone_curve`),
-        then fit the per-pair parameters on tone-mapped bright images; the preset carries it.
+        then fit the per-pair parameters on tone-mapped bright images (`joint`: with the black
+        level fixed at 0, as the curve holds the camera's floor); the preset carries it.
       pixel_range: the paper estimator's pixel range.
       max_pixels, seed: least-squares subsample size and seed.
       draws: parameter draws per held-out pair for the `drawn_noisy` fidelity condition.
@@ -696,7 +706,7 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
         quantize = method == "joint"
     curve = None
     if tone_curve:
-        curve, _ = fit_tone_curve(fit_pairs)
+        curve, _ = fit_tone_curve(fit_pairs)  # the fit's own gains are refitted per pair below
         say("  tone curve (G): " + ", ".join(f"{v}->{curve[1, v]:.1f}"
                                                for v in (32, 64, 128, 192, 224, 255)))
     measured_holdout = holdout_pairs
@@ -724,10 +734,14 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
                 + " ".join(f"{v:.4g}" for v in params) + peak)
         return fits
 
-    per_pair = run(fit_pairs, "fit")
+    # With a tone curve the curve carries the camera's floor (real dark frames have almost no
+    # zero pixels); a black level subtracted on top would crush shadows to 0 (measured: 2-14% of
+    # simulated pixels against 0.1-0.4% real), so joint fits it as 0.
+    base_options = {"black_level": 0.0} if curve is not None and method == "joint" else {}
+    per_pair = run(fit_pairs, "fit", **base_options)
     if not per_pair:
         raise CalibrationError("No pair gave a usable estimate; check the pairs and pixel range.")
-    options = {}
+    options = dict(base_options)
     if method == "joint":
         # One exponent for all pairs: the one whose simulated noise-vs-intensity curves match the
         # real ones best on average. Per-pair exponents trade off against the peak (the peak that
@@ -744,7 +758,7 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
             chosen = row["candidates"][shared]
             row.update(params=chosen["params"], noise_peak=chosen["noise_peak"], rms=chosen["rms"],
                        curve_error=chosen["curve_error"])
-        options = {"exponents": (exponents[shared],)}
+        options = {**base_options, "exponents": (exponents[shared],)}
     mean, cov = fit_distribution([row["params"] for row in per_pair])
     if noise_peak:
         peak, peak_note = float(noise_peak), "given"

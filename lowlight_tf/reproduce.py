@@ -284,6 +284,35 @@ def _evaluate(run, name, model_path, datasets, label):
     return {"rows": rows, "output_dir": os.path.join(run.evals, name)}
 
 
+# Flags that may change between runs of one work_dir: which stages run, where the dir is given.
+_RESUME_FREE = ("work_dir", "stages")
+
+
+def _check_same_settings(work_dir, config):
+    """Refuse to resume a work_dir whose finished stages were made with other settings.
+
+    Stages are reused by name, so a changed flag would silently mix old and new settings. Fields
+    missing from an older config.json count as their defaults.
+    """
+    path = os.path.join(work_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as stream:
+            previous = json.load(stream)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ReproduceError(f"Cannot read {path} ({error}); use a new --work_dir.") from error
+    defaults = dataclasses.asdict(ReproduceConfig(work_dir=""))
+    changed = [f"--{name}: {previous.get(name, defaults[name])!r} -> {value!r}"
+               for name, value in dataclasses.asdict(config).items()
+               if name not in _RESUME_FREE and previous.get(name, defaults[name]) != value]
+    if changed:
+        raise ReproduceError(
+            f"{work_dir} holds a run made with other settings ({'; '.join(changed)}); resuming "
+            "would reuse its finished stages with the old ones. Use a new --work_dir, or pass "
+            "the old values to resume.")
+
+
 def run_reproduce(config, progress=print):
     """Run (or resume) every selected stage; returns the report dict (also in report.md).
 
@@ -293,6 +322,7 @@ def run_reproduce(config, progress=print):
     _check_config(config)
     run = _Run(config, progress)
     selected = set(s for s in config.stages.split(",") if s)
+    _check_same_settings(run.work_dir, config)
     os.makedirs(run.work_dir, exist_ok=True)
     _write_json(os.path.join(run.work_dir, "config.json"), dataclasses.asdict(config))
 

@@ -17,7 +17,8 @@ real pairs (see `lowlight_tf.calibration` and the constant's comment).
 
 Parameters are always the 5-vector (black_level, w_r, w_g, w_b, gamma_exponent), RGB order, 8-bit
 units. They are drawn per image from a multivariate normal (the paper insists on correlated
-parameters), redrawing non-positive samples as the authors did (`sample_params`). The transforms
+parameters), redrawing non-positive samples as the authors did (a black level of exactly 0 is
+kept) (`sample_params`). The transforms
 are deterministic; randomness lives only in the named samplers (`sample_params`,
 `sample_poisson`), seeded statelessly so the same seed and inputs give bit-identical outputs.
 
@@ -27,11 +28,13 @@ f(T(B)). Real cameras do not write a dark exposure as a power law of the bright 
 references of ELIEI rgb_dev are highlight-compressed (dark 10 -> bright ~140, dark 40 -> ~220),
 which the composite's single exponent cannot represent. `lowlight_tf.calibration.fit_tone_curve`
 measures T from the calibration pairs; the per-image parameters then model only what varies
-between images (exposure, colour, black level, noise).
+between images (exposure, colour, noise; the black level is fixed at 0, the curve holding the
+camera's floor).
 
 Presets (`SimulationPreset`, `load_preset`) hold a distribution, its noise peak, whether simulated
-dark images are quantised to 8 bits, the optional tone curve, and where the numbers came from. `paper` is the authors'
-distribution shipped in `lowlight_tf/presets/paper.json`; calibration writes the same JSON format.
+dark images are quantised to 8 bits, the optional tone curve, and where the numbers came from.
+`paper` is the authors' distribution shipped in `lowlight_tf/presets/paper.json`; calibration
+writes the same JSON format.
 """
 import dataclasses
 import importlib.resources
@@ -136,7 +139,7 @@ def apply_tone_curve(image, curve):
 
 
 def check_tone_curve(curve, name="tone curve"):
-    """Validate and return a tone curve as float64 [3, 256]; raises ValueError saying what is wrong."""
+    """Return a valid tone curve as float64 [3, 256]; a ValueError says what is wrong."""
     curve = np.asarray(curve, np.float64)
     if curve.shape != (3, 256):
         raise ValueError(f"{name} must have shape [3, 256] (one 256-entry curve per RGB channel), "
@@ -296,7 +299,7 @@ def simulate(bright, params, *, seed, steps=STEPS, noise_peak=DEFAULT_NOISE_PEAK
     Args:
       bright: float32 [B, H, W, 3] in [0, 255] (RGB, 8-bit units).
       params: float32 [B, 5], one row (black_level, w_r, w_g, w_b, gamma_exponent) per image,
-        all > 0 (black_level in [0, 255]).
+        all > 0 except black_level, in [0, 255].
       seed: int [2] stateless seed; only the Poisson step uses it.
       steps: a subsequence of ("bl", "cd", "pn", "gc") in that order, or a sub-task name of
         `SUB_TASKS` ("bl", "bl+cd", "bl+cd+pn", "bl+cd+pn+gc").
@@ -330,8 +333,9 @@ def simulate(bright, params, *, seed, steps=STEPS, noise_peak=DEFAULT_NOISE_PEAK
 def sample_params(n, mean, cov, *, seed, max_rounds=1000):
     """Draw n parameter rows from N(mean, cov), redrawing rows with any value <= 0.
 
-    Each row is redrawn independently until all five values are positive, as the authors did;
-    a row therefore follows the normal distribution truncated to the positive orthant. The
+    Each row is redrawn independently until all five values are positive, as the authors did,
+    except that a black level of exactly 0 is valid (the tone-curve presets fix it at 0); a row
+    therefore follows the normal distribution truncated to the positive orthant. The
     covariance may be singular (fewer pairs than parameters): the square root comes from an
     eigendecomposition, not a Cholesky factor.
 
@@ -343,7 +347,7 @@ def sample_params(n, mean, cov, *, seed, max_rounds=1000):
       max_rounds: give up (InvalidArgumentError) if a row is still non-positive after this many
         draws; only happens for distributions with almost no positive mass.
     Returns:
-      float32 [n, 5], all entries > 0.
+      float32 [n, 5], black_level >= 0 and every other entry > 0.
     """
     mean = tf.convert_to_tensor(np.asarray(mean, np.float64).reshape(-1), tf.float64)
     cov = np.asarray(cov, np.float64)
@@ -360,7 +364,8 @@ def sample_params(n, mean, cov, *, seed, max_rounds=1000):
 
     def body(round_index, rows, done):
         candidate = draw(round_index)
-        valid = tf.reduce_all(candidate > 0.0, axis=1)
+        valid = tf.logical_and(candidate[:, 0] >= 0.0,  # a zero black level is valid
+                               tf.reduce_all(candidate[:, 1:] > 0.0, axis=1))
         take = tf.logical_and(valid, tf.logical_not(done))
         rows = tf.where(take[:, None], candidate, rows)
         return round_index + 1, rows, tf.logical_or(done, valid)

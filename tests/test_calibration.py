@@ -193,3 +193,14 @@ def test_cli_user_errors_exit_2(tmp_path):
     assert "nothing" in result.stderr
     result = run_tool(f"--pairs={tmp_path}", "--method=preset", "--preset=unknown_name")
     assert result.returncode == 2 and "Unknown simulation preset" in result.stderr
+
+
+def test_fit_composite_with_a_fixed_black_level():
+    bright = synthetic_bright(7)
+    params = np.asarray([0.0, 0.3, 0.22, 0.35, 1.25])
+    dark = synthetic_dark(bright, params)
+    fitted, rms = calibration.fit_composite(dark, bright, black_level=0.0, exponent=1.25)
+    assert fitted[0] == 0.0 and fitted[4] == 1.25 and rms < 0.01
+    np.testing.assert_allclose(fitted[1:4], params[1:4], rtol=2e-3)
+    shifted, _ = calibration.fit_composite(dark + 3.0, bright, black_level=0.0, exponent=1.25)
+    assert shifted[0] == 0.0  # held even where a free black level would move

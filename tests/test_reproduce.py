@@ -1,4 +1,5 @@
 """The reproduce runner and the demo end to end on tiny generated data (lowlight_tf.reproduce)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -107,8 +108,22 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
             bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="--tone_curve.*fixed preset"):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
-            work_dir=str(tmp_path / "t"), bright_dir=str(inputs / "bright"), simulation="paper.json",
-            tone_curve=True, bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
+            work_dir=str(tmp_path / "t"), bright_dir=str(inputs / "bright"),
+            simulation="paper.json", tone_curve=True, bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
+
+
+def test_resuming_with_other_settings_is_refused_before_any_work(inputs, tmp_path):
+    old = reproduce.ReproduceConfig(work_dir=str(tmp_path / "run"),
+                                    bright_dir=str(inputs / "bright"))
+    (tmp_path / "run").mkdir()
+    settings = dataclasses.asdict(old)
+    del settings["ssim_weight"]  # a config.json from before that flag existed
+    (tmp_path / "run" / "config.json").write_text(json.dumps(settings))
+    changed = dataclasses.replace(old, patch_size=128, ssim_weight=0.5, stages="prepare")
+    with pytest.raises(reproduce.ReproduceError, match=r"--patch_size: 64 -> 128.*--ssim_weight"):
+        reproduce.run_reproduce(changed, progress=None)
+    assert sorted(os.listdir(tmp_path / "run")) == ["config.json"]  # nothing was built
+    assert "ssim_weight" not in json.loads((tmp_path / "run" / "config.json").read_text())
 
 
 def test_reproduce_cli_rejects_unknown_flags_with_status_2(tmp_path):

@@ -273,3 +273,13 @@ def test_tone_curve_validation_and_preset_round_trip(tmp_path):
     with pytest.raises(simulation.PresetError, match="non-decreasing.*--tone_curve"):
         simulation.load_preset(str(bad))
     assert simulation.load_preset("paper").tone_curve is None  # the authors' preset has none
+
+
+def test_sample_params_keeps_a_zero_black_level_and_redraws_negative_ones():
+    fixed_zero = simulation.sample_params(6, [0.0, 0.3, 0.3, 0.3, 1.0], np.zeros((5, 5)),
+                                          seed=[0, 2]).numpy()
+    np.testing.assert_allclose(fixed_zero, np.tile([0.0, 0.3, 0.3, 0.3, 1.0], (6, 1)),
+                               rtol=1e-6)
+    cov = np.diag([4.0, 1e-4, 1e-4, 1e-4, 1e-4])
+    draws = simulation.sample_params(2000, [0.0, 0.3, 0.3, 0.3, 1.0], cov, seed=[0, 3]).numpy()
+    assert draws[:, 0].min() >= 0.0 and draws[:, 0].mean() > 1.0  # truncated at zero
