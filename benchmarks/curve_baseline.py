@@ -4,7 +4,8 @@
 For each channel, the mean bright value of every 8-bit dark value is pooled over the calibration
 pairs (the same pairs the simulation is calibrated on), interpolated over dark values no pixel
 had, and applied to the held-out dark images as a lookup table, optionally after a Gaussian blur
-(a classical denoiser). It needs the same 8 pairs as our zero-shot model and no training, so it
+(a classical denoiser): lowlight_tf.baselines.fit_dark_to_bright_curve / apply_curve, which
+tools/reproduce reports as the `calibrated curve` row with the 1-pixel blur. It needs the same 8 pairs as our zero-shot model and no training, so it
 is the bar a model pretrained on simulated pairs has to clear on the same camera.
 
   python benchmarks/curve_baseline.py --pairs=../shared/data/eliei/rgb_dev \
@@ -20,10 +21,9 @@ import sys
 import numpy as np
 from absl import app
 from absl import flags
-from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowlight_tf import calibration, metrics  # noqa: E402  pylint: disable=wrong-import-position
+from lowlight_tf import baselines, calibration, metrics  # noqa: E402  pylint: disable=C0413
 
 _PAIRS = flags.DEFINE_string("pairs", "../shared/data/eliei/rgb_dev",
                              "Folder with low/ and high/ real pairs.")
@@ -33,31 +33,10 @@ _BLURS = flags.DEFINE_list("blurs", ["0", "1.0", "1.5"],
                            "Gaussian blur sigmas (pixels) applied to the dark image first.")
 
 
-def pooled_curve(pairs):
-    """Mean bright value per 8-bit dark value and channel: float64 [3, 256] in [0, 255]."""
-    curve = np.zeros((3, 256))
-    for c in range(3):
-        total, count = np.zeros(256), np.zeros(256)
-        for pair in pairs:
-            index = np.clip(np.round(pair.dark[..., c]), 0, 255).astype(np.int64).ravel()
-            total += np.bincount(index, pair.bright[..., c].ravel().astype(np.float64), 256)
-            count += np.bincount(index, minlength=256)
-        seen = np.flatnonzero(count)
-        curve[c] = np.interp(np.arange(256), seen, total[seen] / count[seen])
-    return curve
-
-
-def enhance(dark, curve, blur):
-    """Apply the curve (linear interpolation) to dark float [H, W, 3] in [0, 255]."""
-    if blur > 0:
-        dark = ndimage.gaussian_filter(np.asarray(dark, np.float64), (blur, blur, 0))
-    return calibration.tone_map(dark, curve)
-
-
 def scores(curve, pairs, blur):
     rows = []
     for pair in pairs:
-        prediction = np.round(enhance(pair.dark, curve, blur)).astype(np.float32)
+        prediction = np.round(baselines.apply_curve(pair.dark, curve, blur))
         reference = pair.bright.astype(np.float32)
         rows.append((float(metrics.psnr(prediction, reference)),
                      float(metrics.ssim(prediction, reference)),
@@ -77,7 +56,7 @@ def main(argv):
     print(f"{'method':<46} {'PSNR':>6} {'SSIM':>6} {'GT-mean PSNR':>13}")
     for label, source in (("calibration-pair curve", fit), ("oracle: held-out pairs' own curve",
                                                             held_out)):
-        curve = pooled_curve(source)
+        curve = baselines.fit_dark_to_bright_curve(source)
         for blur in (float(b) for b in _BLURS.value):
             psnr, ssim, gt_mean = scores(curve, held_out, blur)
             name = label + (f" + blur {blur:g}" if blur else "")

@@ -50,6 +50,28 @@ def test_histogram_equalization_matches_skimage():
     np.testing.assert_allclose(baselines.histogram_equalization(dark), expected, atol=1e-3)
 
 
+def test_calibrated_curve_hand_computed():
+    class Pair:  # the two fields baselines read from lowlight_tf.calibration.Pair
+        def __init__(self, dark, bright):
+            self.dark, self.bright = np.asarray(dark, np.float32), np.asarray(bright, np.float32)
+
+    pairs = [Pair([[[2, 2, 2], [4, 4, 4]]], [[[100, 110, 120], [200, 200, 200]]]),
+             Pair([[[2, 2, 2], [8, 8, 8]]], [[[120, 130, 140], [240, 250, 255]]])]
+    curve = baselines.fit_dark_to_bright_curve(pairs)
+    np.testing.assert_allclose(curve[:, 2], [110, 120, 130])  # pooled mean over both pairs
+    np.testing.assert_allclose(curve[:, 4], [200, 200, 200])
+    np.testing.assert_allclose(curve[:, 6], [220, 225, 227.5])  # interpolated between 4 and 8
+    np.testing.assert_allclose(curve[:, 0], [110, 120, 130])  # held flat below the lowest value
+    enhanced = baselines.apply_curve([[[3.0, 4.0, 8.0]]], curve, blur=0)
+    np.testing.assert_allclose(enhanced, [[[155.0, 200.0, 255.0]]])
+    flat = np.full((9, 9, 3), 4.0)
+    flat[4, 4] = 8.0  # the blur spreads this outlier before the lookup
+    assert baselines.apply_curve(flat, curve)[4, 4, 0] < baselines.apply_curve(flat, curve,
+                                                                              blur=0)[4, 4, 0]
+    with pytest.raises(ValueError, match="at least one pair"):
+        baselines.fit_dark_to_bright_curve([])
+
+
 def test_apply_by_key_and_unknown_name():
     dark = np.full((2, 2, 3), 51.0, np.float32)
     np.testing.assert_allclose(baselines.apply("auto_gain", dark), 114.75)

@@ -72,7 +72,9 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     assert any("simulated_test" in d for d in datasets)
     assert any("target" in d for d in datasets) and any("device" in d for d in datasets)
     baselines = [r for r in report["rows"] if r.get("kind") == "baseline"]
-    assert len(baselines) == 4 * 3  # four baselines, once per test set
+    assert len(baselines) == 4 * 3 + 1  # four baselines per test set + the calibrated curve
+    curve_rows = [r for r in baselines if r["method"].startswith("calibrated curve")]
+    assert len(curve_rows) == 1 and curve_rows[0]["dataset"] == "target:val"
     for row in report["rows"]:
         assert 0.0 < row["psnr"] < 100.0 and -1.0 <= row["ssim"] <= 1.0
     text = (tmp_path / "run" / "report.md").read_text()
@@ -90,7 +92,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     second = reproduce.run_reproduce(config, progress=again.append)
     assert final.stat().st_mtime_ns == mtime
     records = os.listdir(tmp_path / "run" / "stages")
-    assert len(records) == 15  # 10 stages + 5 evaluations of trained models
+    assert len(records) == 16  # 11 stages + 5 evaluations of trained models
     assert sum("finished earlier" in line for line in again) == len(records)
     assert [r["psnr"] for r in second["rows"]] == [r["psnr"] for r in report["rows"]]
 
