@@ -28,8 +28,8 @@ f(T(B)). Real cameras do not write a dark exposure as a power law of the bright 
 references of ELIEI rgb_dev are highlight-compressed (dark 10 -> bright ~140, dark 40 -> ~220),
 which the composite's single exponent cannot represent. `lowlight_tf.calibration.fit_tone_curve`
 measures T from the calibration pairs; the per-image parameters then model only what varies
-between images (exposure, colour, noise; the black level is fixed at 0, the curve holding the
-camera's floor).
+between images (exposure, colour, gamma, noise; the black level is fixed at 0, the curve
+holding the camera's floor).
 
 Presets (`SimulationPreset`, `load_preset`) hold a distribution, its noise peak, whether simulated
 dark images are quantised to 8 bits, the optional tone curve, and where the numbers came from.
