@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import io
+import itertools
 import multiprocessing
 import os
 import types
@@ -62,7 +63,7 @@ class Plan:
         worker_fn: module-level function task -> ("ok", example dict) or ("skip", reason); for
             "simulated" the builder generates examples itself and this is None.
         skips: SkipLog shared over retries.
-        num_workers: decoding processes (1 = decode in this process).
+        num_workers: decoding worker processes (at least one: a decoder crash skips its file).
         report: callable(str) for progress lines, or None.
         description: text stored in dataset_info.json.
         empty_splits: splits whose every input was skipped during generation (filled by the
@@ -155,32 +156,59 @@ def require_dir(path, what):
                          "path (relative paths are taken from the current directory).")
 
 
-def parallel_map(fn, tasks, num_workers):
-    """Yield (task, fn(task)) in order, using `num_workers` processes with bounded look-ahead.
+# What a task yields when its worker process dies (LibRaw and other C decoders can segfault).
+CRASH_REASON = ("the decoder crashed its worker process (a corrupt or unsupported file); "
+                "skipped, the other files were kept")
 
-    At most 2 * num_workers results are in flight, so large inputs stream instead of piling up
-    decoded images in memory. Worker processes are spawned (not forked: the parent has
-    TensorFlow's threads running) and only import the decoding modules.
+
+def _run_isolated(fn, task, context):
+    """fn(task) in a fresh one-off process; its crash becomes ("skip", CRASH_REASON)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return pool.submit(fn, task).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            return ("skip", CRASH_REASON)
+
+
+def parallel_map(fn, tasks, num_workers):
+    """Yield (task, fn(task)) in order, in `num_workers` (>= 1) worker processes.
+
+    `fn` returns ("ok", ...) or ("skip", reason). At most 2 * num_workers results are in flight,
+    so large inputs stream instead of piling up decoded images in memory. Worker processes are
+    spawned (not forked: the parent has TensorFlow's threads running) and only import the
+    decoding modules. A worker that dies (a decoder segfault) breaks the pool: the tasks in
+    flight are then re-run one by one in fresh processes, the one that crashes again yields
+    ("skip", CRASH_REASON), and a new pool takes the remaining tasks.
     """
-    if num_workers <= 1:
-        for task in tasks:
-            yield task, fn(task)
-        return
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-        pending = collections.deque()
-        task_iter = iter(tasks)
-        for task in task_iter:
-            pending.append((task, pool.submit(fn, task)))
-            if len(pending) >= 2 * num_workers:
-                break
-        while pending:
-            task, future = pending.popleft()
-            result = future.result()
-            next_task = next(task_iter, None)
-            if next_task is not None:
-                pending.append((next_task, pool.submit(fn, next_task)))
-            yield task, result
+    task_iter = iter(tasks)
+    workers = max(1, num_workers)
+    while True:
+        in_flight = []
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            pending = collections.deque()
+            for task in itertools.islice(task_iter, 2 * workers):
+                pending.append((task, pool.submit(fn, task)))
+            while pending:
+                task, future = pending.popleft()
+                try:
+                    result = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    in_flight = [task] + [queued for queued, _ in pending]
+                    break
+                next_task = next(task_iter, None)
+                if next_task is not None:
+                    try:
+                        pending.append((next_task, pool.submit(fn, next_task)))
+                    except concurrent.futures.process.BrokenProcessPool:
+                        in_flight = [queued for queued, _ in pending] + [next_task]
+                        yield task, result
+                        break
+                yield task, result
+        if not in_flight:
+            return
+        for task in in_flight:
+            yield task, _run_isolated(fn, task, context)
 
 
 class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -228,10 +256,6 @@ class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         plan = self.plan
         tasks = ((item, item.task) for item in items)
         fn = plan.worker_fn
-        if plan.num_workers <= 1:
-            for item, task in tasks:
-                yield item, fn(task)
-            return
         item_by_task = collections.deque()
 
         def task_stream():

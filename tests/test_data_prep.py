@@ -20,6 +20,7 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
+from data_prep import core
 from data_prep import decoding
 from data_prep import prepare
 from data_prep import splitting
@@ -519,3 +520,29 @@ def test_images_from_several_folders_get_prefixed_ids(tmp_path):
     with pytest.raises(prepare.InputError, match="share a folder name"):
         prepare.make_tfrecords("images", output_dir=str(tmp_path / "out"), name="dup",
                                input_dir=f"{tmp_path / 'clean'},{tmp_path / 'clean'}")
+
+
+CRASHY_MODULE = """
+import os
+
+
+def decode(task):
+    if task == "crash":
+        os._exit(3)  # what a segfaulting C decoder does to its process
+    return ("ok", task.upper())
+"""
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_parallel_map_survives_a_crashing_worker(tmp_path, monkeypatch, num_workers):
+    (tmp_path / "crashy_decoder.py").write_text(CRASHY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    import crashy_decoder  # pylint: disable=import-outside-toplevel,import-error
+    tasks = ["a", "b", "crash", "c", "d", "e", "f", "crash", "g"]
+    results = list(core.parallel_map(crashy_decoder.decode, tasks, num_workers))
+    assert [task for task, _ in results] == tasks  # every input accounted for, in order
+    for task, (status, value) in results:
+        if task == "crash":
+            assert status == "skip" and value == core.CRASH_REASON
+        else:
+            assert (status, value) == ("ok", task.upper())
