@@ -228,8 +228,8 @@ def _calibrate(run, specs):
     holdout = calibration.load_pairs(specs["target_val"])
     preset, rows = calibration.calibrate(
         fit, method=config.simulation, holdout_pairs=holdout, tone_curve=config.tone_curve,
-        seed=config.seed,
-        source=specs["target_calib"], progress=lambda line: _say(run.progress, "  " + line))
+        seed=config.seed, source=specs["target_calib"],
+        progress=lambda line: _say(run.progress, "  " + line))
     simulation.save_preset(preset, params_path)
     comparison = {}
     for name in ("paper",):
