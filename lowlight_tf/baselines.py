@@ -22,6 +22,8 @@ measured on eliei/rgb_dev in ../shared/data/README.md (PSNR 7.38, 12.33, 13.18, 
 import numpy as np
 from scipy import ndimage
 
+from lowlight_tf import calibration
+
 GAMMA_EXPONENT = 0.4
 AUTO_GAIN_TARGET_MEAN = 0.45 * 255.0
 HISTOGRAM_BINS = 256
@@ -140,7 +142,4 @@ def apply_curve(dark, curve, blur=CURVE_BLUR_SIGMA):
     dark = np.asarray(dark, np.float64)
     if blur > 0:
         dark = ndimage.gaussian_filter(dark, (blur, blur, 0))
-    dark = np.clip(dark, 0.0, 255.0)
-    grid = np.arange(256, dtype=np.float64)
-    return np.stack([np.interp(dark[..., c], grid, curve[c]) for c in range(3)],
-                    axis=-1).astype(np.float32)
+    return calibration.tone_map(dark, curve).astype(np.float32)  # the same per-channel lookup
