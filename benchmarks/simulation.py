@@ -4,7 +4,8 @@
 Compares, in one run and on one core (TensorFlow intra/inter-op threads = 1):
   - the batched TF composite GC(PN(CD(BL(B)))) with our fast Poisson sampler (what training uses),
   - the same composite with tf.random.stateless_poisson (exact reference sampler),
-  - a naive per-pixel NumPy implementation with np.vectorize, as in the authors' code.
+  - a naive per-pixel NumPy implementation with np.vectorize, as in the authors' code,
+and the cost of the camera tone curve (preset eliei_rgb_tone) against the same composite without.
 Run:  python benchmarks/simulation.py [--batch_size=16] [--seconds=3]
 """
 import argparse
@@ -95,6 +96,18 @@ def main():
         print(f"  composite, tf exact     : {exact_rate:8.0f} patches/s/core "
               f"({exact_rate / naive_rate:.0f}x naive)")
         print(f"  naive np.vectorize      : {naive_rate:8.1f} patches/s/core")
+    toned = simulation.load_preset("eliei_rgb_tone")
+    params = toned.sample(args.batch_size, seed=[1, 2])
+    peak = tf.constant(toned.noise_peak, tf.float32)
+    curve = tf.constant(toned.tone_curve, tf.float32)
+    with_curve = tf.function(lambda b, p, s, n: simulation.simulate(b, p, seed=s, noise_peak=n,
+                                                                      tone_curve=curve))
+    plain_rate = time_tf(fast, bright, params, peak, args.seconds)
+    curve_rate = time_tf(with_curve, bright, params, peak, args.seconds)
+    print(f"eliei_rgb_tone preset (peak {toned.noise_peak:.0f}):")
+    print(f"  composite               : {plain_rate:8.0f} patches/s/core")
+    print(f"  tone curve + composite  : {curve_rate:8.0f} patches/s/core "
+          f"({curve_rate / plain_rate:.2f}x)")
     print("target: >= 2000 patches/s/core for the composite")
 
 
