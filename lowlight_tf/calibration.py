@@ -549,6 +549,35 @@ def fit_distribution(rows):
     return mean, np.atleast_2d(cov)
 
 
+def scale_exposure_spread(mean, cov, spread):
+    """Scale the spread of the common exposure gain of the colour weights by `spread`.
+
+    The per-pair weights (w_r, w_g, w_b) vary in two ways: a common gain (exposure; the network
+    cannot tell it from scene brightness, so a wide one teaches it to pull every output towards
+    the bright photos' typical brightness) and chroma (white balance). This shrinks only the
+    first: with u the unit vector along the mean weights and P = u u^T on the weight
+    coordinates, cov' = A cov A^T with A = I - (1 - spread) P. The mean is unchanged; the result
+    is still a covariance (positive semi-definite).
+
+    Args:
+      mean: float [5], (black_level, w_r, w_g, w_b, gamma_exponent).
+      cov: float [5, 5].
+      spread: float >= 0; 1 keeps `cov`, 0 removes the exposure variation (chroma stays).
+    Returns:
+      float64 [5, 5], the new covariance.
+    """
+    if not spread >= 0.0:
+        raise CalibrationError(f"exposure spread must be >= 0, got {spread}.")
+    weights = np.asarray(mean, np.float64)[1:4]
+    norm = np.linalg.norm(weights)
+    if norm == 0.0:
+        raise CalibrationError("The mean colour weights are all 0; there is no exposure axis.")
+    unit = weights / norm
+    transform = np.eye(5)
+    transform[1:4, 1:4] -= (1.0 - spread) * np.outer(unit, unit)
+    return transform @ np.asarray(cov, np.float64) @ transform.T
+
+
 def estimate_pair(pair, method, *, pixel_range=PIXEL_RANGE, quantize=True, max_pixels=30000,
                   seed=0, exponents=JOINT_EXPONENTS, black_level=None):
     """Per-pair estimate with the given method ("paper" or "joint").
@@ -678,8 +707,8 @@ def format_fidelity_table(rows, title=""):
 # Orchestration.
 # ---------------------------------------------------------------------------------------------
 def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, quantize=None,
-              tone_curve=False, pixel_range=PIXEL_RANGE, max_pixels=30000, draws=4, seed=0,
-              source="", progress=print):
+              tone_curve=False, exposure_spread=1.0, pixel_range=PIXEL_RANGE, max_pixels=30000,
+              draws=4, seed=0, source="", progress=print):
     """Fit a simulation preset on `fit_pairs`; report fidelity on `holdout_pairs`.
 
     Args:
@@ -692,6 +721,8 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
       tone_curve: if True, first fit the camera tone curve on `fit_pairs` (`fit_tone_curve`),
         then fit the per-pair parameters on tone-mapped bright images (`joint`: with the black
         level fixed at 0, as the curve holds the camera's floor); the preset carries it.
+      exposure_spread: scale of the exposure (common gain) variation of the fitted distribution
+        (`scale_exposure_spread`); 1 keeps the spread measured across the fit pairs.
       pixel_range: the paper estimator's pixel range.
       max_pixels, seed: least-squares subsample size and seed.
       draws: parameter draws per held-out pair for the `drawn_noisy` fidelity condition.
@@ -762,6 +793,9 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
                        curve_error=chosen["curve_error"])
         options = {**base_options, "exponents": (exponents[shared],)}
     mean, cov = fit_distribution([row["params"] for row in per_pair])
+    if exposure_spread != 1.0:
+        cov = scale_exposure_spread(mean, cov, exposure_spread)
+        say(f"  exposure spread scaled by {exposure_spread:g} (chroma spread kept)")
     if noise_peak:
         peak, peak_note = float(noise_peak), "given"
     elif method == "joint":
@@ -783,6 +817,7 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
             "noise_peak": peak_note,
             "tone_curve": ("fitted on the fit pairs (fit_tone_curve)" if curve is not None
                            else "none"),
+            "exposure_spread": float(exposure_spread),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
     rows = []

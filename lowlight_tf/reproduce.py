@@ -62,6 +62,7 @@ class ReproduceConfig:
     simulation: str = "joint"          # joint | paper (fit on the target calib pairs) or a preset
     simulation_steps: str = "bl,cd,pn,gc"
     tone_curve: bool = False           # also fit the camera tone curve (calibration.fit_tone_curve)
+    exposure_spread: float = 1.0       # scale of the calibrated exposure variation (1 = as fitted)
     patch_size: int = 64
     batch_size: int = 16
     base_filters: int = 32
@@ -171,7 +172,12 @@ def _check_config(config):
                              "same-camera transfer; the rest validate.")
     if not 0.0 < config.device_fraction <= 1.0:
         raise ReproduceError(f"--device_fraction={config.device_fraction} must lie in (0, 1].")
-    if config.tone_curve and config.simulation not in ("joint", "paper"):
+    fitted = config.simulation in ("joint", "paper")
+    if config.exposure_spread != 1.0 and not fitted:
+        raise ReproduceError(f"--exposure_spread scales the calibrated distribution, but "
+                             f"--simulation={config.simulation} is a fixed preset; drop one of "
+                             "the two.")
+    if config.tone_curve and not fitted:
         raise ReproduceError(f"--tone_curve fits a tone curve during calibration, but "
                              f"--simulation={config.simulation} is a fixed preset (which carries "
                              "its own curve, if any); drop one of the two.")
@@ -228,7 +234,7 @@ def _calibrate(run, specs):
     holdout = calibration.load_pairs(specs["target_val"])
     preset, rows = calibration.calibrate(
         fit, method=config.simulation, holdout_pairs=holdout, tone_curve=config.tone_curve,
-        seed=config.seed, source=specs["target_calib"],
+        exposure_spread=config.exposure_spread, seed=config.seed, source=specs["target_calib"],
         progress=lambda line: _say(run.progress, "  " + line))
     simulation.save_preset(preset, params_path)
     comparison = {}
@@ -239,6 +245,8 @@ def _calibrate(run, specs):
     summary = calibration.summarise_fidelity(rows) if rows else {}
     _say(run.progress, calibration.format_fidelity_table(rows, title="fidelity (held-out)"))
     method = config.simulation + (" + tone curve" if config.tone_curve else "")
+    if config.exposure_spread != 1.0:
+        method += f", exposure spread x{config.exposure_spread:g}"
     return {"params": params_path, "method": method, "fidelity": summary,
             "fidelity_paper_preset": comparison["paper"], "fit_pairs": len(fit),
             "holdout_pairs": len(holdout)}
