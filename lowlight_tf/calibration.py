@@ -122,14 +122,23 @@ def load_pair_folder(folder):
     return pairs
 
 
-def load_pairs(source, default_split="train"):
+def load_pairs(source, default_split="train", *, fraction=1.0, seed=0):
     """Read pairs from a folder (low/, high/) or a pairs dataset `OUTPUT_DIR/NAME[:split]`.
 
+    Args:
+      source: the folder or dataset spec.
+      default_split: split read when a dataset spec names none.
+      fraction, seed: keep only the subset `lowlight_tf.pipeline.select_fraction` keeps (the
+        pairs that training with --train_fraction=fraction --seed=seed uses); datasets only.
     Returns:
       list of Pair sorted by id (numeric ids numerically).
     """
     source = str(source)
     if os.path.isdir(os.path.join(source, "low")) or os.path.isdir(os.path.join(source, "high")):
+        if fraction != 1.0:
+            raise CalibrationError(f"{source}: a fraction of the pairs can only be selected from "
+                                   "a pairs dataset (tools/make_tfrecords --kind=pairs), where "
+                                   "it matches training's --train_fraction.")
         return load_pair_folder(source)
     try:
         from lowlight_tf import data  # pylint: disable=import-outside-toplevel
@@ -141,6 +150,12 @@ def load_pairs(source, default_split="train"):
     except ValueError as error:
         raise CalibrationError(f"{source} is neither a folder with low/ and high/ subfolders nor "
                                f"a readable pairs dataset OUTPUT_DIR/NAME[:split]: {error}") from error
+    if fraction != 1.0:
+        from lowlight_tf import pipeline  # pylint: disable=import-outside-toplevel
+        try:
+            dataset = pipeline.select_fraction(dataset, fraction, seed=seed, what="pairs")
+        except ValueError as error:
+            raise CalibrationError(f"{source}: {error}") from error
     pairs = []
     for example in dataset.as_numpy_iterator():
         if "dark" not in example:

@@ -15,6 +15,12 @@ finished stages and resumes an interrupted training from its last finished epoch
   pretrain         the U-Net on simulated pairs only (§3.2-3.3).
   eval_pretrain    simulated test set, zero-shot on the target and the device (§3.4).
   transfer_target  last two blocks retrained on the target's calibration pairs.
+  calibrate_device, pretrain_device
+                   with --device_calibration: the simulation calibrated again on the device's
+                   transfer pairs (the same 10%), the device's calibrated-curve baseline, and a
+                   second model pretrained on it (then evaluated zero-shot on the device) - the
+                   paper's protocol, where the simulation is fitted on the device it transfers
+                   to. The device's transfer rows then start from this model.
   transfer_device  last two blocks retrained on 10% of the device's training pairs (§3.4).
   finetune_all_device, scratch_device, full_device
                    our rows on the same data: all layers on the same 10%, from scratch on the same
@@ -40,7 +46,7 @@ PAPER_ROWS = (
 )
 
 STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "pretrain", "eval_pretrain",
-          "transfer_target", "transfer_device", "finetune_all_device", "scratch_device",
+          "transfer_target", "calibrate_device", "pretrain_device", "transfer_device", "finetune_all_device", "scratch_device",
           "full_device", "report")
 
 
@@ -59,6 +65,7 @@ class ReproduceConfig:
     target_calib_ids: str = ""         # e.g. "4-5,29-30,38,294-295,317"
     device_pairs: str = ""             # "another device": the paper's 10% transfer protocol
     device_splits: str = "train:0.7,test:0.3"
+    device_calibration: bool = False   # calibrate on the device's transfer pairs, pretrain again
     simulation: str = "joint"          # joint | paper (fit on the target calib pairs) or a preset
     simulation_steps: str = "bl,cd,pn,gc"
     tone_curve: bool = False           # also fit the camera tone curve (calibration.fit_tone_curve)
@@ -177,6 +184,13 @@ def _check_config(config):
         raise ReproduceError(f"--exposure_spread scales the calibrated distribution, but "
                              f"--simulation={config.simulation} is a fixed preset; drop one of "
                              "the two.")
+    if config.device_calibration and not fitted:
+        raise ReproduceError(f"--device_calibration fits the simulation on the device's pairs "
+                             f"with --simulation=joint or paper, not the fixed preset "
+                             f"{config.simulation}.")
+    if config.device_calibration and not config.device_pairs:
+        raise ReproduceError("--device_calibration needs --device_pairs (the device whose "
+                             "transfer pairs calibrate the simulation).")
     if config.tone_curve and not fitted:
         raise ReproduceError(f"--tone_curve fits a tone curve during calibration, but "
                              f"--simulation={config.simulation} is a fixed preset (which carries "
@@ -232,9 +246,16 @@ def _calibrate(run, specs):
                              "--simulation=paper or the path of a preset JSON.")
     fit = calibration.load_pairs(specs["target_calib"])
     holdout = calibration.load_pairs(specs["target_val"])
+    return _fit_simulation(run, fit, holdout, params_path, source=specs["target_calib"])
+
+
+def _fit_simulation(run, fit, holdout, params_path, *, source):
+    """calibration.calibrate with the run's settings; saves the preset, returns the stage dict."""
+    from lowlight_tf import calibration, simulation
+    config = run.config
     preset, rows = calibration.calibrate(
         fit, method=config.simulation, holdout_pairs=holdout, tone_curve=config.tone_curve,
-        exposure_spread=config.exposure_spread, seed=config.seed, source=specs["target_calib"],
+        exposure_spread=config.exposure_spread, seed=config.seed, source=source,
         progress=lambda line: _say(run.progress, "  " + line))
     simulation.save_preset(preset, params_path)
     comparison = {}
@@ -254,19 +275,46 @@ def _calibrate(run, specs):
 
 def _curve_baseline(run, specs):
     """The calibration pairs' dark->bright curve (+ blur) on the target's validation pairs."""
-    from lowlight_tf import baselines, calibration, evaluation
-    fit = calibration.load_pairs(specs["target_calib"])
-    val = calibration.load_pairs(specs["target_val"])
+    from lowlight_tf import calibration
+    return _curve_row(run, calibration.load_pairs(specs["target_calib"]),
+                      calibration.load_pairs(specs["target_val"]), "target:val")
+
+
+def _curve_row(run, fit, val, dataset):
+    """{"rows": [the calibrated-curve baseline of `fit` pairs, scored on `val` pairs]}."""
+    from lowlight_tf import baselines, evaluation
     curve = baselines.fit_dark_to_bright_curve(fit)
     scores = np.asarray([evaluation.image_metrics(
         evaluation.quantize(baselines.apply_curve(pair.dark, curve)), pair.bright) for pair in val])
     psnr, psnr_gt_mean, ssim = (float(v) for v in scores.mean(axis=0))
     row = {"method": f"calibrated curve + blur {baselines.CURVE_BLUR_SIGMA:g} ({len(fit)} pairs)",
-           "kind": "baseline", "dataset": "target:val", "psnr": psnr,
+           "kind": "baseline", "dataset": dataset, "psnr": psnr,
            "psnr_gt_mean": psnr_gt_mean, "ssim": ssim, "images": len(val),
            "training_images": len(fit), "epochs": "-"}
-    _say(run.progress, f"  {row['method']} on target:val: PSNR {psnr:.2f} dB, SSIM {ssim:.3f}")
+    _say(run.progress, f"  {row['method']} on {dataset}: PSNR {psnr:.2f} dB, SSIM {ssim:.3f}")
     return {"rows": [row]}
+
+
+# Device pairs scored by the device calibration's fidelity table: every DEVICE_FIDELITY_STRIDE-th
+# test pair (the per-pair fits of all 66 would add minutes and no information).
+DEVICE_FIDELITY_STRIDE = 4
+
+
+def _calibrate_device(run, specs):
+    """The simulation fitted on the device's transfer pairs (the same --device_fraction subset
+    the transfer rows train on), plus the device's calibrated-curve baseline."""
+    from lowlight_tf import calibration
+    config = run.config
+    fit = calibration.load_pairs(specs["device_train"], fraction=config.device_fraction,
+                                 seed=config.seed)
+    test = calibration.load_pairs(specs["device_test"])
+    _say(run.progress, f"  fitting on {len(fit)} device transfer pairs: "
+         + ",".join(p.id for p in fit))
+    result = _fit_simulation(run, fit, test[::DEVICE_FIDELITY_STRIDE],
+                             os.path.join(run.work_dir, "simulation_params_device.json"),
+                             source=f"{specs['device_train']} ({config.device_fraction:g})")
+    result.update(_curve_row(run, fit, test, "device:test"))
+    return result
 
 
 def _simulated_test(run, specs, params_path):
@@ -369,11 +417,11 @@ def run_reproduce(config, progress=print):
         specs["simulated_test"] = run.stage(
             "simulated_test", lambda: _simulated_test(run, specs, params_path))["spec"]
 
-    def train_and_eval(name, label, datasets, **train_args):
+    def train_and_eval(name, label, datasets, simulation_params=None, **train_args):
         if name not in selected and not run.done(name):
             return
-        trained = run.stage(name, lambda: _train(run, name, params_path=params_path,
-                                                 **train_args))
+        trained = run.stage(name, lambda: _train(
+            run, name, params_path=simulation_params or params_path, **train_args))
         results[name] = trained
         eval_name = f"eval_{name}" if name != "pretrain" else "eval_pretrain"
         if datasets and (eval_name in selected or name != "pretrain" or run.done(eval_name)):
@@ -393,6 +441,20 @@ def run_reproduce(config, progress=print):
         train_and_eval("transfer_target", "ours: transfer, last two blocks",
                        [specs["target_val"]], stage="transfer",
                        train_data=specs["target_calib"], val_data="", **transfer_args)
+    device_stages = {"calibrate_device", "pretrain_device", "transfer_device",
+                     "finetune_all_device"}
+    if "device_train" in specs and config.device_calibration and (
+            selected & device_stages or run.done("calibrate_device")):
+        device = run.stage("calibrate_device", lambda: _calibrate_device(run, specs))
+        results["calibrate_device"] = device
+        train_and_eval("pretrain_device", "ours: pretrained on device-calibrated simulation "
+                       "(zero-shot)", [specs["device_test"]], simulation_params=device["params"],
+                       stage="pretrain", train_data=specs["bright_train"],
+                       val_data=specs["bright_val"], epochs=config.pretrain_epochs,
+                       steps=config.pretrain_steps, learning_rate=config.pretrain_learning_rate)
+        # The device rows start from the device model only (never silently from the target's).
+        pretrained = results.get("pretrain_device", {}).get("model", "")
+        transfer_args["init_from"] = pretrained
     if "device_train" in specs:
         fraction = config.device_fraction
         if pretrained:
@@ -440,6 +502,7 @@ def build_report(run, results, specs):
         "work_dir": run.work_dir,
         "rows": _table_rows(results),
         "calibration": results.get("calibrate", {}),
+        "device_calibration": results.get("calibrate_device", {}),
         "histories": {k: v["history"] for k, v in results.items() if "history" in v},
         "panels": [v["output_dir"] + "/panels" for k, v in results.items()
                    if k.startswith("eval_")],
@@ -513,6 +576,13 @@ def write_report(run, report):
                   f"`{calibration.get('params')}`. Fidelity on "
                   f"{calibration.get('holdout_pairs', 'n/a')} held-out pairs (real dark image "
                   "against the simulated one):", "", format_fidelity(calibration), ""]
+    device = report.get("device_calibration")
+    if device:
+        lines += ["## Device simulation (--device_calibration)", "",
+                  f"Calibrated with `{device.get('method')}` on the device's "
+                  f"{device.get('fit_pairs', 'n/a')} transfer pairs; parameters in "
+                  f"`{device.get('params')}`. Fidelity on {device.get('holdout_pairs', 'n/a')} "
+                  "device test pairs:", "", format_fidelity(device), ""]
     if curves:
         lines += ["## Training curves", "", "![curves](curves.png)", ""]
     lines += ["## Example panels (input | prediction | reference)", ""]

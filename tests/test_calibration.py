@@ -165,6 +165,34 @@ def test_load_pair_folder_and_split(tmp_path):
         calibration.split_pairs(pairs, fit_ids=["1"], holdout_ids=["1"])
     with pytest.raises(calibration.CalibrationError, match="low/"):
         calibration.load_pair_folder(str(tmp_path / "low"))
+    with pytest.raises(calibration.CalibrationError, match="fraction.*pairs dataset"):
+        calibration.load_pairs(str(tmp_path), fraction=0.5)
+
+
+def test_scale_exposure_spread_shrinks_only_the_common_gain():
+    rng = np.random.default_rng(3)
+    rows = np.column_stack([np.zeros(40), rng.uniform(0.2, 1.0, (40, 3)),
+                            np.full(40, 0.8)])
+    rows[:, 1:4] *= rng.uniform(0.3, 1.0, (40, 1))  # a common gain on top of chroma
+    mean, cov = calibration.fit_distribution(rows)
+    unit = np.zeros(5)
+    unit[1:4] = mean[1:4] / np.linalg.norm(mean[1:4])
+    across = np.zeros(5)
+    across[1:4] = np.cross(unit[1:4], [0.0, 0.0, 1.0])  # a chroma direction
+    np.testing.assert_allclose(calibration.scale_exposure_spread(mean, cov, 1.0), cov)
+    for spread in (0.0, 0.5):
+        scaled = calibration.scale_exposure_spread(mean, cov, spread)
+        np.testing.assert_allclose(unit @ scaled @ unit, spread ** 2 * (unit @ cov @ unit),
+                                   atol=1e-12)
+        np.testing.assert_allclose(across @ scaled @ across, across @ cov @ across)
+        assert np.linalg.eigvalsh(scaled).min() > -1e-12  # still a covariance
+        np.testing.assert_array_equal(scaled[0], cov[0])  # black level untouched
+    draws = simulation.sample_params(4000, mean, calibration.scale_exposure_spread(mean, cov, 0.0),
+                                     seed=[1, 2]).numpy()
+    gains = draws[:, 1:4] @ unit[1:4]
+    assert gains.std() < 0.05 * (rows[:, 1:4] @ unit[1:4]).std()
+    with pytest.raises(calibration.CalibrationError, match="exposure spread"):
+        calibration.scale_exposure_spread(mean, cov, -0.5)
 
 
 def run_tool(*args):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lowlight_tf import demo, reproduce
+from lowlight_tf import data, demo, pipeline, reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,33 +58,45 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         bright_splits="train:0.5,val:0.25,test:0.25", target_pairs=str(inputs / "target"),
         target_calib_ids="1-3", device_pairs=str(inputs / "device"),
         device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper",
-        tone_curve=True, **TINY)
+        tone_curve=True, exposure_spread=0.5, device_calibration=True, **TINY)
     report = reproduce.run_reproduce(config, progress=lines.append)
     # The calibrated tone curve reaches the preset that pretraining and the simulated test use.
     params = json.loads((tmp_path / "run" / "simulation_params.json").read_text())
     assert np.asarray(params["tone_curve"]).shape == (3, 256)
+    assert params["provenance"]["exposure_spread"] == 0.5
+    # The device simulation is fitted on exactly the pairs the device transfer trains on.
+    device_params = json.loads((tmp_path / "run" / "simulation_params_device.json").read_text())
+    device_train = data.load_spec(report["datasets"]["device_train"])
+    kept = pipeline.select_fraction(device_train, 0.5, seed=config.seed)
+    kept_ids = sorted(e["id"].decode() for e in kept.as_numpy_iterator())
+    assert sorted(device_params["provenance"]["fit_ids"]) == kept_ids
+    assert 0 < len(kept_ids) < sum(1 for _ in device_train)
 
     for stage in reproduce.STAGES[:-1]:
         assert os.path.isfile(tmp_path / "run" / "stages" / f"{stage}.json"), stage
     models = [r for r in report["rows"] if r.get("kind") != "baseline"]
     datasets = {r["dataset"] for r in models}
-    assert len(models) == 3 + 5  # pretrain on 3 test sets, then 5 trained rows
+    assert len(models) == 3 + 1 + 5  # pretrain on 3 test sets, the device model, 5 trained rows
     assert any("simulated_test" in d for d in datasets)
     assert any("target" in d for d in datasets) and any("device" in d for d in datasets)
     baselines = [r for r in report["rows"] if r.get("kind") == "baseline"]
-    assert len(baselines) == 4 * 3 + 1  # four baselines per test set + the calibrated curve
+    assert len(baselines) == 4 * 3 + 2  # four baselines per test set + two calibrated curves
     curve_rows = [r for r in baselines if r["method"].startswith("calibrated curve")]
-    assert len(curve_rows) == 1 and curve_rows[0]["dataset"] == "target:val"
+    assert [r["dataset"] for r in curve_rows] == ["target:val", "device:test"]
     for row in report["rows"]:
         assert 0.0 < row["psnr"] < 100.0 and -1.0 <= row["ssim"] <= 1.0
     text = (tmp_path / "run" / "report.md").read_text()
     assert "| PSNR (dB) |" in text and "GT-mean PSNR" in text and "Paper: ours, zero-shot" in text
+    assert "## Device simulation" in text
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["rows"]) == len(report["rows"])
     # The transfer stage trained only the default blocks, from the pretrained model.
     flags_text = (tmp_path / "run" / "models" / "transfer_device" / "flags.txt").read_text()
     assert "--stage=transfer" in flags_text and "--train_fraction=0.5" in flags_text
+    assert "models/pretrain_device/" in flags_text  # from the device model, not the target's
+    assert "simulation_params_device.json" in (
+        tmp_path / "run" / "models" / "pretrain_device" / "flags.txt").read_text()
 
     final = tmp_path / "run" / "models" / "pretrain" / "final.keras"
     mtime = final.stat().st_mtime_ns
@@ -92,7 +104,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     second = reproduce.run_reproduce(config, progress=again.append)
     assert final.stat().st_mtime_ns == mtime
     records = os.listdir(tmp_path / "run" / "stages")
-    assert len(records) == 16  # 11 stages + 5 evaluations of trained models
+    assert len(records) == 19  # 13 stages + 6 evaluations of trained models
     assert sum("finished earlier" in line for line in again) == len(records)
     assert [r["psnr"] for r in second["rows"]] == [r["psnr"] for r in report["rows"]]
 
@@ -112,6 +124,17 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
             work_dir=str(tmp_path / "t"), bright_dir=str(inputs / "bright"),
             simulation="paper.json", tone_curve=True, bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
+    with pytest.raises(reproduce.ReproduceError, match="--device_calibration.*fixed preset"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path / "d"), simulation="paper.json", device_calibration=True,
+            device_pairs=str(inputs / "device")), progress=None)
+    with pytest.raises(reproduce.ReproduceError, match="--device_calibration needs --device_pairs"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path / "e"), device_calibration=True), progress=None)
+    with pytest.raises(reproduce.ReproduceError, match="--exposure_spread.*fixed preset"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path / "f"), simulation="paper.json", exposure_spread=0.5),
+            progress=None)
 
 
 def test_resuming_with_other_settings_is_refused_before_any_work(inputs, tmp_path):
