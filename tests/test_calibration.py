@@ -205,7 +205,8 @@ def test_cli_joint_with_comparison(tmp_path):
     write_pair_folder(str(tmp_path / "pairs"))
     output = tmp_path / "joint.json"
     result = run_tool(f"--pairs={tmp_path / 'pairs'}", "--fit_first=2", "--method=joint",
-                      f"--output={output}", "--compare=paper", "--draws=1", "--tone_curve")
+                      f"--output={output}", "--compare=paper", "--draws=1", "--tone_curve",
+                      "--exposure_spread=0")
     assert result.returncode == 0, result.stderr
     assert "Summary" in result.stdout and "preset paper" in result.stdout
     data = json.loads(output.read_text())
@@ -215,6 +216,10 @@ def test_cli_joint_with_comparison(tmp_path):
     preset = simulation.load_preset(str(output))
     assert preset.quantize is True and preset.noise_peak > 0
     assert preset.tone_curve.shape == (3, 256) and "tone curve" in result.stdout
+    # --exposure_spread=0: no variation left along the mean colour weights.
+    assert data["provenance"]["exposure_spread"] == 0.0
+    unit = preset.mean[1:4] / np.linalg.norm(preset.mean[1:4])
+    assert unit @ preset.cov[1:4, 1:4] @ unit < 1e-12
 
 
 def test_cli_user_errors_exit_2(tmp_path):
