@@ -755,6 +755,10 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
         curve, _ = fit_tone_curve(fit_pairs)  # the fit's own gains are refitted per pair below
         say("  tone curve (G): " + ", ".join(f"{v}->{curve[1, v]:.1f}"
                                                for v in (32, 64, 128, 192, 224, 255)))
+    # The camera's expected bright value per dark value (what inference.anchor_exposure uses to
+    # set an output's brightness); from the untouched pairs, before any tone mapping.
+    from lowlight_tf import baselines  # pylint: disable=import-outside-toplevel
+    exposure_curve = baselines.fit_dark_to_bright_curve(fit_pairs)
     measured_holdout = holdout_pairs
     if curve is not None:  # per-pair parameters act on the tone-mapped bright image
         fit_pairs = [Pair(p.id, p.dark, tone_map(p.bright, curve)) for p in fit_pairs]
@@ -822,7 +826,7 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
     holdout_fits = run(measured_holdout, "holdout", **options) if holdout_pairs else []
     preset = simulation.SimulationPreset(
         name=f"calibrated-{method}" + ("+tone" if curve is not None else ""), mean=mean, cov=cov,
-        noise_peak=peak, quantize=quantize, tone_curve=curve,
+        noise_peak=peak, quantize=quantize, tone_curve=curve, exposure_curve=exposure_curve,
         provenance={
             "method": method,
             "source": str(source),
@@ -833,6 +837,8 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
             "tone_curve": ("fitted on the fit pairs (fit_tone_curve)" if curve is not None
                            else "none"),
             "exposure_spread": float(exposure_spread),
+            "exposure_curve": "mean bright value per dark value over the fit pairs "
+                              "(baselines.fit_dark_to_bright_curve)",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
     rows = []

@@ -283,7 +283,7 @@ def _mean(values):
 def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAULT_OVERLAP,
              stitch="blend", save_images=4, baselines=tuple(baselines_lib.BASELINE_KEYS),
              model_label=None, facts=None, max_images=None, default_split=DEFAULT_SPLIT,
-             progress=print):
+             exposure_curves=None, progress=print):
     """Evaluates a model and the classical baselines on test sets; writes the reports.
 
     Args:
@@ -301,6 +301,9 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
       facts: TrainingFacts for Table 1 (default: read from the model_dir's flags.txt).
       max_images: evaluate only the first N images of each dataset (quick checks).
       default_split: split used when a spec has none.
+      exposure_curves: optional {dataset spec (as given in `datasets`): float [3, 256]}: for those
+        datasets, a second model row "<label> + calibrated exposure" with each prediction's
+        brightness set by that camera's exposure curve (`inference.anchor_exposure`).
       progress: callable taking one line of text (None for silence).
 
     Returns:
@@ -320,6 +323,11 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
         raise EvaluationError(f"Unknown baseline(s) {unknown}; choose from "
                               f"{', '.join(baselines_lib.BASELINE_KEYS)}.")
     resolved = _resolve_datasets(datasets, default_split)
+    exposure_curves = dict(exposure_curves or {})
+    unknown = sorted(set(exposure_curves) - {d.spec for d in resolved})
+    if unknown:
+        raise EvaluationError(f"exposure_curves names dataset(s) {unknown} that are not among "
+                              f"the evaluated ones {[d.spec for d in resolved]}.")
     keras_model, model_path = _load_model(model)
     channels, _, _ = inference.model_geometry(keras_model)
     if channels != 3:
@@ -347,7 +355,10 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
         total = dataset.count if max_images is None else min(dataset.count, max_images)
         progress(f"Evaluating {label} on {dataset.label} ({total} images, "
                  f"{_mode_text(tile, overlap, stitch)})")
-        results = {name: [] for name in [label] + baseline_names}
+        exposure_curve = exposure_curves.get(dataset.spec)
+        anchored = f"{label} + calibrated exposure"
+        model_rows = [label] + ([anchored] if exposure_curve is not None else [])
+        results = {name: [] for name in model_rows + baseline_names}
         dataset_started = time.time()
         for index, example in enumerate(source.take(total).as_numpy_iterator()):
             dark = np.asarray(example["dark"], np.float32)
@@ -359,6 +370,9 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
             prediction = quantize(inference.predict_image(keras_model, dark, tile=tile,
                                                           overlap=overlap, stitch=stitch))
             outputs = {label: prediction}
+            if exposure_curve is not None:
+                outputs[anchored] = quantize(255.0 * inference.anchor_exposure(
+                    prediction / 255.0, dark / 255.0, exposure_curve))
             for name in baseline_names:
                 outputs[name] = quantize(baselines_lib.apply(name, dark))
             for name, output in outputs.items():
@@ -378,7 +392,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
                 progress(f"  [{index + 1}/{total}] mean PSNR {psnr_so_far:.2f} dB, "
                          f"{(time.time() - dataset_started) / (index + 1):.2f} s/image")
         for name, values in results.items():
-            is_model = name == label
+            is_model = name in model_rows
             rows.append({
                 "method": name,
                 "kind": "model" if is_model else "baseline",

@@ -435,6 +435,55 @@ def _predict_decoded(model, decoded, tile, overlap):
 
 
 # ----------------------------------------------------------------------------------------------
+# Calibrated exposure (beyond the paper).
+
+def expected_brightness(dark, exposure_curve):
+    """Mean over pixels and channels of the camera's expected bright value for `dark`.
+
+    Args:
+      dark: float [H, W, 3] in [0, 1] (an 8-bit sRGB dark image of the calibrated camera).
+      exposure_curve: float [3, 256] in [0, 255], the mean bright value per 8-bit dark value
+        (`SimulationPreset.exposure_curve`, `baselines.fit_dark_to_bright_curve`).
+    Returns:
+      float in [0, 1]. Computed from per-channel histograms: no full-size temporaries.
+    """
+    curve = np.asarray(exposure_curve, np.float64)
+    if curve.shape != (3, 256):
+        raise ValueError(f"exposure_curve must be [3, 256], got {curve.shape}.")
+    total, count = 0.0, 0
+    for begin in range(0, dark.shape[0], 256):
+        band = np.clip(np.round(np.asarray(dark[begin:begin + 256], np.float32) * 255.0), 0, 255)
+        band = band.astype(np.int64)
+        for c in range(3):
+            total += float(np.bincount(band[..., c].ravel(), minlength=256) @ curve[c])
+        count += band[..., 0].size * 3
+    return total / max(count, 1) / 255.0
+
+
+def anchor_exposure(prediction, dark, exposure_curve):
+    """Scale a prediction so its mean brightness is the calibrated camera's expectation.
+
+    A single dark sRGB image does not tell its exposure: a network trained on simulated pairs
+    whose exposure varies pulls every output towards its training photos' typical brightness
+    (RESULTS.md, issue 6). The calibration pairs do tell how bright this camera's scenes come
+    out for a given dark value; this keeps the network's structure and colour and takes the
+    global brightness from them (one gain for all channels).
+
+    Args:
+      prediction: float32 [H, W, 3] in [0, 1], the model output for `dark`.
+      dark: float [H, W, 3] in [0, 1], the model input.
+      exposure_curve: float [3, 256], see `expected_brightness`.
+    Returns:
+      float32 [H, W, 3] in [0, 1].
+    """
+    current = float(np.mean(prediction, dtype=np.float64))
+    if current <= 0.0:
+        return np.asarray(prediction, np.float32)
+    gain = expected_brightness(dark, exposure_curve) / current
+    return np.clip(np.asarray(prediction, np.float32) * np.float32(gain), 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Writing.
 
 def write_png16(path, image):
@@ -511,17 +560,31 @@ def _output_path(output_dir, path, fmt, taken):
     return candidate
 
 
-def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap):
+def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None):
     """Decodes, predicts and writes one file; returns the output (width, height)."""
     channels, _, _ = model_geometry(model)
     decoded = decode_input(path, input_channels=channels, ratio=ratio)
+    if exposure_curve is not None and (decoded.is_raw or ratio):
+        raise UnreadableImageError("a calibrated exposure applies to the calibrated camera's "
+                                   "own dark images as they are, not to raw files or --ratio "
+                                   "amplified ones; enhance it without the exposure preset")
     prediction = _predict_decoded(model, decoded, tile, overlap)
+    if exposure_curve is not None:
+        x = decoded.model_input
+        dark = x if decoded.scale == 1.0 else _ScaledArray(x, decoded.scale)
+        prediction = anchor_exposure(prediction, dark, exposure_curve)
     del decoded
     write_image(output_path, prediction, fmt)
     return prediction.shape[1], prediction.shape[0]
 
 
-def _check_options(ratio, fmt):
+def _check_options(ratio, fmt, exposure_curve=None, model=None):
+    if exposure_curve is not None:
+        if np.shape(exposure_curve) != (3, 256):
+            raise ValueError(f"exposure_curve must be [3, 256], got {np.shape(exposure_curve)}.")
+        if model is not None and model_geometry(model)[0] != 3:
+            raise ValueError("A calibrated exposure needs an rgb model (a bayer model takes raw "
+                             "files, which the exposure curve does not describe).")
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
     if ratio is not None and not ratio > 0:
@@ -529,7 +592,7 @@ def _check_options(ratio, fmt):
 
 
 def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                 overlap=DEFAULT_OVERLAP, output_path=None):
+                 overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None):
     """Enhances one raw or ordinary image file and writes the result.
 
     Args:
@@ -542,6 +605,9 @@ def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT
       tile, overlap: tiled inference (image pixels) bounding memory for any image size; None
         runs the whole image at once.
       output_path: explicit output file; default `output_dir/NAME_enhanced.png|jpg`.
+      exposure_curve: None, or float [3, 256] (`SimulationPreset.exposure_curve` of the camera
+        that took the photo): set the output's brightness with it (`anchor_exposure`). Ordinary
+        images of that camera only, without `ratio`.
 
     Returns:
       The written path.
@@ -549,9 +615,10 @@ def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT
     Raises:
       UnreadableImageError: the input cannot be decoded (nothing is written).
     """
-    _check_options(ratio, fmt)
+    _check_options(ratio, fmt, exposure_curve, model)
     output_path = output_path or _output_path(output_dir, path, fmt, set())
-    _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap)
+    _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
+                 exposure_curve=exposure_curve)
     return output_path
 
 
@@ -580,7 +647,7 @@ def expand_inputs(inputs):
 
 
 def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                  overlap=DEFAULT_OVERLAP, progress=print):
+                  overlap=DEFAULT_OVERLAP, exposure_curve=None, progress=print):
     """Enhances files and folders of files, skipping unreadable ones with a reason.
 
     The output directory is checked first: if it cannot be written, OutputDirError is raised
@@ -590,13 +657,13 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
       model: a U-Net (see `enhance_file`).
       inputs: file and folder paths (folders: their image and raw files, not recursive).
       output_dir: created if missing.
-      ratio, fmt, tile, overlap: see `enhance_file`.
+      ratio, fmt, tile, overlap, exposure_curve: see `enhance_file`.
       progress: callable taking one line of text (print by default; None for silence).
 
     Returns:
       EnhanceSummary.
     """
-    _check_options(ratio, fmt)
+    _check_options(ratio, fmt, exposure_curve, model)
     check_output_dir(output_dir)
     progress = progress or (lambda line: None)
     files = expand_inputs(inputs)
@@ -607,7 +674,8 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
         output_path = _output_path(output_dir, path, fmt, taken)
         try:
             width, height = _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt,
-                                         tile=tile, overlap=overlap)
+                                         tile=tile, overlap=overlap,
+                                         exposure_curve=exposure_curve)
         except UnreadableImageError as e:
             skipped.append((path, str(e)))
             progress(f"[{index}/{len(files)}] skipped {path}: {e}")

@@ -70,6 +70,7 @@ class ReproduceConfig:
     simulation_steps: str = "bl,cd,pn,gc"
     tone_curve: bool = False           # also fit the camera tone curve (calibration.fit_tone_curve)
     exposure_spread: float = 1.0       # scale of the calibrated exposure variation (1 = as fitted)
+    calibrated_exposure: bool = False  # zero-shot row with the target's calibrated brightness
     patch_size: int = 64
     batch_size: int = 16
     base_filters: int = 32
@@ -349,13 +350,13 @@ def _train(run, name, *, stage, train_data, val_data, epochs, steps, learning_ra
             "epochs": epochs, "train_data": train_data, "train_fraction": train_fraction}
 
 
-def _evaluate(run, name, model_path, datasets, label):
+def _evaluate(run, name, model_path, datasets, label, exposure_curves=None):
     from lowlight_tf import evaluation
     config = run.config
     rows = evaluation.evaluate(
         model_path, datasets, os.path.join(run.evals, name), tile=config.eval_tile or None,
         save_images=config.save_images, model_label=label,
-        max_images=config.max_eval_images or None,
+        max_images=config.max_eval_images or None, exposure_curves=exposure_curves,
         progress=lambda line: _say(run.progress, "  " + line))
     return {"rows": rows, "output_dir": os.path.join(run.evals, name)}
 
@@ -417,7 +418,8 @@ def run_reproduce(config, progress=print):
         specs["simulated_test"] = run.stage(
             "simulated_test", lambda: _simulated_test(run, specs, params_path))["spec"]
 
-    def train_and_eval(name, label, datasets, simulation_params=None, **train_args):
+    def train_and_eval(name, label, datasets, simulation_params=None, exposure_curves=None,
+                       **train_args):
         if name not in selected and not run.done(name):
             return
         trained = run.stage(name, lambda: _train(
@@ -426,12 +428,26 @@ def run_reproduce(config, progress=print):
         eval_name = f"eval_{name}" if name != "pretrain" else "eval_pretrain"
         if datasets and (eval_name in selected or name != "pretrain" or run.done(eval_name)):
             results[eval_name] = run.stage(
-                eval_name, lambda: _evaluate(run, eval_name, trained["model"], datasets, label))
+                eval_name, lambda: _evaluate(run, eval_name, trained["model"], datasets, label,
+                                             exposure_curves and exposure_curves()))
+
+    def target_exposure():
+        """{target val spec: the target camera's calibrated exposure curve}."""
+        from lowlight_tf import simulation
+        curve = simulation.load_preset(params_path).exposure_curve
+        if curve is None:
+            raise ReproduceError(f"--calibrated_exposure needs the target camera's exposure "
+                                 f"curve, which {params_path} lacks; use --simulation=joint or "
+                                 "paper (calibrated on the target pairs) or a preset written "
+                                 "by tools/calibrate_simulation.")
+        return {specs["target_val"]: curve}
 
     zero_shot_sets = [specs[k] for k in ("simulated_test", "target_val", "device_test")
                       if k in specs]
     train_and_eval("pretrain", "ours: pretrained on simulated pairs (zero-shot)",
                    zero_shot_sets, stage="pretrain", train_data=specs["bright_train"],
+                   exposure_curves=(target_exposure if config.calibrated_exposure
+                                    and "target_val" in specs else None),
                    val_data=specs["bright_val"], epochs=config.pretrain_epochs,
                    steps=config.pretrain_steps, learning_rate=config.pretrain_learning_rate)
     pretrained = results.get("pretrain", {}).get("model", "")

@@ -400,6 +400,9 @@ class SimulationPreset:
       noise_peak: Poisson peak of `poisson_noise`, > 0.
       quantize: whether simulated dark images are rounded to 8-bit values.
       tone_curve: None or float64 [3, 256], the calibrated camera tone curve (`apply_tone_curve`).
+      exposure_curve: None or float64 [3, 256] in [0, 255]: the camera's mean bright value per
+        8-bit dark value, pooled over the calibration pairs. The simulation does not use it;
+        `lowlight_tf.inference.anchor_exposure` sets an output's brightness with it.
       provenance: free-form dict (source, method, pairs used, date, ...).
       extra: any other keys of the JSON file (per-pair fits, fidelity table, notes), kept as read.
     """
@@ -409,6 +412,7 @@ class SimulationPreset:
     noise_peak: float = DEFAULT_NOISE_PEAK
     quantize: bool = False
     tone_curve: np.ndarray = None
+    exposure_curve: np.ndarray = None
     provenance: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -447,6 +451,9 @@ class SimulationPreset:
         })
         if self.tone_curve is not None:
             data["tone_curve"] = [[round(float(v), 4) for v in row] for row in self.tone_curve]
+        if self.exposure_curve is not None:
+            data["exposure_curve"] = [[round(float(v), 4) for v in row]
+                                      for row in self.exposure_curve]
         return data
 
 
@@ -456,7 +463,7 @@ def preset_from_json(data, name="<dict>"):
     Required keys: `mean` [5], `covariance` [5, 5]. Optional: `parameters` (names; any
     permutation of PARAMETER_NAMES is reordered, e.g. the authors' BGR order), `noise_peak`
     (default DEFAULT_NOISE_PEAK), `quantize` (default False), `tone_curve` ([3, 256], default
-    none), `provenance`.
+    none), `exposure_curve` ([3, 256], default none), `provenance`.
     """
     missing = [key for key in ("mean", "covariance") if key not in data]
     if missing:
@@ -488,11 +495,20 @@ def preset_from_json(data, name="<dict>"):
         except ValueError as error:
             raise PresetError(f"{error} Regenerate the preset with tools/calibrate_simulation "
                               "--tone_curve.") from error
+    exposure_curve = data.get("exposure_curve")
+    if exposure_curve is not None:
+        exposure_curve = np.asarray(exposure_curve, np.float64)
+        if exposure_curve.shape != (3, 256) or not np.all(np.isfinite(exposure_curve)) \
+                or exposure_curve.min() < 0 or exposure_curve.max() > 255:
+            raise PresetError(f"Preset {name}: `exposure_curve` must be [3, 256] values in "
+                              f"[0, 255], got shape {exposure_curve.shape}. Regenerate the preset "
+                              "with tools/calibrate_simulation.")
     known = {"parameters", "channel_order", "mean", "covariance", "noise_peak", "quantize",
-             "provenance", "tone_curve"}
+             "provenance", "tone_curve", "exposure_curve"}
     return SimulationPreset(
         name=name, mean=mean, cov=cov, noise_peak=noise_peak,
         quantize=bool(data.get("quantize", False)), tone_curve=tone_curve,
+        exposure_curve=exposure_curve,
         provenance=dict(data.get("provenance", {})),
         extra={k: v for k, v in data.items() if k not in known})
 
