@@ -185,6 +185,17 @@ def _check_config(config):
         raise ReproduceError(f"--exposure_spread scales the calibrated distribution, but "
                              f"--simulation={config.simulation} is a fixed preset; drop one of "
                              "the two.")
+    if config.calibrated_exposure and not fitted:
+        from lowlight_tf import simulation
+        try:
+            has_curve = simulation.load_preset(config.simulation).exposure_curve is not None
+        except simulation.PresetError as error:
+            raise ReproduceError(str(error)) from error
+        if not has_curve:
+            raise ReproduceError(f"--calibrated_exposure needs the target camera's exposure "
+                                 f"curve, which the preset {config.simulation} lacks; use "
+                                 "--simulation=joint or paper (calibrated on the target pairs) "
+                                 "or a preset written by tools/calibrate_simulation.")
     if config.device_calibration and not fitted:
         raise ReproduceError(f"--device_calibration fits the simulation on the device's pairs "
                              f"with --simulation=joint or paper, not the fixed preset "

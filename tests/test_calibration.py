@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from lowlight_tf import calibration, simulation
+from lowlight_tf import baselines, calibration, simulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE_PARAMS = np.asarray([20.0, 0.30, 0.22, 0.35, 1.0])
@@ -132,6 +132,9 @@ def test_calibrate_with_tone_curve_models_a_curved_camera():
         if tone_curve:  # the curve holds the camera's floor: black level 0
             assert preset.mean[0] == 0.0 and preset.cov[0, 0] == 0.0
         scores[tone_curve] = [row["psnr"] for row in rows if row["condition"] == "own_clean"][0]
+        # The exposure curve is the fit pairs' own dark->bright curve (not tone-mapped ones).
+        np.testing.assert_allclose(preset.exposure_curve,
+                                   baselines.fit_dark_to_bright_curve(pairs[:3]))
     # The composite alone cannot bend like the camera; with the fitted curve it fits closely.
     assert scores[True] > 38 and scores[True] > scores[False] + 1.5, scores
 

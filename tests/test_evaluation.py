@@ -12,6 +12,7 @@ from PIL import Image
 
 from lowlight_tf import baselines
 from lowlight_tf import evaluation
+from lowlight_tf import inference
 from lowlight_tf import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,6 +223,38 @@ def test_training_facts_for_pretrain_and_unknown(model_dirs, tmp_path):
     checkpoint = pretrain / "checkpoints" / "epoch_002.weights.h5"
     assert evaluation.training_facts(str(checkpoint)).epochs == "2 / -"
     assert evaluation.training_facts(str(tmp_path / "x.keras")).epochs == "n/a"
+
+
+def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
+    _, transfer = model_dirs
+    toy = f"{pairs_dataset}/tfr/toy"
+    curve = np.tile(np.minimum(10.0 * np.arange(256.0), 255.0), (3, 1))  # these darks are 0.1 x
+    rows = evaluation.evaluate(str(transfer), [toy], str(tmp_path / "a"), save_images=0,
+                               baselines=(), exposure_curves={toy: curve}, progress=None)
+    assert [r["method"] for r in rows] == ["transfer", "transfer + calibrated exposure"]
+    assert rows[1]["kind"] == "model" and rows[1]["training_images"] == 2
+    # An identity "model" keeps the dark input, so its anchored output is the dark image times
+    # one gain that gives it the curve's expected brightness.
+    inputs = keras.Input(shape=(None, None, 3))
+    identity = keras.Model(inputs, model_lib.DepthToSpace(2, name="head_depth_to_space")(
+        model_lib.SpaceToDepth(2, name="space_to_depth")(inputs)))
+    rows = evaluation.evaluate(identity, [toy], str(tmp_path / "b"), save_images=0,
+                               baselines=("input",), model_label="identity",
+                               exposure_curves={toy: curve}, progress=None)
+    assert [r["method"] for r in rows] == ["identity", "identity + calibrated exposure", "input"]
+    assert rows[0]["psnr"] == pytest.approx(rows[2]["psnr"], abs=1e-3)
+    scores = []
+    for i in (2, 3, 4):
+        dark = np.asarray(Image.open(pairs_dataset / "input" / "low" / f"{i}.png"), np.float32)
+        bright = np.asarray(Image.open(pairs_dataset / "input" / "high" / f"{i}.png"),
+                            np.float32)
+        gain = 255.0 * inference.expected_brightness(dark / 255.0, curve) / dark.mean()
+        scores.append(evaluation.image_metrics(evaluation.quantize(dark * gain), bright)[0])
+    assert rows[1]["psnr"] == pytest.approx(np.mean(scores), abs=0.05)
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 10  # the dark input, brightened
+    with pytest.raises(evaluation.EvaluationError, match="not among the evaluated"):
+        evaluation.evaluate(str(transfer), [toy], str(tmp_path / "x"),
+                            exposure_curves={"elsewhere/toy": curve}, progress=None)
 
 
 def test_bad_inputs_raise_clear_errors(pairs_dataset, model_dirs, tmp_path):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
+from lowlight_tf import simulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -251,6 +252,46 @@ def test_bayer_model_enhances_raw_and_skips_ordinary_images(photo_folder, tmp_pa
         assert im.size == (56, 40)
 
 
+def test_expected_brightness_and_anchor_exposure():
+    rng = np.random.default_rng(4)
+    dark = rng.integers(0, 60, (300, 40, 3)).astype(np.float32)  # > one 256-row band
+    curve = np.stack([np.linspace(0, 255, 256) ** 0.9 * k for k in (1.0, 0.8, 0.9)])
+    # By hand: the per-channel lookup of every pixel, averaged.
+    by_hand = np.mean([curve[c][dark[..., c].astype(int)] for c in range(3)]) / 255.0
+    assert inference.expected_brightness(dark / 255.0, curve) == pytest.approx(by_hand, rel=1e-9)
+    scaled = inference._ScaledArray(dark.astype(np.uint8), 255.0)  # integer input, as decoded
+    assert inference.expected_brightness(scaled, curve) == pytest.approx(by_hand, rel=1e-6)
+    prediction = rng.uniform(0.0, 0.2, dark.shape).astype(np.float32)
+    anchored = inference.anchor_exposure(prediction, dark / 255.0, curve)
+    assert anchored.mean() == pytest.approx(by_hand, rel=1e-4)  # no pixel clips here
+    np.testing.assert_allclose(anchored / prediction, anchored.flat[0] / prediction.flat[0],
+                               rtol=1e-5)  # one gain for every pixel and channel
+    black = np.zeros_like(prediction)
+    np.testing.assert_array_equal(inference.anchor_exposure(black, dark / 255.0, curve), black)
+    with pytest.raises(ValueError, match=r"\[3, 256\]"):
+        inference.expected_brightness(dark / 255.0, curve[:, :100])
+
+
+def test_enhance_with_a_calibrated_exposure(identity_model, tiny_model, photo_folder, tmp_path):
+    curve = np.tile(np.linspace(0.0, 255.0, 256) ** 0.5 * 255.0 ** 0.5, (3, 1))
+    summary = inference.enhance_paths(
+        identity_model, [str(photo_folder / "dark.png"), str(photo_folder / "raw_frame.dng")],
+        str(tmp_path / "out"), exposure_curve=curve, tile=None, progress=None)
+    assert [os.path.basename(p) for p, _ in summary.written] == ["dark.png"]
+    assert "not to raw files" in summary.skipped[0][1]  # the curve describes sRGB images only
+    dark = np.asarray(Image.open(photo_folder / "dark.png"), np.float32)
+    written = np.asarray(Image.open(summary.written[0][1]), np.float32)
+    expected = 255.0 * inference.expected_brightness(dark / 255.0, curve)
+    assert written.mean() == pytest.approx(expected, abs=0.6)  # 8-bit rounding
+    assert written.mean() > 2 * dark.mean()  # the identity model alone would keep it dark
+    with pytest.raises(ValueError, match="rgb model"):
+        inference.enhance_paths(model_lib.build_unet("bayer", base_filters=4, depth=1),
+                                [str(photo_folder)], str(tmp_path / "b"), exposure_curve=curve)
+    with pytest.raises(ValueError, match=r"\[3, 256\]"):
+        inference.enhance_file(tiny_model, str(photo_folder / "dark.png"), str(tmp_path),
+                               exposure_curve=curve[:2])
+
+
 def test_unwritable_output_dir_fails_before_any_work(tiny_model, photo_folder, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -286,3 +327,15 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
     missing = _run_tool([str(photo_folder), f"--model={tmp_path / 'nope.keras'}",
                          f"--output_dir={tmp_path / 'out2'}"], cwd=str(tmp_path))
     assert missing.returncode == 2 and "nope.keras" in missing.stderr
+
+    no_curve = _run_tool([str(photo_folder), f"--model={model_path}", "--exposure_preset=paper",
+                          f"--output_dir={tmp_path / 'out3'}"], cwd=str(tmp_path))
+    assert no_curve.returncode == 2 and "holds no exposure curve" in no_curve.stderr
+    preset = simulation.load_preset("paper")
+    preset.exposure_curve = np.tile(np.linspace(0.0, 255.0, 256), (3, 1))
+    simulation.save_preset(preset, str(tmp_path / "camera.json"))
+    anchored = _run_tool([str(photo_folder / "dark.png"), f"--model={model_path}",
+                          f"--exposure_preset={tmp_path / 'camera.json'}",
+                          f"--output_dir={tmp_path / 'out4'}"], cwd=str(tmp_path))
+    assert anchored.returncode == 0, anchored.stderr
+    assert os.listdir(tmp_path / "out4") == ["dark_enhanced.png"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lowlight_tf import data, demo, pipeline, reproduce
+from lowlight_tf import data, demo, pipeline, reproduce, simulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +58,8 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         bright_splits="train:0.5,val:0.25,test:0.25", target_pairs=str(inputs / "target"),
         target_calib_ids="1-3", device_pairs=str(inputs / "device"),
         device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper",
-        tone_curve=True, exposure_spread=0.5, device_calibration=True, **TINY)
+        tone_curve=True, exposure_spread=0.5, device_calibration=True, calibrated_exposure=True,
+        **TINY)
     report = reproduce.run_reproduce(config, progress=lines.append)
     # The calibrated tone curve reaches the preset that pretraining and the simulated test use.
     params = json.loads((tmp_path / "run" / "simulation_params.json").read_text())
@@ -76,7 +77,11 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         assert os.path.isfile(tmp_path / "run" / "stages" / f"{stage}.json"), stage
     models = [r for r in report["rows"] if r.get("kind") != "baseline"]
     datasets = {r["dataset"] for r in models}
-    assert len(models) == 3 + 1 + 5  # pretrain on 3 test sets, the device model, 5 trained rows
+    # pretrain on 3 test sets (+ its calibrated-exposure row on the target), the device model,
+    # 5 trained rows
+    assert len(models) == 3 + 1 + 1 + 5
+    anchored = [r for r in models if r["method"].endswith("+ calibrated exposure")]
+    assert len(anchored) == 1 and anchored[0]["dataset"] == "target:val"
     assert any("simulated_test" in d for d in datasets)
     assert any("target" in d for d in datasets) and any("device" in d for d in datasets)
     baselines = [r for r in report["rows"] if r.get("kind") == "baseline"]
@@ -131,6 +136,13 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
     with pytest.raises(reproduce.ReproduceError, match="--device_calibration needs --device_pairs"):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
             work_dir=str(tmp_path / "e"), device_calibration=True), progress=None)
+    authors = tmp_path / "authors.json"  # a fixed preset without an exposure curve
+    simulation.save_preset(simulation.load_preset("paper"), str(authors))
+    with pytest.raises(reproduce.ReproduceError, match="--calibrated_exposure.*lacks"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path / "g"), simulation=str(authors), calibrated_exposure=True),
+            progress=None)
+    assert not (tmp_path / "g").exists()  # refused before any work
     with pytest.raises(reproduce.ReproduceError, match="--exposure_spread.*fixed preset"):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
             work_dir=str(tmp_path / "f"), simulation="paper.json", exposure_spread=0.5),

@@ -275,6 +275,23 @@ def test_tone_curve_validation_and_preset_round_trip(tmp_path):
     assert simulation.load_preset("paper").tone_curve is None  # the authors' preset has none
 
 
+def test_exposure_curve_round_trip_and_validation(tmp_path):
+    preset = simulation.load_preset("paper")
+    assert preset.exposure_curve is None
+    preset.exposure_curve = np.tile(np.linspace(0.0, 250.0, 256), (3, 1))
+    path = tmp_path / "exposure.json"
+    simulation.save_preset(preset, str(path))
+    again = simulation.load_preset(str(path))
+    np.testing.assert_allclose(again.exposure_curve, preset.exposure_curve, atol=1e-4)
+    assert "exposure_curve" not in again.extra
+    data = json.loads(path.read_text())
+    for bad_curve in ([[1.0] * 255] * 3, [[300.0] * 256] * 3):
+        data["exposure_curve"] = bad_curve
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        with pytest.raises(simulation.PresetError, match="exposure_curve.*calibrate_simulation"):
+            simulation.load_preset(str(tmp_path / "bad.json"))
+
+
 def test_sample_params_keeps_a_zero_black_level_and_redraws_negative_ones():
     fixed_zero = simulation.sample_params(6, [0.0, 0.3, 0.3, 0.3, 1.0], np.zeros((5, 5)),
                                           seed=[0, 2]).numpy()
