@@ -14,6 +14,7 @@ from lowlight_tf import baselines
 from lowlight_tf import evaluation
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
+from lowlight_tf import simulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -299,6 +300,20 @@ def test_evaluate_cli_exit_codes(pairs_dataset, model_dirs, tmp_path):
     assert "| transfer | toy:test |" in ok.stdout and "gamma 0.4" in ok.stdout
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert [r["method"] for r in summary["rows"]] == ["transfer", "gamma 0.4"]
+
+    preset = simulation.load_preset("paper")
+    no_curve = _run_tool([f"--model={transfer}", toy, f"--output_dir={tmp_path / 'nc'}",
+                          "--exposure_preset=paper"], cwd=str(tmp_path))
+    assert no_curve.returncode == 2 and "holds no exposure curve" in no_curve.stderr
+    preset.exposure_curve = np.tile(np.minimum(10.0 * np.arange(256.0), 255.0), (3, 1))
+    simulation.save_preset(preset, str(tmp_path / "camera.json"))
+    anchored = _run_tool([f"--model={transfer}", toy, f"--output_dir={tmp_path / 'ex'}",
+                          "--baselines=none", f"--exposure_preset={tmp_path / 'camera.json'}"],
+                         cwd=str(tmp_path))
+    assert anchored.returncode == 0, anchored.stderr
+    summary = json.loads((tmp_path / "ex" / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == ["transfer",
+                                                      "transfer + calibrated exposure"]
 
     bad_model = _run_tool([f"--model={tmp_path / 'missing.keras'}", toy,
                            f"--output_dir={tmp_path / 'bad'}"], cwd=str(tmp_path))
