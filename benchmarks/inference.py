@@ -8,6 +8,7 @@ a smooth window, lowlight_tf.inference), optionally tools/enhance's whole path o
 
   python benchmarks/inference.py                       # 12 MP, whole vs tiled (+ torch peer)
   python benchmarks/inference.py --modes=whole,tiled,enhance --megapixels=12
+  python benchmarks/inference.py --modes=enhance,enhance_exposure --repeats=2
   python benchmarks/inference.py --tile=512 --overlap=64
 
 Weights are random (speed and memory do not depend on them); the default model is the paper's
@@ -28,8 +29,9 @@ _MODES = flags.DEFINE_list(
     "modes", ["whole", "tiled", "torch"],
     "Measurements to run, each in a fresh process: whole (the image at once), tiled (--tile "
     "and --overlap), enhance (tools/enhance's path on a --enhance_megapixels PNG: decode, tiled "
-    "inference, write), torch (the same U-Net in PyTorch, whole image; skipped when torch is "
-    "not importable).")
+    "inference, write), enhance_exposure (the same with a calibrated exposure curve: "
+    "inference.anchor_exposure), torch (the same U-Net in PyTorch, whole image; skipped when "
+    "torch is not importable).")
 _MEGAPIXELS = flags.DEFINE_float(
     "megapixels", 12.0, "Image size in megapixels, 4:3 aspect ratio.", lower_bound=0.01)
 _ENHANCE_MEGAPIXELS = flags.DEFINE_float(
@@ -49,7 +51,8 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: run one mode in this proc
 _ENHANCE_INPUT = flags.DEFINE_string("enhance_input", None,
                                      "Internal: the photo the enhance mode reads.")
 
-ALL_MODES = ("whole", "tiled", "enhance", "torch")
+ALL_MODES = ("whole", "tiled", "enhance", "enhance_exposure", "torch")
+ENHANCE_MODES = ("enhance", "enhance_exposure")
 
 
 def _size(megapixels, aspect):
@@ -74,20 +77,24 @@ def _child_tf(mode):
     keras.utils.set_random_seed(0)
     model = model_lib.build_unet("rgb", base_filters=_BASE_FILTERS.value, depth=_DEPTH.value)
     rng = np.random.default_rng(0)
-    tile = _TILE.value if mode in ("tiled", "enhance") else None
+    tile = _TILE.value if mode in ("tiled",) + ENHANCE_MODES else None
     # Warm-up: traces the tf.function and builds the oneDNN kernels of the tile shape.
     warm = rng.uniform(0, 40, (_TILE.value, _TILE.value, 3)).astype(np.float32)
     inference.predict_image(model, warm, tile=tile, overlap=_OVERLAP.value)
     del warm
     rss_before = _peak_rss_mib()
-    if mode == "enhance":
+    if mode in ENHANCE_MODES:
         path = _ENHANCE_INPUT.value
+        exposure_curve = None  # a camera curve: dark value d -> about 8 d, saturating
+        if mode == "enhance_exposure":
+            exposure_curve = np.tile(np.minimum(8.0 * np.arange(256.0), 255.0), (3, 1))
         with tempfile.TemporaryDirectory() as tmp:
             seconds = []
             for _ in range(_REPEATS.value):
                 start = time.perf_counter()
                 output = inference.enhance_file(model, path, tmp, tile=tile,
-                                                overlap=_OVERLAP.value)
+                                                overlap=_OVERLAP.value,
+                                                exposure_curve=exposure_curve)
                 seconds.append(time.perf_counter() - start)
             from PIL import Image
             with Image.open(output) as im:
@@ -196,7 +203,7 @@ def _run_child(mode, argv):
     """Runs `mode` in a fresh interpreter; returns its result dict or an error/skip dict."""
     flags_passed = [a for a in argv[1:] if not a.startswith("--child")]
     command = [sys.executable, os.path.abspath(__file__), f"--child={mode}"] + flags_passed
-    if mode == "enhance":
+    if mode in ENHANCE_MODES:
         handle, path = tempfile.mkstemp(suffix=".png")
         os.close(handle)
         try:
@@ -249,6 +256,10 @@ def main(argv):
     if "whole" in timed and "tiled" in timed:
         print(f"tiled / whole throughput: "
               f"{timed['tiled']['mpix_per_s'] / timed['whole']['mpix_per_s']:.1%}")
+    if "enhance" in timed and "enhance_exposure" in timed:
+        print(f"enhance with / without calibrated exposure: throughput "
+              f"{timed['enhance_exposure']['mpix_per_s'] / timed['enhance']['mpix_per_s']:.1%}, "
+              f"peak RSS {timed['enhance_exposure']['peak_rss_mib'] / timed['enhance']['peak_rss_mib']:.2f}x")
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as f:
             json.dump({"results": results}, f, indent=2)

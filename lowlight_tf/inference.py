@@ -460,7 +460,7 @@ def expected_brightness(dark, exposure_curve):
     return total / max(count, 1) / 255.0
 
 
-def anchor_exposure(prediction, dark, exposure_curve):
+def anchor_exposure(prediction, dark, exposure_curve, out=None):
     """Scale a prediction so its mean brightness is the calibrated camera's expectation.
 
     A single dark sRGB image does not tell its exposure: a network trained on simulated pairs
@@ -473,14 +473,15 @@ def anchor_exposure(prediction, dark, exposure_curve):
       prediction: float32 [H, W, 3] in [0, 1], the model output for `dark`.
       dark: float [H, W, 3] in [0, 1], the model input.
       exposure_curve: float [3, 256], see `expected_brightness`.
+      out: None, or a float32 array of the prediction's shape to write into (may be
+        `prediction` itself: no full-size copy for a large photo).
     Returns:
-      float32 [H, W, 3] in [0, 1].
+      float32 [H, W, 3] in [0, 1] (`out` when given).
     """
     current = float(np.mean(prediction, dtype=np.float64))
-    if current <= 0.0:
-        return np.asarray(prediction, np.float32)
-    gain = expected_brightness(dark, exposure_curve) / current
-    return np.clip(np.asarray(prediction, np.float32) * np.float32(gain), 0.0, 1.0)
+    gain = expected_brightness(dark, exposure_curve) / current if current > 0.0 else 1.0
+    result = np.multiply(prediction, np.float32(gain), out=out, dtype=np.float32)
+    return np.clip(result, 0.0, 1.0, out=result)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,7 +573,7 @@ def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposur
     if exposure_curve is not None:
         x = decoded.model_input
         dark = x if decoded.scale == 1.0 else _ScaledArray(x, decoded.scale)
-        prediction = anchor_exposure(prediction, dark, exposure_curve)
+        prediction = anchor_exposure(prediction, dark, exposure_curve, out=prediction)
     del decoded
     write_image(output_path, prediction, fmt)
     return prediction.shape[1], prediction.shape[0]

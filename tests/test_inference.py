@@ -266,6 +266,9 @@ def test_expected_brightness_and_anchor_exposure():
     assert anchored.mean() == pytest.approx(by_hand, rel=1e-4)  # no pixel clips here
     np.testing.assert_allclose(anchored / prediction, anchored.flat[0] / prediction.flat[0],
                                rtol=1e-5)  # one gain for every pixel and channel
+    in_place = prediction.copy()
+    assert inference.anchor_exposure(in_place, dark / 255.0, curve, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, anchored)
     black = np.zeros_like(prediction)
     np.testing.assert_array_equal(inference.anchor_exposure(black, dark / 255.0, curve), black)
     with pytest.raises(ValueError, match=r"\[3, 256\]"):
