@@ -46,12 +46,19 @@ PAPER_ROWS = (
 )
 
 STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "pretrain", "eval_pretrain",
-          "transfer_target", "calibrate_device", "pretrain_device", "transfer_device", "finetune_all_device", "scratch_device",
-          "full_device", "report")
+          "transfer_target", "calibrate_device", "pretrain_device", "transfer_device",
+          "finetune_all_device", "scratch_device", "full_device", "report")
 
 
 class ReproduceError(ValueError):
     """A configuration or input problem; the message says what to do."""
+
+
+def _no_exposure_curve(preset):
+    return ReproduceError(f"--calibrated_exposure needs the target camera's exposure curve, which "
+                          f"the preset {preset} lacks; use --simulation=joint or paper "
+                          "(calibrated on the target pairs) or a preset written by "
+                          "tools/calibrate_simulation.")
 
 
 @dataclasses.dataclass
@@ -192,10 +199,7 @@ def _check_config(config):
         except simulation.PresetError as error:
             raise ReproduceError(str(error)) from error
         if not has_curve:
-            raise ReproduceError(f"--calibrated_exposure needs the target camera's exposure "
-                                 f"curve, which the preset {config.simulation} lacks; use "
-                                 "--simulation=joint or paper (calibrated on the target pairs) "
-                                 "or a preset written by tools/calibrate_simulation.")
+            raise _no_exposure_curve(config.simulation)
     if config.device_calibration and not fitted:
         raise ReproduceError(f"--device_calibration fits the simulation on the device's pairs "
                              f"with --simulation=joint or paper, not the fixed preset "
@@ -446,11 +450,8 @@ def run_reproduce(config, progress=print):
         """{target val spec: the target camera's calibrated exposure curve}."""
         from lowlight_tf import simulation
         curve = simulation.load_preset(params_path).exposure_curve
-        if curve is None:
-            raise ReproduceError(f"--calibrated_exposure needs the target camera's exposure "
-                                 f"curve, which {params_path} lacks; use --simulation=joint or "
-                                 "paper (calibrated on the target pairs) or a preset written "
-                                 "by tools/calibrate_simulation.")
+        if curve is None:  # e.g. a work_dir calibrated before presets carried the curve
+            raise _no_exposure_curve(params_path)
         return {specs["target_val"]: curve}
 
     zero_shot_sets = [specs[k] for k in ("simulated_test", "target_val", "device_test")
