@@ -447,7 +447,10 @@ def run_reproduce(config, progress=print):
                                              exposure_curves and exposure_curves()))
 
     def target_exposure():
-        """{target val spec: the target camera's calibrated exposure curve}."""
+        """{target val spec: the target camera's calibrated exposure curve}.
+
+        Passed as a callable and read only when eval_pretrain runs: a run of other stages alone
+        must not need the curve."""
         from lowlight_tf import simulation
         curve = simulation.load_preset(params_path).exposure_curve
         if curve is None:  # e.g. a work_dir calibrated before presets carried the curve

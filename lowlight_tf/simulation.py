@@ -550,6 +550,16 @@ def load_preset(name_or_path):
     return preset_from_json(data, name=text)
 
 
+def load_exposure_curve(name_or_path):
+    """The `exposure_curve` [3, 256] of a preset; PresetError if it has none (or is unreadable)."""
+    curve = load_preset(name_or_path).exposure_curve
+    if curve is None:
+        raise PresetError(f"--exposure_preset={name_or_path} holds no exposure curve (presets "
+                          "calibrated before it existed, and the paper's, have none); "
+                          "recalibrate with tools/calibrate_simulation.")
+    return curve
+
+
 def save_preset(preset, path):
     """Write `preset` as JSON (the format `load_preset` reads)."""
     with open(path, "w", encoding="utf-8") as stream:
