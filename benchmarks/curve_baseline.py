@@ -5,8 +5,9 @@ For each channel, the mean bright value of every 8-bit dark value is pooled over
 pairs (the same pairs the simulation is calibrated on), interpolated over dark values no pixel
 had, and applied to the held-out dark images as a lookup table, optionally after a Gaussian blur
 (a classical denoiser): lowlight_tf.baselines.fit_dark_to_bright_curve / apply_curve, which
-tools/reproduce reports as the `calibrated curve` row with the 1-pixel blur. It needs the same 8 pairs as our zero-shot model and no training, so it
-is the bar a model pretrained on simulated pairs has to clear on the same camera.
+tools/reproduce reports as the `calibrated curve` row with the 1-pixel blur. It needs the same
+8 pairs as our zero-shot model and no training, so it is the bar a model pretrained on
+simulated pairs has to clear on the same camera.
 
   python benchmarks/curve_baseline.py --pairs=../shared/data/eliei/rgb_dev \
       --fit_ids=4-5,29-30,38,294-295,317
@@ -50,7 +51,8 @@ def main(argv):
         print(f"curve_baseline: {_PAIRS.value} is not a folder of low/ and high/ pairs; skipping.")
         return 0
     pairs = calibration.load_pairs(_PAIRS.value)
-    fit, held_out = calibration.split_pairs(pairs, fit_ids=calibration.parse_id_list(_FIT_IDS.value))
+    fit_ids = calibration.parse_id_list(_FIT_IDS.value)
+    fit, held_out = calibration.split_pairs(pairs, fit_ids=fit_ids)
     print(f"curve pooled from {len(fit)} pairs ({','.join(p.id for p in fit)}); "
           f"evaluated on {len(held_out)} held-out pairs")
     print(f"{'method':<46} {'PSNR':>6} {'SSIM':>6} {'GT-mean PSNR':>13}")

@@ -149,7 +149,8 @@ def load_pairs(source, default_split="train", *, fraction=1.0, seed=0):
         dataset = data.load_spec(source, default_split=default_split)
     except ValueError as error:
         raise CalibrationError(f"{source} is neither a folder with low/ and high/ subfolders nor "
-                               f"a readable pairs dataset OUTPUT_DIR/NAME[:split]: {error}") from error
+                               "a readable pairs dataset OUTPUT_DIR/NAME[:split]: "
+                               f"{error}") from error
     if fraction != 1.0:
         from lowlight_tf import pipeline  # pylint: disable=import-outside-toplevel
         try:
@@ -451,7 +452,8 @@ def fit_joint(dark, bright, *, exponents=JOINT_EXPONENTS, black_level=None, quan
                                   quantize=quantize)
         curve = noise_curve(simulated, level, mask)
         valid = np.isfinite(real_curve) & np.isfinite(curve)
-        error = float(np.mean((np.log(curve[valid] + 0.05) - np.log(real_curve[valid] + 0.05)) ** 2))
+        log_ratio = np.log(curve[valid] + 0.05) - np.log(real_curve[valid] + 0.05)
+        error = float(np.mean(log_ratio ** 2))
         candidates.append({"exponent": float(exponent), "params": params.tolist(),
                            "noise_peak": peak, "rms": rms, "curve_error": error})
     best = min(candidates, key=lambda c: c["curve_error"])
@@ -505,7 +507,8 @@ def noise_curve(image, level, mask, edges=NOISE_LEVEL_EDGES, min_pixels=500):
 
     Args:
       image: float [H, W, 3] in [0, 255].
-      level: float [H, W, 3], the intensity each pixel is binned by (the real dark's `_noise_level`).
+      level: float [H, W, 3], the intensity each pixel is binned by (the real dark's
+        `_noise_level`).
       mask: bool [H, W, 3] pixels to use.
     """
     image = np.asarray(image, np.float64)
@@ -682,19 +685,22 @@ def fidelity(pairs, preset, *, own_params=None, draws=4, seed=0):
 def summarise_fidelity(rows):
     """Per condition: mean PSNR, mean |Δ channel mean|, mean |Δ channel std|, noise ratio."""
     real = {row["id"]: row for row in rows if row["condition"] == "real"}
+
+    def mean_abs_error(chosen, key):
+        return float(np.mean([np.abs(np.subtract(row[key], real[row["id"]][key]))
+                              for row in chosen]))
+
     summary = {}
     for condition in sorted({row["condition"] for row in rows} - {"real"}):
         chosen = [row for row in rows if row["condition"] == condition]
+        log_noise_ratios = [np.log(max(row["noise"], 1e-6) / max(real[row["id"]]["noise"], 1e-6))
+                            for row in chosen]
         summary[condition] = {
             "pairs": len(chosen),
             "psnr": float(np.mean([row["psnr"] for row in chosen])),
-            "mean_abs_error": float(np.mean([np.abs(np.subtract(row["mean"], real[row["id"]]["mean"]))
-                                             for row in chosen])),
-            "std_abs_error": float(np.mean([np.abs(np.subtract(row["std"], real[row["id"]]["std"]))
-                                            for row in chosen])),
-            "noise_ratio": float(np.exp(np.mean([np.log(max(row["noise"], 1e-6) /
-                                                        max(real[row["id"]]["noise"], 1e-6))
-                                                 for row in chosen]))),
+            "mean_abs_error": mean_abs_error(chosen, "mean"),
+            "std_abs_error": mean_abs_error(chosen, "std"),
+            "noise_ratio": float(np.exp(np.mean(log_noise_ratios))),
         }
     return summary
 
@@ -866,4 +872,6 @@ def _json_rows(rows):
 def fidelity_report(preset, pairs, *, draws=4, seed=0):
     """Fidelity rows and summary of an existing preset (e.g. `paper`) on `pairs`."""
     rows = fidelity(pairs, preset, draws=draws, seed=seed)
-    return {"preset": preset.name, "rows": _json_rows(rows), "summary": summarise_fidelity(rows)}, rows
+    report = {"preset": preset.name, "rows": _json_rows(rows),
+              "summary": summarise_fidelity(rows)}
+    return report, rows

@@ -128,7 +128,8 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
     with pytest.raises(reproduce.ReproduceError, match="--tone_curve.*fixed preset"):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
             work_dir=str(tmp_path / "t"), bright_dir=str(inputs / "bright"),
-            simulation="paper.json", tone_curve=True, bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
+            simulation="paper.json", tone_curve=True,
+            bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="--device_calibration.*fixed preset"):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
             work_dir=str(tmp_path / "d"), simulation="paper.json", device_calibration=True,
