@@ -25,7 +25,8 @@ finished stages and resumes an interrupted training from its last finished epoch
   finetune_all_device, scratch_device, full_device
                    our rows on the same data: all layers on the same 10%, from scratch on the same
                    10%, and full supervision on 100% of the device's training pairs.
-  report           `report.md` (Table 1 form), `summary.json`, `curves.png`, panels.
+  report           `report.md` (Table 1 form, paired differences of the key rows with
+                   scene-bootstrap intervals), `summary.json`, `curves.png`, panels.
 
 Stages whose inputs are not configured (no target or no device pairs) are skipped, so the same
 runner drives the embedded-default demo on bright photos alone.
@@ -527,11 +528,50 @@ def _table_rows(results):
     return rows + baselines
 
 
+# Paired comparisons in the report, (A, B) by training stage: each on the images both stages'
+# evaluations share, with a scene-bootstrap 95% interval (lowlight_tf.comparison).
+COMPARISONS = (
+    ("transfer_target", "pretrain"),  # issue 6 target 2: same-camera transfer vs zero-shot
+    ("transfer_device", "full_device"),  # the paper's 10% transfer vs full supervision
+    ("transfer_device", "scratch_device"),  # ... vs scratch on the same 10%
+    ("finetune_all_device", "scratch_device"),
+    ("full_device", "scratch_device"),
+)
+
+
+def _comparisons(results):
+    """[{a, b, dataset(s), metric, mean, low, high, ...}] for the COMPARISONS both evaluated."""
+    from lowlight_tf import comparison
+    found = []
+    for stage_a, stage_b in COMPARISONS:
+        evals = [results.get(f"eval_{stage}", {}).get("output_dir")
+                 for stage in (stage_a, stage_b)]
+        if not all(evals):
+            continue
+        (label_a, a), (label_b, b) = (comparison.read_per_image(e) for e in evals)
+        result = comparison.paired_difference(a, b)
+        found.append({"a": label_a, "b": label_b,
+                      "datasets": sorted({d for d, _ in set(a) & set(b)}),
+                      **dataclasses.asdict(result)})
+    return found
+
+
+def format_comparisons(comparisons):
+    """Markdown bullet lines of _comparisons' results."""
+    from lowlight_tf import comparison
+    return [f"- {', '.join(c['datasets'])}: " + comparison.format_difference(
+        c["a"], c["b"], comparison.PairedDifference(
+            **{f.name: c[f.name] for f in dataclasses.fields(comparison.PairedDifference)}))
+        for c in comparisons]
+
+
 def build_report(run, results, specs):
-    """The report dict: rows (models then baselines), calibration, curves, panel folders."""
+    """The report dict: rows (models then baselines), paired comparisons, calibration, curves,
+    panel folders."""
     return {
         "work_dir": run.work_dir,
         "rows": _table_rows(results),
+        "comparisons": _comparisons(results),
         "calibration": results.get("calibrate", {}),
         "device_calibration": results.get("calibrate_device", {}),
         "histories": {k: v["history"] for k, v in results.items() if "history" in v},
@@ -564,7 +604,8 @@ def format_fidelity(calibration):
 
 
 def plot_curves(histories, path):
-    """Training (and validation) MAE per epoch of every stage, one panel each; returns path."""
+    """Training (and validation) loss per epoch of every stage (MAE, plus the SSIM term when
+    --ssim_weight > 0), one panel each; returns path."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -579,9 +620,9 @@ def plot_curves(histories, path):
     for axis, name in zip(axes.flat, names):
         history = histories[name]
         epochs = np.arange(1, len(history["loss"]) + 1)
-        axis.plot(epochs, history["loss"], label="train MAE")
+        axis.plot(epochs, history["loss"], label="train loss")
         if history.get("val_loss"):
-            axis.plot(epochs[:len(history["val_loss"])], history["val_loss"], label="val MAE")
+            axis.plot(epochs[:len(history["val_loss"])], history["val_loss"], label="val loss")
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.legend()
@@ -600,6 +641,13 @@ def write_report(run, report):
              "PSNR is the paper's 8-bit formula 20·log10(255/√MSE) on full images; GT-mean PSNR "
              "scales the prediction's mean to the reference's first and is reported beside it, "
              "never instead of it.", "", table, ""]
+    comparisons = format_comparisons(report.get("comparisons", []))
+    if comparisons:
+        lines += ["## Paired differences", "",
+                  "Mean difference of per-image PSNR over the images both rows evaluated, with a "
+                  "95% interval from resampling whole scenes (index runs; images of one scene "
+                  "are not independent). An interval that contains 0 does not separate the "
+                  "two rows (lowlight_tf.comparison).", "", *comparisons, ""]
     if calibration:
         lines += ["## Simulation", "",
                   f"Calibrated with `{calibration.get('method')}` on "
@@ -622,4 +670,5 @@ def write_report(run, report):
     with open(os.path.join(run.work_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write(text)
     _write_json(os.path.join(run.work_dir, "summary.json"), report)
-    _say(run.progress, "\n" + table + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")
+    _say(run.progress, "\n" + "\n".join([table, "", *comparisons])
+         + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")

@@ -1,4 +1,5 @@
 """The reproduce runner and the demo end to end on tiny generated data (lowlight_tf.reproduce)."""
+import csv
 import dataclasses
 import json
 import os
@@ -96,6 +97,22 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["rows"]) == len(report["rows"])
+    # Paired comparisons, e.g. transfer vs scratch: the mean of the per-image differences.
+    by_pair = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    assert len(by_pair) == len(reproduce.COMPARISONS)
+    compared = by_pair[("ours: transfer, last two blocks, 50%", "scratch, 50%")]
+
+    def per_image(stage, method):
+        path = tmp_path / "run" / "evaluations" / f"eval_{stage}" / "per_image.csv"
+        with open(path, newline="", encoding="utf-8") as f:
+            return {r["id"]: float(r["psnr"]) for r in csv.DictReader(f) if r["method"] == method}
+    transfer = per_image("transfer_device", compared["a"])
+    scratch = per_image("scratch_device", compared["b"])
+    assert compared["images"] == len(transfer) == len(scratch) > 0
+    assert compared["mean"] == pytest.approx(
+        np.mean([transfer[i] - scratch[i] for i in transfer]), abs=1e-3)
+    assert compared["low"] <= compared["mean"] <= compared["high"]
+    assert "## Paired differences" in text and "scratch, 50%: " in text
     # The transfer stage trained only the default blocks, from the pretrained model.
     flags_text = (tmp_path / "run" / "models" / "transfer_device" / "flags.txt").read_text()
     assert "--stage=transfer" in flags_text and "--train_fraction=0.5" in flags_text

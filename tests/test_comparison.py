@@ -1,0 +1,121 @@
+"""Paired comparison of two evaluations with a scene bootstrap (lowlight_tf.comparison)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lowlight_tf import comparison, evaluation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _scores(values, dataset="device:test"):
+    """{(dataset, 'N.png'): {metric: value}} from {N: psnr}; SSIM and GT-mean follow PSNR."""
+    return {(dataset, f"{n}.png"): {"psnr": v, "psnr_gt_mean": v + 1.0, "ssim": v / 100.0}
+            for n, v in values.items()}
+
+
+def test_mean_is_the_image_mean_of_the_paired_differences():
+    a = _scores({1: 20.0, 2: 22.0, 3: 21.0, 10: 18.0, 11: 19.0, 20: 25.0})
+    b = _scores({1: 19.0, 2: 22.5, 3: 20.0, 10: 18.0, 11: 17.0, 20: 24.0, 30: 5.0})
+    result = comparison.paired_difference(a, b)
+    # Image 30 is only in B and is left out; differences 1, -0.5, 1, 0, 2, 1.
+    assert result.images == 6 and result.scenes == 3
+    assert result.mean == pytest.approx(4.5 / 6)
+    assert result.a_better == 4
+    assert result.low <= result.mean <= result.high
+    ssim = comparison.paired_difference(a, b, metric="ssim")
+    assert ssim.mean == pytest.approx(4.5 / 6 / 100.0)
+    assert comparison.paired_difference(a, b, seed=3) == comparison.paired_difference(a, b, seed=3)
+
+
+def test_interval_resamples_scenes_not_images():
+    # Two scenes of ten images each: every image of scene 1 is +1 dB, of scene 21 -1 dB. An image
+    # bootstrap would give a narrow interval around 0; resampling the two scenes gives draws of
+    # -1 (both 21), 0 (one each) and +1 (both 1), a quarter each at the ends.
+    a = _scores({**{n: 21.0 for n in range(1, 11)}, **{n: 19.0 for n in range(21, 31)}})
+    b = _scores({n: 20.0 for n in list(range(1, 11)) + list(range(21, 31))})
+    result = comparison.paired_difference(a, b, resamples=4000)
+    assert result.scenes == 2 and result.mean == pytest.approx(0.0)
+    assert result.low == pytest.approx(-1.0) and result.high == pytest.approx(1.0)
+
+
+def test_one_scene_gives_the_point_and_datasets_are_separate_scenes():
+    a = _scores({4: 21.0, 5: 23.0})
+    b = _scores({4: 20.0, 5: 20.0})
+    result = comparison.paired_difference(a, b)
+    assert result.scenes == 1 and result.low == result.high == pytest.approx(2.0)
+    # The same numbers in two datasets are two scenes.
+    a.update(_scores({4: 21.0}, dataset="other:test"))
+    b.update(_scores({4: 21.0}, dataset="other:test"))
+    assert comparison.paired_difference(a, b).scenes == 2
+
+
+def test_bad_inputs_are_refused_with_the_reason():
+    a, b = _scores({1: 20.0}), _scores({2: 20.0})
+    with pytest.raises(comparison.ComparisonError, match="share no"):
+        comparison.paired_difference(a, b)
+    with pytest.raises(comparison.ComparisonError, match="metric"):
+        comparison.paired_difference(a, a, metric="mae")
+    with pytest.raises(comparison.ComparisonError, match="confidence"):
+        comparison.paired_difference(a, a, confidence=1.5)
+
+
+def _write_evaluation(folder, model_psnr):
+    """An evaluation folder written by lowlight_tf.evaluation.write_reports: a model row, its
+    calibrated-exposure row and a baseline, on images {N: psnr}."""
+    os.makedirs(folder, exist_ok=True)
+    per_image, rows = [], []
+    methods = {"model A": ("model", 0.0), "model A + calibrated exposure": ("model", -1.0),
+               "gamma 0.4": ("baseline", -8.0)}
+    for method, (kind, offset) in methods.items():
+        for n, psnr in model_psnr.items():
+            per_image.append({"dataset": "device:test", "id": f"{n}.png", "method": method,
+                              "psnr": psnr + offset, "psnr_gt_mean": psnr + 1.0, "ssim": 0.5})
+        rows.append({"method": method, "kind": kind, "dataset": "device:test",
+                     "psnr": float(np.mean(list(model_psnr.values()))) + offset,
+                     "psnr_gt_mean": 0.0, "ssim": 0.5, "images": len(model_psnr)})
+    evaluation.write_reports(str(folder), rows, per_image, settings={})
+    return str(folder)
+
+
+def test_read_per_image_takes_the_model_row_unless_told(tmp_path):
+    folder = _write_evaluation(tmp_path / "a", {1: 20.0, 2: 22.0})
+    method, values = comparison.read_per_image(folder)
+    assert method == "model A"
+    assert values[("device:test", "2.png")]["psnr"] == pytest.approx(22.0)
+    method, values = comparison.read_per_image(os.path.join(folder, "per_image.csv"),
+                                                "gamma 0.4")
+    assert values[("device:test", "1.png")]["psnr"] == pytest.approx(12.0)
+    with pytest.raises(comparison.ComparisonError, match="'model A', 'model A \\+ calibrated"):
+        comparison.read_per_image(folder, "model B")
+    with pytest.raises(comparison.ComparisonError, match="does not exist"):
+        comparison.read_per_image(str(tmp_path / "missing"))
+
+
+def test_format_difference_states_interval_and_counts():
+    result = comparison.PairedDifference(metric="psnr", mean=0.29, low=-1.06, high=1.86,
+                                         confidence=0.95, images=66, scenes=10, a_better=36)
+    assert comparison.format_difference("transfer", "scratch", result) == (
+        "transfer - scratch: +0.29 dB PSNR (95% CI -1.06 to +1.86; 66 images, 10 scenes, "
+        "higher on 36)")
+
+
+def _compare(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare"), *args],
+                          capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_compare_cli(tmp_path):
+    a = _write_evaluation(tmp_path / "a", {1: 21.0, 2: 23.0, 7: 20.0})
+    b = _write_evaluation(tmp_path / "b", {1: 20.0, 2: 20.0, 7: 20.0, 9: 3.0})
+    done = _compare(a, b, "--metrics=psnr")
+    assert done.returncode == 0, done.stderr
+    assert "3 images both evaluated (0 only in A, 1 only in B)" in done.stdout
+    assert "A - B: +1.33 dB PSNR" in done.stdout and "2 scenes" in done.stdout
+    missing = _compare(a, str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "nowhere" in missing.stderr
+    assert _compare(a).returncode == 2
+    assert _compare(a, b, "--metrics=mae").returncode == 2
