@@ -25,6 +25,10 @@ finished stages and resumes an interrupted training from its last finished epoch
   finetune_all_device, scratch_device, full_device
                    our rows on the same data: all layers on the same 10%, from scratch on the same
                    10%, and full supervision on 100% of the device's training pairs.
+  device_subsets   with --device_subsets=N > 1: N - 1 more draws of the 10% subset (seed
+                   --seed + k), each with its transfer (last two blocks) and scratch rows, so the
+                   report can give their mean, spread and paired margin over N draws: which 17
+                   pairs a device contributes moves these rows by up to a few dB.
   report           `report.md` (Table 1 form, paired differences of the key rows with
                    scene-bootstrap intervals), `summary.json`, `curves.png`, panels.
 
@@ -48,7 +52,7 @@ PAPER_ROWS = (
 
 STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "pretrain", "eval_pretrain",
           "transfer_target", "calibrate_device", "pretrain_device", "transfer_device",
-          "finetune_all_device", "scratch_device", "full_device", "report")
+          "finetune_all_device", "scratch_device", "full_device", "device_subsets", "report")
 
 
 class ReproduceError(ValueError):
@@ -93,6 +97,7 @@ class ReproduceConfig:
     transfer_learning_rate: float = 1e-4
     transfer_blocks: str = ""          # "" = the model's last two blocks (up4, head)
     device_fraction: float = 0.1
+    device_subsets: int = 1            # draws of the device_fraction subset (1 = the main rows)
     scratch_epochs: int = 20
     scratch_steps: int = 100
     scratch_learning_rate: float = 1e-3
@@ -188,6 +193,9 @@ def _check_config(config):
                              "same-camera transfer; the rest validate.")
     if not 0.0 < config.device_fraction <= 1.0:
         raise ReproduceError(f"--device_fraction={config.device_fraction} must lie in (0, 1].")
+    if config.device_subsets < 1:
+        raise ReproduceError(f"--device_subsets={config.device_subsets} must be at least 1 (the "
+                             "main rows' subset).")
     fitted = config.simulation in ("joint", "paper")
     if config.exposure_spread != 1.0 and not fitted:
         raise ReproduceError(f"--exposure_spread scales the calibrated distribution, but "
@@ -344,7 +352,7 @@ def _simulated_test(run, specs, params_path):
 
 
 def _train(run, name, *, stage, train_data, val_data, epochs, steps, learning_rate,
-           init_from="", train_fraction=1.0, params_path="paper"):
+           init_from="", train_fraction=1.0, params_path="paper", seed=None):
     """One tools/train stage in WORK_DIR/models/NAME; returns the final model and its curves."""
     from lowlight_tf import training
     config = run.config
@@ -359,11 +367,38 @@ def _train(run, name, *, stage, train_data, val_data, epochs, steps, learning_ra
         warmup_steps=config.warmup_steps, clipnorm=config.clipnorm,
         ssim_weight=config.ssim_weight, base_filters=None if init_from else config.base_filters,
         depth=None if init_from else config.depth, train_fraction=train_fraction,
-        seed=config.seed, jit_compile=config.jit_compile)
+        seed=config.seed if seed is None else seed, jit_compile=config.jit_compile)
     result = training.train(train_config)
     history = {k: [float(v) for v in values] for k, values in result.history.items()}
     return {"model": result.final_model_path, "history": history, "stage": stage,
             "epochs": epochs, "train_data": train_data, "train_fraction": train_fraction}
+
+
+def _device_subsets(run, specs, params_path, *, transfer_args, scratch_args):
+    """Draws 1..N-1 of the device_fraction subset: transfer and scratch rows for each.
+
+    Returns {"draws": [{"draw", "seed", "transfer": row, "scratch": row, "output_dirs"}]}; draw 0
+    (the main transfer_device / scratch_device rows) is added by build_report."""
+    config = run.config
+    fraction = config.device_fraction
+    draws = []
+    for draw in range(1, config.device_subsets):
+        seed = config.seed + draw
+        entry = {"draw": draw, "seed": seed, "output_dirs": {}}
+        for kind, stage, args in (("transfer", "transfer", transfer_args),
+                                  ("scratch", "scratch", scratch_args)):
+            name = f"{kind}_device_draw{draw}"
+            label = (f"ours: transfer, last two blocks, {fraction:.0%}" if kind == "transfer"
+                     else f"scratch, {fraction:.0%}") + f" (draw {draw})"
+            trained = run.stage(name, lambda: _train(
+                run, name, stage=stage, train_data=specs["device_train"], val_data="",
+                train_fraction=fraction, params_path=params_path, seed=seed, **args))
+            evaluated = run.stage(f"eval_{name}", lambda: _evaluate(
+                run, f"eval_{name}", trained["model"], [specs["device_test"]], label))
+            entry[kind] = next(r for r in evaluated["rows"] if r["kind"] == "model")
+            entry["output_dirs"][kind] = evaluated["output_dir"]
+        draws.append(entry)
+    return {"draws": draws}
 
 
 def _evaluate(run, name, model_path, datasets, label, exposure_curves=None):
@@ -377,8 +412,9 @@ def _evaluate(run, name, model_path, datasets, label, exposure_curves=None):
     return {"rows": rows, "output_dir": os.path.join(run.evals, name)}
 
 
-# Flags that may change between runs of one work_dir: which stages run, where the dir is given.
-_RESUME_FREE = ("work_dir", "stages")
+# Flags that may change between runs of one work_dir: which stages run, where the dir is given,
+# how many subset draws (each draw is its own stage; the main rows are draw 0).
+_RESUME_FREE = ("work_dir", "stages", "device_subsets")
 
 
 def _check_same_settings(work_dir, config):
@@ -507,6 +543,10 @@ def run_reproduce(config, progress=print):
                        [specs["device_test"]], stage="scratch",
                        train_data=specs["device_train"], val_data="", train_fraction=1.0,
                        **scratch_args)
+        if pretrained and config.device_subsets > 1 and (
+                "device_subsets" in selected or run.done("transfer_device_draw1")):
+            results["device_subsets"] = _device_subsets(
+                run, specs, params_path, transfer_args=transfer_args, scratch_args=scratch_args)
     report = build_report(run, results, specs)
     if "report" in selected:
         write_report(run, report)
@@ -565,13 +605,69 @@ def format_comparisons(comparisons):
         for c in comparisons]
 
 
+def _subset_summary(results, config):
+    """Draw 0 (the main rows) and the extra draws of the device subset, with each draw's paired
+    transfer - scratch margin and the mean and standard deviation over draws; {} without draws."""
+    from lowlight_tf import comparison
+    extra = results.get("device_subsets", {}).get("draws", [])[:max(config.device_subsets - 1, 0)]
+    main = [results.get(f"eval_{stage}") for stage in ("transfer_device", "scratch_device")]
+    if not extra or not all(main):
+        return {}
+    first = {"draw": 0, "seed": config.seed,
+             "output_dirs": {"transfer": main[0]["output_dir"], "scratch": main[1]["output_dir"]}}
+    for kind, evaluated in zip(("transfer", "scratch"), main):
+        first[kind] = next(r for r in evaluated["rows"] if r["kind"] == "model")
+    draws = []
+    for entry in [first, *extra]:
+        a, b = (comparison.read_per_image(entry["output_dirs"][k])[1]
+                for k in ("transfer", "scratch"))
+        margin = comparison.paired_difference(a, b)
+        draws.append({"draw": entry["draw"], "seed": entry["seed"],
+                      "transfer": {k: entry["transfer"][k] for k in ("psnr", "ssim")},
+                      "scratch": {k: entry["scratch"][k] for k in ("psnr", "ssim")},
+                      "margin": dataclasses.asdict(margin)})
+
+    def spread(values):
+        values = np.asarray(values, np.float64)
+        return {"mean": float(values.mean()), "std": float(values.std(ddof=1)),
+                "min": float(values.min()), "max": float(values.max())}
+    return {"fraction": config.device_fraction, "draws": draws,
+            "transfer_psnr": spread([d["transfer"]["psnr"] for d in draws]),
+            "scratch_psnr": spread([d["scratch"]["psnr"] for d in draws]),
+            "margin_psnr": spread([d["margin"]["mean"] for d in draws])}
+
+
+def format_subsets(subsets):
+    """Markdown lines of _subset_summary: a row per draw, then mean ± standard deviation."""
+    if not subsets:
+        return []
+    fraction = f"{subsets['fraction']:.0%}"
+    lines = [f"| draw (seed) | transfer, last two blocks, {fraction}: PSNR / SSIM | scratch, "
+             f"{fraction}: PSNR / SSIM | transfer - scratch, PSNR (95% CI over scenes) |",
+             "|---|---|---|---|"]
+    for d in subsets["draws"]:
+        m = d["margin"]
+        lines.append(f"| {d['draw']} ({d['seed']}) | {d['transfer']['psnr']:.2f} / "
+                     f"{d['transfer']['ssim']:.3f} | {d['scratch']['psnr']:.2f} / "
+                     f"{d['scratch']['ssim']:.3f} | {m['mean']:+.2f} ({m['low']:+.2f} to "
+                     f"{m['high']:+.2f}) |")
+    t, c, m = (subsets[k] for k in ("transfer_psnr", "scratch_psnr", "margin_psnr"))
+    lines += ["", f"Over {len(subsets['draws'])} draws (mean ± standard deviation, min to max): "
+              f"transfer {t['mean']:.2f} ± {t['std']:.2f} dB ({t['min']:.2f} to {t['max']:.2f}), "
+              f"scratch {c['mean']:.2f} ± {c['std']:.2f} dB ({c['min']:.2f} to {c['max']:.2f}), "
+              f"transfer - scratch {m['mean']:+.2f} ± {m['std']:.2f} dB "
+              f"({m['min']:+.2f} to {m['max']:+.2f})."]
+    return lines
+
+
 def build_report(run, results, specs):
-    """The report dict: rows (models then baselines), paired comparisons, calibration, curves,
-    panel folders."""
+    """The report dict: rows (models then baselines), paired comparisons, the device subset
+    draws, calibration, curves, panel folders."""
     return {
         "work_dir": run.work_dir,
         "rows": _table_rows(results),
         "comparisons": _comparisons(results),
+        "device_subsets": _subset_summary(results, run.config),
         "calibration": results.get("calibrate", {}),
         "device_calibration": results.get("calibrate_device", {}),
         "histories": {k: v["history"] for k, v in results.items() if "history" in v},
@@ -648,6 +744,12 @@ def write_report(run, report):
                   "95% interval from resampling whole scenes (index runs; images of one scene "
                   "are not independent). An interval that contains 0 does not separate the "
                   "two rows (lowlight_tf.comparison).", "", *comparisons, ""]
+    subsets = report.get("device_subsets")
+    if subsets:
+        lines += [f"## The device's {subsets['fraction']:.0%} subset, drawn "
+                  f"{len(subsets['draws'])} times (--device_subsets)", "",
+                  "Draw 0 is the table's rows; draw k trains on the subset of seed --seed + k "
+                  "(the same fraction, other pairs).", "", *format_subsets(subsets), ""]
     if calibration:
         lines += ["## Simulation", "",
                   f"Calibrated with `{calibration.get('method')}` on "

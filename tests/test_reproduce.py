@@ -60,7 +60,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         target_calib_ids="1-3", device_pairs=str(inputs / "device"),
         device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper",
         tone_curve=True, exposure_spread=0.5, device_calibration=True, calibrated_exposure=True,
-        **TINY)
+        device_subsets=2, **TINY)
     report = reproduce.run_reproduce(config, progress=lines.append)
     # The calibrated tone curve reaches the preset that pretraining and the simulated test use.
     params = json.loads((tmp_path / "run" / "simulation_params.json").read_text())
@@ -74,7 +74,8 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     assert sorted(device_params["provenance"]["fit_ids"]) == kept_ids
     assert 0 < len(kept_ids) < sum(1 for _ in device_train)
 
-    for stage in reproduce.STAGES[:-1]:
+    draw_stages = [f"{kind}_device_draw1" for kind in ("transfer", "scratch")]
+    for stage in [s for s in reproduce.STAGES[:-1] if s != "device_subsets"] + draw_stages:
         assert os.path.isfile(tmp_path / "run" / "stages" / f"{stage}.json"), stage
     models = [r for r in report["rows"] if r.get("kind") != "baseline"]
     datasets = {r["dataset"] for r in models}
@@ -113,6 +114,17 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         np.mean([transfer[i] - scratch[i] for i in transfer]), abs=1e-3)
     assert compared["low"] <= compared["mean"] <= compared["high"]
     assert "## Paired differences" in text and "scratch, 50%: " in text
+    # The second draw of the 50% subset trains on seed 1; the summary spans both draws.
+    assert "--seed=1" in (tmp_path / "run" / "models" / "scratch_device_draw1" /
+                          "flags.txt").read_text()
+    subsets = summary["device_subsets"]
+    assert [(d["draw"], d["seed"]) for d in subsets["draws"]] == [(0, 0), (1, 1)]
+    assert subsets["draws"][0]["margin"]["mean"] == pytest.approx(compared["mean"])
+    assert subsets["transfer_psnr"]["mean"] == pytest.approx(
+        np.mean([d["transfer"]["psnr"] for d in subsets["draws"]]))
+    draw_rows = [r for r in report["rows"] if "(draw" in r["method"]]
+    assert not draw_rows  # the draws have their own table, not Table 1 rows
+    assert "drawn 2 times" in text
     # The transfer stage trained only the default blocks, from the pretrained model.
     flags_text = (tmp_path / "run" / "models" / "transfer_device" / "flags.txt").read_text()
     assert "--stage=transfer" in flags_text and "--train_fraction=0.5" in flags_text
@@ -126,12 +138,18 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     second = reproduce.run_reproduce(config, progress=again.append)
     assert final.stat().st_mtime_ns == mtime
     records = os.listdir(tmp_path / "run" / "stages")
-    assert len(records) == 19  # 13 stages + 6 evaluations of trained models
+    assert len(records) == 23  # 13 stages + 6 evaluations of trained models + 2 draws, evaluated
     assert sum("finished earlier" in line for line in again) == len(records)
     assert [r["psnr"] for r in second["rows"]] == [r["psnr"] for r in report["rows"]]
+    # The number of draws may change between runs of a work_dir; one draw reports none.
+    fewer = reproduce.run_reproduce(dataclasses.replace(config, device_subsets=1), progress=None)
+    assert fewer["device_subsets"] == {} and len(fewer["rows"]) == len(report["rows"])
 
 
 def test_bad_configuration_says_what_to_do(inputs, tmp_path):
+    with pytest.raises(reproduce.ReproduceError, match="--device_subsets=0"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig(
+            work_dir=str(tmp_path / "s"), device_subsets=0), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="target_calib_ids"):
         reproduce.run_reproduce(reproduce.ReproduceConfig(
             work_dir=str(tmp_path), target_pairs=str(inputs / "target")), progress=None)
