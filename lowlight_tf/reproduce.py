@@ -101,6 +101,7 @@ class ReproduceConfig:
     scratch_epochs: int = 20
     scratch_steps: int = 100
     scratch_learning_rate: float = 1e-3
+    full_steps: int = 0                # steps per epoch of full supervision; 0 = scratch_steps
     lr_schedule: str = "cosine"
     warmup_steps: int = 100
     clipnorm: float = 1.0
@@ -542,7 +543,7 @@ def run_reproduce(config, progress=print):
         train_and_eval("full_device", "scratch, 100% (full supervision)",
                        [specs["device_test"]], stage="scratch",
                        train_data=specs["device_train"], val_data="", train_fraction=1.0,
-                       **scratch_args)
+                       **dict(scratch_args, steps=config.full_steps or config.scratch_steps))
         if pretrained and config.device_subsets > 1 and (
                 "device_subsets" in selected or run.done("transfer_device_draw1")):
             results["device_subsets"] = _device_subsets(

@@ -60,7 +60,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         target_calib_ids="1-3", device_pairs=str(inputs / "device"),
         device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper",
         tone_curve=True, exposure_spread=0.5, device_calibration=True, calibrated_exposure=True,
-        device_subsets=2, **TINY)
+        device_subsets=2, full_steps=3, **TINY)
     report = reproduce.run_reproduce(config, progress=lines.append)
     # The calibrated tone curve reaches the preset that pretraining and the simulated test use.
     params = json.loads((tmp_path / "run" / "simulation_params.json").read_text())
@@ -129,6 +129,10 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     flags_text = (tmp_path / "run" / "models" / "transfer_device" / "flags.txt").read_text()
     assert "--stage=transfer" in flags_text and "--train_fraction=0.5" in flags_text
     assert "models/pretrain_device/" in flags_text  # from the device model, not the target's
+    # Full supervision has its own steps per epoch; scratch on the subset keeps scratch_steps.
+    for stage, steps in (("full_device", 3), ("scratch_device", 2)):
+        text_of = (tmp_path / "run" / "models" / stage / "flags.txt").read_text()
+        assert f"--steps_per_epoch={steps}\n" in text_of, stage
     assert "simulation_params_device.json" in (
         tmp_path / "run" / "models" / "pretrain_device" / "flags.txt").read_text()
 
