@@ -610,7 +610,7 @@ def _subset_summary(results, config):
     """Draw 0 (the main rows) and the extra draws of the device subset, with each draw's paired
     transfer - scratch margin and the mean and standard deviation over draws; {} without draws."""
     from lowlight_tf import comparison
-    extra = results.get("device_subsets", {}).get("draws", [])[:max(config.device_subsets - 1, 0)]
+    extra = results.get("device_subsets", {}).get("draws", [])
     main = [results.get(f"eval_{stage}") for stage in ("transfer_device", "scratch_device")]
     if not extra or not all(main):
         return {}
