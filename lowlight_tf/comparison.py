@@ -141,8 +141,8 @@ def paired_difference(a, b, *, metric="psnr", confidence=0.95, resamples=10000, 
                               "made on different test sets")
     difference = np.asarray([a[k][metric] - b[k][metric] for k in common], np.float64)
     scenes = scene_keys(common)
-    names = sorted(set(scenes.values()))
-    index = np.asarray([names.index(scenes[k]) for k in common])
+    names = {name: i for i, name in enumerate(sorted(set(scenes.values())))}
+    index = np.asarray([names[scenes[k]] for k in common])
     sums = np.bincount(index, weights=difference, minlength=len(names))
     counts = np.bincount(index, minlength=len(names)).astype(np.float64)
     draws = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))

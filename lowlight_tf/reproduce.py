@@ -396,10 +396,15 @@ def _device_subsets(run, specs, params_path, *, transfer_args, scratch_args):
                 train_fraction=fraction, params_path=params_path, seed=seed, **args))
             evaluated = run.stage(f"eval_{name}", lambda: _evaluate(
                 run, f"eval_{name}", trained["model"], [specs["device_test"]], label))
-            entry[kind] = next(r for r in evaluated["rows"] if r["kind"] == "model")
+            entry[kind] = _model_row(evaluated)
             entry["output_dirs"][kind] = evaluated["output_dir"]
         draws.append(entry)
     return {"draws": draws}
+
+
+def _model_row(evaluated):
+    """The model's own row of an _evaluate result (not a baseline or calibrated-exposure row)."""
+    return next(r for r in evaluated["rows"] if r["kind"] == "model")
 
 
 def _evaluate(run, name, model_path, datasets, label, exposure_curves=None):
@@ -617,7 +622,7 @@ def _subset_summary(results, config):
     first = {"draw": 0, "seed": config.seed,
              "output_dirs": {"transfer": main[0]["output_dir"], "scratch": main[1]["output_dir"]}}
     for kind, evaluated in zip(("transfer", "scratch"), main):
-        first[kind] = next(r for r in evaluated["rows"] if r["kind"] == "model")
+        first[kind] = _model_row(evaluated)
     draws = []
     for entry in [first, *extra]:
         a, b = (comparison.read_per_image(entry["output_dirs"][k])[1]
