@@ -32,6 +32,10 @@ BLOCK_SIZE = 2
 FINAL_MODEL_NAME = "final.keras"
 ARCHITECTURE_NAME = "model.json"
 CHECKPOINT_DIR = "checkpoints"
+# Mean of the canonical dark input in [0, 1] for models that normalise exposure: about the mean
+# of ELIEI's real low-light photos (10/255, its data README), so the network sees the levels and
+# 8-bit quantisation of real dark photos.
+CANONICAL_DARK_MEAN = 10.0 / 255.0
 _CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.weights\.h5$")
 
 
@@ -95,6 +99,80 @@ class DepthToSpace(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="lowlight_tf")
+class ExposureNormalization(keras.layers.Layer):
+    """Scales each image so its mean is `target_mean`: the network sees one canonical darkness.
+
+    A dark sRGB image does not say how long it was exposed: the same scene one stop brighter
+    has twice the mean. Normalising the mean before the network makes its output independent
+    of the input's exposure (beyond the paper; the exposure-aware recipe of RESULTS.md).
+    [B, H, W, C] float32 in [0, 1] -> same shape, each image times target_mean / its mean
+    (the mean floored at `MIN_MEAN`, so a black image is not amplified without bound).
+    Tiled inference computes the gain once on the whole image (`exposure_gain`) and runs the
+    layers after this one (`after_exposure_normalization`), so tiles share one gain.
+    """
+
+    MIN_MEAN = 0.25 / 255.0
+
+    def __init__(self, target_mean=CANONICAL_DARK_MEAN, **kwargs):
+        super().__init__(**kwargs)
+        self.target_mean = float(target_mean)
+        if not 0.0 < self.target_mean < 1.0:
+            raise ValueError(f"target_mean must be in (0, 1), got {target_mean}.")
+
+    def call(self, inputs):
+        mean = tf.reduce_mean(inputs, axis=[1, 2, 3], keepdims=True)
+        return inputs * (self.target_mean / tf.maximum(mean, self.MIN_MEAN))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["target_mean"] = self.target_mean
+        return config
+
+
+def exposure_layer(model):
+    """The model's ExposureNormalization layer, or None (the paper's model has none)."""
+    for layer in model.layers:
+        if isinstance(layer, ExposureNormalization):
+            return layer
+    return None
+
+
+def exposure_gain(model, image):
+    """The gain the model's exposure normalisation applies to `image` as a whole (1.0 if none).
+
+    Args:
+      model: a U-Net from `build_unet`.
+      image: array-like [H, W, C] in [0, 1] (any numeric dtype; NumPy, or an object with
+        `shape` and slicing that returns arrays), the whole model input.
+    Returns:
+      float: target_mean / max(mean of image, MIN_MEAN).
+    """
+    layer = exposure_layer(model)
+    if layer is None:
+        return 1.0
+    total, count = 0.0, 0
+    for begin in range(0, image.shape[0], 256):  # row bands: no full-size float copy
+        band = np.asarray(image[begin:begin + 256], np.float64)
+        total, count = total + float(band.sum()), count + band.size
+    mean = total / max(count, 1)
+    return layer.target_mean / max(mean, layer.MIN_MEAN)
+
+
+def after_exposure_normalization(model):
+    """The model from the exposure normalisation's output on (the model itself if it has none).
+
+    Inputs must already be multiplied by `exposure_gain(model, whole_image)`.
+    """
+    layer = exposure_layer(model)
+    if layer is None:
+        return model
+    return keras.Model(layer.output, model.output, name=f"{model.name}_after_exposure")
+
+
 def _conv_pair(x, filters, block):
     """Two 3x3 'same' convolutions, each followed by LeakyReLU(0.2), named `block_conv1..2`."""
     for i in (1, 2):
@@ -103,7 +181,7 @@ def _conv_pair(x, filters, block):
     return x
 
 
-def build_unet(input_mode="rgb", base_filters=32, depth=4):
+def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalization=0.0):
     """Builds the paper's U-Net (Figure 4) as a Keras functional model.
 
     Args:
@@ -113,6 +191,8 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4):
       base_filters: channels of `down1`; block i has base_filters * 2**(i-1) channels and the
         bottleneck base_filters * 2**depth (512 at the defaults).
       depth: number of encoder (and decoder) blocks; the paper uses 4.
+      exposure_normalization: 0 for the paper's model; a mean in (0, 1) inserts
+        `ExposureNormalization(target_mean=exposure_normalization)` after the input (rgb only).
 
     Returns:
       An uncompiled keras.Model named "unet" whose output is float32 [B, H, W, 3], the enhanced
@@ -124,9 +204,15 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4):
         raise ValueError(f"base_filters and depth must be >= 1, got {base_filters}, {depth}.")
     base_filters, depth = int(base_filters), int(depth)
 
+    if exposure_normalization and input_mode != "rgb":
+        raise ValueError("exposure_normalization applies to rgb models only (a raw mosaic's "
+                         "exposure is set by --ratio).")
     if input_mode == "rgb":
         inputs = keras.Input(shape=(None, None, 3), name="dark")
-        x = SpaceToDepth(BLOCK_SIZE, name="space_to_depth")(inputs)
+        x = inputs
+        if exposure_normalization:
+            x = ExposureNormalization(exposure_normalization, name="exposure_normalization")(x)
+        x = SpaceToDepth(BLOCK_SIZE, name="space_to_depth")(x)
     else:
         inputs = keras.Input(shape=(None, None, 4), name="dark_bayer")
         x = inputs
@@ -233,11 +319,14 @@ def size_multiple(model):
 
 
 def architecture(model):
-    """Returns the build_unet arguments of a model: {"input_mode", "base_filters", "depth"}."""
+    """Returns the build_unet arguments of a model: {"input_mode", "base_filters", "depth",
+    "exposure_normalization"}."""
     input_mode = "rgb" if any(isinstance(l, SpaceToDepth) for l in model.layers) else "bayer"
     depth = sum(isinstance(l, keras.layers.MaxPooling2D) for l in model.layers)
     base_filters = model.get_layer("down1_conv1").filters
-    return {"input_mode": input_mode, "base_filters": int(base_filters), "depth": int(depth)}
+    layer = exposure_layer(model)
+    return {"input_mode": input_mode, "base_filters": int(base_filters), "depth": int(depth),
+            "exposure_normalization": layer.target_mean if layer else 0.0}
 
 
 def copy_weights(source, target):
