@@ -319,14 +319,16 @@ def size_multiple(model):
 
 
 def architecture(model):
-    """Returns the build_unet arguments of a model: {"input_mode", "base_filters", "depth",
-    "exposure_normalization"}."""
+    """Returns the build_unet arguments of a model: {"input_mode", "base_filters", "depth"}, plus
+    "exposure_normalization" for a model that normalises exposure."""
     input_mode = "rgb" if any(isinstance(l, SpaceToDepth) for l in model.layers) else "bayer"
     depth = sum(isinstance(l, keras.layers.MaxPooling2D) for l in model.layers)
     base_filters = model.get_layer("down1_conv1").filters
     layer = exposure_layer(model)
-    return {"input_mode": input_mode, "base_filters": int(base_filters), "depth": int(depth),
-            "exposure_normalization": layer.target_mean if layer else 0.0}
+    arch = {"input_mode": input_mode, "base_filters": int(base_filters), "depth": int(depth)}
+    if layer is not None:
+        arch["exposure_normalization"] = layer.target_mean
+    return arch
 
 
 def copy_weights(source, target):
