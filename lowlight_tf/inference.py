@@ -61,14 +61,20 @@ _PREDICTORS = weakref.WeakKeyDictionary()
 
 
 def _predictor(model):
-    """Returns a tf.function calling `model` on [B, h, w, C] float32, traced once for any size."""
+    """A tf.function running `model` after its exposure normalisation on [B, h, w, C] float32.
+
+    Traced once for any size; the caller multiplies inputs by `model.exposure_gain` first.
+    """
     try:
         return _PREDICTORS[model]
     except (KeyError, TypeError):
         pass
     channels = int(model.input_shape[-1])
     spec = tf.TensorSpec([None, None, None, channels], tf.float32)
-    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    # Inputs arrive already multiplied by the whole image's exposure gain (predict_array), so
+    # tiles share one gain: the layers after the model's exposure normalisation run here.
+    core = model_lib.after_exposure_normalization(model)
+    function = tf.function(lambda x: core(x, training=False), input_signature=[spec])
     try:
         _PREDICTORS[model] = function
     except TypeError:
@@ -100,12 +106,17 @@ def _pad_to(x, height, width):
     return np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
 
 
-def _run_batches(predict, tiles):
-    """Runs same-shape model inputs [h, w, C] in bounded batches; yields [h*s, w*s, 3] in [0, 1]."""
+def _run_batches(predict, tiles, gain=1.0):
+    """Runs same-shape model inputs [h, w, C] times `gain` in bounded batches.
+
+    Yields [h*s, w*s, 3] float32 predictions in [0, 1].
+    """
     height, width = tiles[0].shape[:2]
     batch_size = max(1, MAX_BATCH_PIXELS // (height * width))
     for begin in range(0, len(tiles), batch_size):
         batch = np.stack([np.asarray(t, np.float32) for t in tiles[begin:begin + batch_size]])
+        if gain != 1.0:
+            batch *= np.float32(gain)
         out = predict(tf.constant(batch)).numpy()
         for item in out:
             yield item
@@ -152,7 +163,8 @@ def _window_1d(start, tile, length, overlap, scale):
     return weight.astype(np.float32)
 
 
-def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend"):
+def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend",
+                  exposure_gain=None):
     """Runs the model on one model-range input of any size.
 
     Args:
@@ -165,6 +177,9 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
       overlap: overlap between neighbouring tiles in input pixels (rounded up to the size
         multiple), at most tile / 2; ignored for whole-image inference and paper stitching.
       stitch: "blend" (overlapping tiles, smooth window) or "paper" (non-overlapping patches).
+      exposure_gain: for a model with exposure normalisation, the gain of the whole image
+        (`model.exposure_gain`); None computes it from `x`. Every tile uses this one gain, so
+        tiled and whole-image inference agree.
 
     Returns:
       float32 [h * s, w * s, 3], the prediction clipped to [0, 1]; s = 2 for bayer, else 1.
@@ -178,6 +193,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
                          "model needs camera raw input and an rgb model needs RGB images.")
     height, width = x.shape[:2]
     predict = _predictor(model)
+    gain = model_lib.exposure_gain(model, x) if exposure_gain is None else float(exposure_gain)
     if stitch == "paper":
         patch = _round_up(tile or 64, multiple)
         padded = _pad_to(x, _round_up(height, patch), _round_up(width, patch))
@@ -186,7 +202,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
                  for r in range(rows) for c in range(cols)]
         out = np.empty((rows * patch * out_scale, cols * patch * out_scale, 3), np.float32)
         side = patch * out_scale
-        for index, prediction in enumerate(_run_batches(predict, tiles)):
+        for index, prediction in enumerate(_run_batches(predict, tiles, gain)):
             r, c = divmod(index, cols)
             out[r * side:(r + 1) * side, c * side:(c + 1) * side] = prediction
         return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
@@ -194,7 +210,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
     padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
     padded = _pad_to(x, padded_h, padded_w)
     if tile is None or (tile >= padded_h and tile >= padded_w):
-        out = next(_run_batches(predict, [padded]))
+        out = next(_run_batches(predict, [padded], gain))
         return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
 
     tile = _round_up(tile, multiple)
@@ -226,7 +242,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
         chunk = grid[begin:begin + batch_size]
         tiles = [padded[starts_y[iy]:starts_y[iy] + tile_h, starts_x[ix]:starts_x[ix] + tile_w]
                  for iy, ix in chunk]
-        for (iy, ix), prediction in zip(chunk, _run_batches(predict, tiles)):
+        for (iy, ix), prediction in zip(chunk, _run_batches(predict, tiles, gain)):
             y0, x0 = starts_y[iy] * out_scale, starts_x[ix] * out_scale
             y1, x1 = min(y0 + tile_h * out_scale, out_h), min(x0 + tile_w * out_scale, out_w)
             if y1 <= y0 or x1 <= x0:
@@ -429,8 +445,10 @@ def _predict_decoded(model, decoded, tile, overlap):
     if tile is None or (height <= tile and width <= tile):
         return predict_array(model, x.astype(np.float32) / np.float32(decoded.scale))
     # Tiled: pad the integer image (half the bytes of float32) and convert tiles as they are cut.
+    gain = model_lib.exposure_gain(model, _ScaledArray(x, decoded.scale))
     padded = _pad_to(x, _round_up(height, multiple), _round_up(width, multiple))
-    out = predict_array(model, _ScaledArray(padded, decoded.scale), tile=tile, overlap=overlap)
+    out = predict_array(model, _ScaledArray(padded, decoded.scale), tile=tile, overlap=overlap,
+                        exposure_gain=gain)
     return out[:height * out_scale, :width * out_scale]
 
 

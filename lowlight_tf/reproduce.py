@@ -87,6 +87,7 @@ class ReproduceConfig:
     batch_size: int = 16
     base_filters: int = 32
     depth: int = 4
+    exposure_normalization: float = 0.0  # 0 = the paper's model; else model.ExposureNormalization
     seed: int = 0
     jit_compile: bool = False
     pretrain_epochs: int = 20
@@ -367,7 +368,9 @@ def _train(run, name, *, stage, train_data, val_data, epochs, steps, learning_ra
         learning_rate=learning_rate, lr_schedule=config.lr_schedule,
         warmup_steps=config.warmup_steps, clipnorm=config.clipnorm,
         ssim_weight=config.ssim_weight, base_filters=None if init_from else config.base_filters,
-        depth=None if init_from else config.depth, train_fraction=train_fraction,
+        depth=None if init_from else config.depth,
+        exposure_normalization=None if init_from else config.exposure_normalization,
+        train_fraction=train_fraction,
         seed=config.seed if seed is None else seed, jit_compile=config.jit_compile)
     result = training.train(train_config)
     history = {k: [float(v) for v in values] for k, values in result.history.items()}

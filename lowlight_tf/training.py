@@ -85,6 +85,7 @@ class TrainConfig:
     ssim_weight: float = 0.0
     base_filters: int | None = None
     depth: int | None = None
+    exposure_normalization: float | None = None
     train_fraction: float = 1.0
     seed: int = 0
     strategy: str = "mirrored"
@@ -191,6 +192,12 @@ def resolve_config(config):
             c.base_filters = arch["base_filters"]
         if c.depth is None:
             c.depth = arch["depth"]
+        if c.exposure_normalization is None:
+            c.exposure_normalization = arch.get("exposure_normalization", 0.0)
+    c.exposure_normalization = float(c.exposure_normalization or 0.0)
+    if not 0.0 <= c.exposure_normalization < 1.0:
+        raise ConfigError(f"--exposure_normalization={c.exposure_normalization} must be 0 (off) "
+                          f"or a mean level in (0, 1), e.g. {model_lib.CANONICAL_DARK_MEAN:.4f}.")
     c.base_filters = 32 if c.base_filters is None else int(c.base_filters)
     c.depth = 4 if c.depth is None else int(c.depth)
     if c.base_filters < 1 or c.depth < 1:
@@ -314,7 +321,8 @@ def create_model(config, strategy):
     from lowlight_tf import metrics
     source = model_lib.load_model(config.init_from) if config.init_from else None
     with strategy.scope():
-        model = model_lib.build_unet("rgb", config.base_filters, config.depth)
+        model = model_lib.build_unet("rgb", config.base_filters, config.depth,
+                                     exposure_normalization=config.exposure_normalization)
         if source is not None:
             model_lib.copy_weights(source, model)
         trainable, frozen = model_lib.set_trainable_blocks(model, config.trainable_blocks)
