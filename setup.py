@@ -1,5 +1,10 @@
-"""Installs lowlight_tf: the library, the data_prep builders and the tools/ commands."""
-import glob
+"""Installs lowlight_tf: the library, the data_prep builders, the tools/ commands and configs/.
+
+The static metadata is in pyproject.toml. Computed here: every extension-less file in tools/ is
+shipped as package data (lowlight_tf/_tools/) and installed as the command `lowlight-NAME`
+(underscores become hyphens), an entry point into lowlight_tf.cli that runs the file; the
+flagfiles in configs/ are shipped as lowlight_tf/_configs/ so that `--flagfile=NAME` finds them.
+"""
 import os
 
 import setuptools
@@ -7,39 +12,20 @@ import setuptools
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _tool_scripts():
-  """Every executable file in tools/ (no extension) is installed as a command."""
-  return sorted(
-      path for path in glob.glob(os.path.join("tools", "*"))
-      if os.path.isfile(path) and "." not in os.path.basename(path))
+def _tools():
+    """Every tool: the extension-less files in tools/ (the rule lowlight_tf.cli also applies)."""
+    folder = os.path.join(HERE, "tools")
+    return sorted(name for name in os.listdir(folder)
+                  if "." not in name and os.path.isfile(os.path.join(folder, name)))
 
 
 setuptools.setup(
-    name="lowlight_tf",
-    version="0.1.0",
-    description=("Transfer learning for extreme low-light images: simulate dark images, "
-                 "pretrain a See-in-the-Dark U-Net, transfer to a device with a few real pairs."),
-    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
     packages=setuptools.find_packages(include=["lowlight_tf", "lowlight_tf.*", "data_prep",
-                                               "data_prep.*"]),
-    package_data={"lowlight_tf": ["presets/*.json"]},
-    scripts=_tool_scripts(),
-    install_requires=[
-        "tensorflow>=2.21,<2.22",
-        "keras>=3.14",
-        "tensorboard",
-        "tensorflow-datasets",
-        "rawpy",
-        "numpy",
-        "scipy",
-        "absl-py",
-        "Pillow",
-        "scikit-image",
-        "matplotlib",
-    ],
-    extras_require={
-        "test": ["pytest", "pidng", "tifffile"],
-    },
+                                               "data_prep.*"])
+    + ["lowlight_tf._tools", "lowlight_tf._configs"],
+    package_dir={"lowlight_tf._tools": "tools", "lowlight_tf._configs": "configs"},
+    package_data={"lowlight_tf": ["presets/*.json"], "lowlight_tf._tools": _tools(),
+                  "lowlight_tf._configs": ["*.flags"]},
+    entry_points={"console_scripts": [
+        f"lowlight-{tool.replace('_', '-')} = lowlight_tf.cli:{tool}" for tool in _tools()]},
 )

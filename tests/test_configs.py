@@ -1,27 +1,35 @@
-"""Every flagfile in configs/ parses with the tool it is written for (no unknown or invalid flag).
+"""Every flagfile in configs/ parses with the tool it is written for, named without a path.
 
 Reproduce flagfiles (they set --work_dir) go to tools/reproduce, the others to tools/train. Paths
-in them (../shared/data) are only read when a run starts, so parsing needs no data.
+in them (../shared/data) are only read when a run starts, so parsing needs no data. The tools
+expand `--flagfile` with lowlight_tf.cli.expand_flagfiles (names of shipped flagfiles resolve);
+its reading rules must stay those of absl's own `--flagfile`.
 """
 import glob
 import os
 import subprocess
 import sys
 
+from absl import flags
 import pytest
+
+from lowlight_tf import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags")))
+NAMES = [os.path.basename(path)[:-len(".flags")] for path in CONFIGS]
 
-# Loads a tool's flag definitions without running it, then parses each flagfile given.
+# Loads a tool's flag definitions without running it, then parses each flagfile given, the way
+# the tools do (cli.run: names expanded, then absl parses).
 PARSE = """
 import runpy, sys
 from absl import flags
+from lowlight_tf import cli
 runpy.run_path(sys.argv[1], run_name="parse_only")
-for path in sys.argv[2:]:
+for value in sys.argv[2:]:
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["tool", "--flagfile=" + path])
-    print("parsed", path)
+    flags.FLAGS(cli.expand_flagfiles(["tool", "--flagfile=" + value]))
+    print("parsed", value)
 """
 
 
@@ -30,19 +38,73 @@ def _tool_of(path):
         return "reproduce" if any(line.startswith("--work_dir=") for line in f) else "train"
 
 
+def _parse(tool, values, cwd=ROOT):
+    return subprocess.run([sys.executable, "-c", PARSE, os.path.join(ROOT, "tools", tool),
+                           *values], capture_output=True, text=True, cwd=cwd, check=False)
+
+
 @pytest.mark.parametrize("tool", ["reproduce", "train"])
-def test_flagfiles_parse_with_their_tool(tool):
-    files = [path for path in CONFIGS if _tool_of(path) == tool]
-    assert files, f"no flagfile for tools/{tool} in configs/"
-    done = subprocess.run([sys.executable, "-c", PARSE, os.path.join(ROOT, "tools", tool), *files],
-                          capture_output=True, text=True, cwd=ROOT, check=False)
+def test_flagfiles_parse_with_their_tool_by_name_from_anywhere(tool, tmp_path):
+    names = [name for name, path in zip(NAMES, CONFIGS) if _tool_of(path) == tool]
+    assert names, f"no flagfile for tools/{tool} in configs/"
+    done = _parse(tool, names, cwd=tmp_path)  # not the checkout: names must not need it
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("parsed") == len(files)
+    assert done.stdout.count("parsed") == len(names)
 
 
 def test_a_bad_flag_in_a_flagfile_fails_the_parse(tmp_path):
     bad = tmp_path / "bad.flags"
     bad.write_text("--work_dir=x\n--no_such_flag=1\n")
-    done = subprocess.run([sys.executable, "-c", PARSE, os.path.join(ROOT, "tools", "reproduce"),
-                           str(bad)], capture_output=True, text=True, cwd=ROOT, check=False)
+    done = _parse("reproduce", [str(bad)])
     assert done.returncode != 0 and "no_such_flag" in done.stderr
+
+
+def test_the_checkout_configs_are_the_shipped_flagfiles():
+    assert cli.flagfile_names() == NAMES
+    assert len(NAMES) >= 7
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_shipped_flagfile_resolves_by_name(name):
+    expected = os.path.join(ROOT, "configs", name + ".flags")
+    for value in (name, name + ".flags"):
+        assert os.path.samefile(cli.resolve_flagfile(value), expected)
+
+
+def test_an_existing_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").write_text("--seed=7\n")
+    assert cli.resolve_flagfile("smoke") == "smoke"
+    assert cli.expand_flagfiles(["tool", "--flagfile=smoke"]) == ["tool", "--seed=7"]
+    assert cli.expand_flagfiles(["tool", "--flagfile=smoke.flags"])[1] == "--stage=pretrain"
+
+
+def test_an_unknown_name_or_missing_path_says_what_exists(tmp_path):
+    for value in ("no_such_config", str(tmp_path / "missing.flags"), "configs/pretrain"):
+        with pytest.raises(cli.FlagfileError, match="smoke"):
+            cli.resolve_flagfile(value)
+
+
+def test_expansion_reads_flagfiles_as_absl_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inner.flags").write_text("# comment\n--b=2\n\n// also a comment\n  --c=3  \n")
+    (tmp_path / "outer.flags").write_text("--a=1\n--flagfile=inner.flags\n--d=4\n")
+    argv = ["tool", "--x=0", "--flagfile=outer.flags", "pos", "-flagfile=inner.flags",
+            "--flagfile", "inner.flags", "--flagfile=", "--", "--flagfile=outer.flags"]
+    expected = [argv[0]] + flags.FlagValues().read_flags_from_files(argv[1:])
+    assert cli.expand_flagfiles(argv) == expected
+    assert expected[1:5] == ["--x=0", "--a=1", "--b=2", "--c=3"]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "zero_shot_eliei"])
+def test_every_flagfile_expands_as_absl_reads_its_path(name):
+    path = os.path.join(ROOT, "configs", name + ".flags")
+    assert (cli.expand_flagfiles(["tool", "--flagfile=" + name])
+            == ["tool"] + flags.FlagValues().read_flags_from_files(["--flagfile=" + path]))
+
+
+def test_a_nested_name_expands_in_place():
+    lines = cli.expand_flagfiles(["tool", "--flagfile=zero_shot_eliei", "--seed=3"])
+    base = cli.expand_flagfiles(["tool", "--flagfile=reproduce_eliei"])[1:]
+    assert lines[1:1 + len(base)] == base  # the nested file first: the lines after it win
+    assert lines[1 + len(base)] == "--notone_curve" and lines[-1] == "--seed=3"
