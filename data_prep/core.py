@@ -13,6 +13,7 @@ processes, and records every skipped input with its reason.
 """
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -22,10 +23,13 @@ import types
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
 
 import data_prep
 from data_prep import decoding
 from data_prep import summary as summary_lib
+from data_prep import workers
+from lowlight_tf import progress
 
 VERSION = "1.0.0"
 KINDS = data_prep.KINDS
@@ -60,8 +64,9 @@ class Plan:
         kind: "images", "pairs" or "simulated".
         items: list of Item, in a deterministic order.
         dtype: numpy dtype of the stored `bright` (and real `dark`) images: uint8 or uint16.
-        worker_fn: module-level function task -> ("ok", example dict) or ("skip", reason); for
-            "simulated" the builder generates examples itself and this is None.
+        worker_fn: module-level function task -> ("ok", example dict) or ("skip", reason text,
+            named reason); for "simulated" the builder generates examples itself and this is
+            None.
         skips: SkipLog shared over retries.
         num_workers: decoding worker processes (at least one: a decoder crash skips its file).
         report: callable(str) for progress lines, or None.
@@ -159,35 +164,44 @@ def require_dir(path, what):
 # What a task yields when its worker process dies (LibRaw and other C decoders can segfault).
 CRASH_REASON = ("the decoder crashed its worker process (a corrupt or unsupported file); "
                 "skipped, the other files were kept")
+CRASH_RESULT = ("skip", CRASH_REASON, "decoder_crash")
+
+
+def _pool(num_workers, context):
+    """A process pool whose workers exit when this process dies (workers.exit_with_parent)."""
+    return concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=context, initializer=workers.exit_with_parent,
+        initargs=(os.getpid(),))
 
 
 def _run_isolated(fn, task, context):
-    """fn(task) in a fresh one-off process; its crash becomes ("skip", CRASH_REASON)."""
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    """fn(task) in a fresh one-off process; its crash becomes CRASH_RESULT."""
+    with _pool(1, context) as pool:
         try:
             return pool.submit(fn, task).result()
         except concurrent.futures.process.BrokenProcessPool:
-            return ("skip", CRASH_REASON)
+            return CRASH_RESULT
 
 
 def parallel_map(fn, tasks, num_workers):
     """Yield (task, fn(task)) in order, in `num_workers` (>= 1) worker processes.
 
-    `fn` returns ("ok", ...) or ("skip", reason). At most 2 * num_workers results are in flight,
-    so large inputs stream instead of piling up decoded images in memory. Worker processes are
-    spawned (not forked: the parent has TensorFlow's threads running) and only import the
-    decoding modules. A worker that dies (a decoder segfault) breaks the pool: the tasks in
-    flight are then re-run one by one in fresh processes, the one that crashes again yields
-    ("skip", CRASH_REASON), and a new pool takes the remaining tasks.
+    `fn` returns ("ok", ...) or ("skip", reason, ...). At most 2 * num_workers results are in
+    flight, so large inputs stream instead of piling up decoded images in memory. Worker
+    processes are spawned (not forked: the parent has TensorFlow's threads running) and only
+    import the decoding modules. A worker that dies (a decoder segfault) breaks the pool: the
+    tasks in flight are then re-run one by one in fresh processes, the one that crashes again
+    yields CRASH_RESULT, and a new pool takes the remaining tasks. Workers exit on their own
+    when this process is killed (workers.exit_with_parent), so no orphan outlives the job.
     """
     context = multiprocessing.get_context("spawn")
     task_iter = iter(tasks)
-    workers = max(1, num_workers)
+    num_workers = max(1, num_workers)
     while True:
         in_flight = []
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with _pool(num_workers, context) as pool:
             pending = collections.deque()
-            for task in itertools.islice(task_iter, 2 * workers):
+            for task in itertools.islice(task_iter, 2 * num_workers):
                 pending.append((task, pool.submit(fn, task)))
             while pending:
                 task, future = pending.popleft()
@@ -228,6 +242,9 @@ class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             description=self.plan.description or f"lowlight_tf {self.plan.kind} dataset",
             features=features_for(self.plan.kind, self.plan.dtype),
             metadata=tfds.core.MetadataDict(kind=self.plan.kind),
+            # tfds.load(..., as_supervised=True) yields (dark, bright) for the paired kinds.
+            supervised_keys=("dark", "bright") if self.plan.kind in ("pairs", "simulated")
+            else None,
         )
 
     def _split_generators(self, dl_manager):
@@ -237,22 +254,31 @@ class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split):
         plan = self.plan
         items = [item for item in plan.items if item.split == split]
-        progress = summary_lib.Progress(plan.report, f"[{plan.kind}] {split}", len(items))
-        written = 0
-        for item, result in self._results(items):
-            if result[0] == "ok":
-                written += 1
-                progress.update(True)
-                yield item.id, _as_feature_input(result[1])
-            else:
-                plan.skips.skip(item.id, result[1])
-                progress.update(False)
-        progress.update(False, final=True)
+        label = f"[{plan.kind}] {split}"
+        bar = progress.bar(total=len(items), desc=label, unit="inputs",
+                           enabled=plan.report is not None)
+        written = skipped = 0
+        try:
+            for item, result in self._results(items):
+                if result[0] == "ok":
+                    written += 1
+                    yield item.id, _as_feature_input(result[1])
+                else:
+                    skipped += 1
+                    plan.skips.skip(item.id, *result[1:])
+                bar.update(1)
+                if skipped:
+                    bar.set_postfix_str(f"{skipped} skipped")
+        finally:
+            bar.close()
+        if plan.report:
+            plan.report(f"{label}: {written + skipped}/{len(items)} inputs, {written} written, "
+                        f"{skipped} skipped")
         if written == 0:
             plan.empty_splits.add(split)
 
     def _results(self, items):
-        """Yield (item, ("ok", example) | ("skip", reason)) for the split's items."""
+        """Yield (item, ("ok", example) | ("skip", reason, category)) for the split's items."""
         plan = self.plan
         tasks = ((item, item.task) for item in items)
         fn = plan.worker_fn
@@ -271,6 +297,31 @@ def _as_feature_input(example):
     """Wrap encoded PNG bytes in file objects, which tfds Image stores without re-encoding."""
     return {key: io.BytesIO(value) if key in ("bright", "dark") and isinstance(value, bytes)
             else value for key, value in example.items()}
+
+
+class _DeterministicExampleSerializer(example_serializer.ExampleSerializer):
+    """TFDS's serializer with a stable byte order of the tf.train.Example feature map.
+
+    A proto map's wire order follows the hash table of the protobuf runtime (upb seeds it per
+    process), so the same example serialised in two processes gives different bytes even with
+    PYTHONHASHSEED fixed. `deterministic=True` sorts the map keys.
+    """
+
+    def serialize_example(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
+@contextlib.contextmanager
+def deterministic_serialization():
+    """Within the block, TFDS writers serialise examples byte-reproducibly (same input, same
+    shard bytes in every process). TFDS 4.9.10 builds its serializer by the module attribute
+    `example_serializer.ExampleSerializer` inside `split_builder`, which is swapped here."""
+    saved = example_serializer.ExampleSerializer
+    example_serializer.ExampleSerializer = _DeterministicExampleSerializer
+    try:
+        yield
+    finally:
+        example_serializer.ExampleSerializer = saved
 
 
 def make_builder_class(name, plan, base=LowlightBuilder, **attributes):

@@ -5,15 +5,21 @@ sRGB images; §3.4 uses real dark/bright pairs). Camera raw files of every LibRa
 rendered to sRGB with rawpy (camera white balance, 16-bit output); ordinary images are read
 as-is. This module imports no TensorFlow at import time, so decoding worker processes start fast.
 
-Every decoder raises `DecodeError` with a short human-readable reason that ends up in the
-`summary.json` skip list; nothing else escapes for a bad file.
+Every decoder raises `DecodeError` with a short human-readable reason and one named skip reason
+(`DecodeError.reason`, a key of `data_prep.summary.SKIP_REASONS`: unreadable, not_an_image,
+truncated, corrupt, unsupported, too_large, ...) that end up in the `summary.json` skip list;
+nothing else escapes for a bad file. Picture sizes are read from the header and checked against
+`max_pixels` before any pixel is decoded, so a crafted header cannot exhaust memory.
 """
 import os
 import re
 import struct
+import warnings
 import zlib
 
 import numpy as np
+
+from lowlight_tf import files
 
 # File extensions LibRaw reads (libraw.org/supported-cameras); checked case-insensitively.
 RAW_EXTENSIONS = frozenset((
@@ -32,7 +38,24 @@ _EXPOSURE_RE = re.compile(r"_(\d+(?:\.\d+)?)s\.[A-Za-z0-9]+$")
 
 
 class DecodeError(Exception):
-    """A file could not be turned into an image; `str(error)` is the reason for the summary."""
+    """A file could not be turned into an image.
+
+    `str(error)` is the human-readable reason for the summary; `error.reason` the named skip
+    reason (a key of `data_prep.summary.SKIP_REASONS`).
+    """
+
+    def __init__(self, message, reason="corrupt"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_pixels(width, height, max_pixels, what="picture"):
+    """Raise DecodeError("too_large") when width x height exceeds max_pixels (None: no limit)."""
+    if max_pixels and int(width) * int(height) > int(max_pixels):
+        raise DecodeError(f"{what} of {int(width)}x{int(height)} = "
+                          f"{int(width) * int(height) / 1e6:.1f} MP exceeds the pixel limit of "
+                          f"{int(max_pixels) / 1e6:g} MP (raise --max_pixels to read it)",
+                          "too_large")
 
 
 def is_raw_path(path):
@@ -91,11 +114,12 @@ def _check_file(path):
     try:
         size = os.path.getsize(path)
     except OSError as error:
-        raise DecodeError(f"missing or unreadable file ({error.strerror})") from None
+        raise DecodeError(f"missing or unreadable file ({error.strerror})", "unreadable") \
+            from None
     if size == 0:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError("empty file (0 bytes)", "unreadable")
     if not os.access(path, os.R_OK):
-        raise DecodeError("unreadable file (permission denied)")
+        raise DecodeError("unreadable file (permission denied)", "unreadable")
 
 
 def _to_rgb(array, path):
@@ -103,16 +127,17 @@ def _to_rgb(array, path):
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
-        raise DecodeError(f"unsupported image shape {array.shape}")
+        raise DecodeError(f"unsupported image shape {array.shape}", "unsupported")
     channels = array.shape[2]
     if channels in (1, 2):  # gray (+ alpha): replicate gray into R, G, B.
         array = np.repeat(array[:, :, :1], 3, axis=2)
     elif channels in (3, 4):  # RGB (+ alpha): drop alpha.
         array = array[:, :, :3]
     else:
-        raise DecodeError(f"unsupported channel count {channels} in {os.path.basename(path)}")
+        raise DecodeError(f"unsupported channel count {channels} in {os.path.basename(path)}",
+                          "unsupported")
     if array.shape[0] < 1 or array.shape[1] < 1:
-        raise DecodeError("image has zero width or height")
+        raise DecodeError("image has zero width or height", "corrupt")
     return np.ascontiguousarray(array)
 
 
@@ -123,31 +148,92 @@ def _decode_png16(path):
         data = tf.io.read_file(path)
         return tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-        message = str(error).strip().splitlines()[0][:120]
-        raise DecodeError(f"corrupt or truncated PNG ({message})") from None
+        message = (str(error).strip().splitlines() or [""])[0][:120]
+        reason = "truncated" if "truncat" in message.lower() else "corrupt"
+        raise DecodeError(f"corrupt or truncated PNG ({message})", reason) from None
 
 
-def _decode_tiff(path):
+def _tiff_size(path):
+    """Return (width, height) of a TIFF's first page from its header, or None if unreadable."""
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagewidth), int(page.imagelength)
+    except Exception:  # pylint: disable=broad-except
+        return None
+
+
+def _decode_tiff(path, max_pixels):
     """Decode a TIFF with tifffile (8/16-bit, gray or RGB), falling back to Pillow."""
     import tifffile
+    size = _tiff_size(path)
+    if size is not None:
+        check_pixels(*size, max_pixels)
     try:
         array = tifffile.imread(path)
     except Exception as tiff_error:  # pylint: disable=broad-except
         try:
-            return _decode_pillow(path)[0]
-        except DecodeError:
-            raise DecodeError(f"not a readable TIFF ({tiff_error})") from None
+            return _decode_pillow(path, max_pixels)[0]
+        except DecodeError as error:
+            if error.reason == "too_large":
+                raise
+            raise DecodeError(f"not a readable TIFF ({tiff_error})", error.reason) from None
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
         array = np.moveaxis(array, 0, -1)  # Planar (separate) configuration.
     return array
 
 
-def _decode_pillow(path):
+def _open_pillow(path, max_pixels):
+    """Image.open(path) (header only) with Pillow's bomb limit following `max_pixels`.
+
+    Pillow refuses pictures above twice its own `MAX_IMAGE_PIXELS` (DecompressionBombError) and
+    warns above it; our limit replaces both, so the same file is accepted or refused the same way
+    by every tool. The caller checks the header size against max_pixels before `load()`.
+    """
+    from PIL import Image
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = int(max_pixels) if max_pixels else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise DecodeError(f"picture too large for the pixel limit ({error})", "too_large") \
+            from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def image_size(path, max_pixels=None):
+    """Return (width, height) of an ordinary image from its header, without decoding pixels.
+
+    Raises:
+        DecodeError: unreadable files, unrecognised content, or (with max_pixels) too large.
+    """
+    _check_file(path)
+    if format_name(path) == "tiff":
+        size = _tiff_size(path)
+        if size is not None:
+            return size
+    from PIL import UnidentifiedImageError
+    try:
+        with _open_pillow(path, max_pixels) as image:
+            return image.size
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised content despite the image extension)",
+                          "not_an_image") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DecodeError(f"corrupt or unreadable image header ({error})", "corrupt") from None
+
+
+def _decode_pillow(path, max_pixels):
     """Decode PNG/JPEG/BMP/TIFF with Pillow; return (array, pillow format name)."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as image:
+        with _open_pillow(path, max_pixels) as image:
             fmt = (image.format or "").lower()
+            check_pixels(*image.size, max_pixels)
             image.load()
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -155,7 +241,8 @@ def _decode_pillow(path):
             elif mode == "I":
                 array = np.asarray(image)
                 if array.min() < 0 or array.max() > 65535:
-                    raise DecodeError("32-bit integer image out of the 16-bit range")
+                    raise DecodeError("32-bit integer image out of the 16-bit range",
+                                      "unsupported")
                 array = array.astype(np.uint16)
             elif mode in ("RGB", "RGBA", "L", "LA"):
                 array = np.asarray(image)
@@ -164,43 +251,53 @@ def _decode_pillow(path):
             else:  # P, CMYK, YCbCr, ...: let Pillow convert to 8-bit RGB.
                 array = np.asarray(image.convert("RGB"))
     except UnidentifiedImageError:
-        raise DecodeError("not an image (unrecognised content despite the image extension)") \
+        raise DecodeError("not an image (unrecognised content despite the image extension)",
+                          "not_an_image") from None
+    except Image.DecompressionBombError as error:
+        raise DecodeError(f"picture too large for the pixel limit ({error})", "too_large") \
             from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except MemoryError:
+        raise DecodeError("out of memory while decoding", "too_large") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         text = str(error)
-        if "truncated" in text:
-            raise DecodeError(f"truncated image ({text})") from None
-        raise DecodeError(f"corrupt or unreadable image ({text})") from None
+        if "truncated" in text or isinstance(error, EOFError):
+            raise DecodeError(f"truncated image ({text})", "truncated") from None
+        raise DecodeError(f"corrupt or unreadable image ({text})", "corrupt") from None
     return array, ("jpeg" if fmt == "mpo" else fmt)
 
 
-def decode_image(path):
+def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
     """Read an ordinary image (png/jpeg/tiff/bmp, 8 or 16 bit) as-is.
 
     Args:
         path: file path.
+        max_pixels: largest width x height decoded (checked on the header first); None or 0
+            for no limit.
 
     Returns:
         (image, meta): image uint8 or uint16 [H, W, 3] (gray is replicated, alpha dropped), values
         as stored; meta dict with `source_format` (str) and `is_raw` False.
 
     Raises:
-        DecodeError: with the reason, for empty, truncated, corrupt or non-image files.
+        DecodeError: with the reason, for empty, truncated, corrupt, too large or non-image
+            files.
     """
     _check_file(path)
     fmt = format_name(path)
     if fmt == "tiff":
-        array = _decode_tiff(path)
+        array = _decode_tiff(path, max_pixels)
     elif fmt == "png" and probe_bit_depth(path) == 16:
+        check_pixels(*image_size(path, max_pixels), max_pixels)
         array = _decode_png16(path)
     else:
-        array, pil_format = _decode_pillow(path)
+        array, pil_format = _decode_pillow(path, max_pixels)
         fmt = pil_format or fmt
     if array.dtype not in (np.uint8, np.uint16):
         if array.dtype.kind in "ui" and array.min() >= 0 and array.max() <= 65535:
             array = array.astype(np.uint16)
         else:
-            raise DecodeError(f"unsupported sample type {array.dtype} (need 8 or 16-bit integers)")
+            raise DecodeError(f"unsupported sample type {array.dtype} (need 8 or 16-bit "
+                              "integers)", "unsupported")
     return _to_rgb(array, path), {"source_format": fmt, "is_raw": False}
 
 
@@ -224,7 +321,8 @@ def cfa_pattern_name(raw_pattern, color_desc):
         return ""
 
 
-def decode_raw(path, *, half_size=False, no_auto_bright=False):
+def decode_raw(path, *, half_size=False, no_auto_bright=False,
+               max_pixels=files.DEFAULT_MAX_PIXELS):
     """Render a camera raw file to sRGB with rawpy/LibRaw.
 
     Uses the camera's white balance, 16 bits per channel, LibRaw's default sRGB gamma curve.
@@ -234,6 +332,8 @@ def decode_raw(path, *, half_size=False, no_auto_bright=False):
         half_size: render at half resolution (each 2x2 Bayer block becomes one pixel; fast).
         no_auto_bright: disable LibRaw's automatic brightening (the paper's authors rendered dark
             frames this way so that they stay dark).
+        max_pixels: largest rendered width x height; checked on LibRaw's header sizes before
+            the raw data is unpacked. None or 0 for no limit.
 
     Returns:
         (image, meta): image uint16 [H, W, 3] in [0, 65535]; meta dict with `source_format`,
@@ -241,12 +341,15 @@ def decode_raw(path, *, half_size=False, no_auto_bright=False):
         (raw DN), `cfa_pattern` (e.g. `RGGB`), `camera_white_balance` float32[4].
 
     Raises:
-        DecodeError: unsupported format, truncated or corrupt file.
+        DecodeError: unsupported format, truncated, corrupt or too large file.
     """
     import rawpy  # Imported here so worker processes only pay for what they use.
     _check_file(path)
     try:
-        with rawpy.imread(path) as raw:
+        with rawpy.imread(path) as raw:  # Opens and parses the header; unpacks nothing yet.
+            sizes = raw.sizes
+            check_pixels(max(sizes.width, sizes.raw_width), max(sizes.height, sizes.raw_height),
+                         max_pixels, "raw picture")
             black_level = np.zeros(4, np.float32)
             levels = np.asarray(raw.black_level_per_channel, np.float32).reshape(-1)[:4]
             black_level[:levels.size] = levels
@@ -264,21 +367,32 @@ def decode_raw(path, *, half_size=False, no_auto_bright=False):
             image = raw.postprocess(use_camera_wb=True, output_bps=16, half_size=half_size,
                                     no_auto_bright=no_auto_bright)
     except rawpy.LibRawFileUnsupportedError:
-        raise DecodeError("unsupported raw format (LibRaw cannot read this file)") from None
+        raise DecodeError("unsupported raw format (LibRaw cannot read this file)",
+                          "unsupported") from None
     except rawpy.LibRawIOError:
-        raise DecodeError("truncated or unreadable raw file (LibRaw I/O error)") from None
-    except (rawpy.LibRawError, rawpy.NotSupportedError) as error:
-        raise DecodeError(f"corrupt raw file (LibRaw: {type(error).__name__})") from None
+        raise DecodeError("truncated or unreadable raw file (LibRaw I/O error)",
+                          "truncated") from None
+    except (rawpy.LibRawTooBigError, rawpy.LibRawUnsufficientMemoryError, MemoryError) as error:
+        raise DecodeError(f"raw picture too large to decode (LibRaw: {type(error).__name__})",
+                          "too_large") from None
+    except rawpy.NotSupportedError as error:
+        raise DecodeError(f"unsupported raw file (LibRaw: {type(error).__name__})",
+                          "unsupported") from None
+    except rawpy.LibRawError as error:
+        raise DecodeError(f"corrupt raw file (LibRaw: {type(error).__name__})", "corrupt") \
+            from None
     except (OSError, ValueError) as error:
-        raise DecodeError(f"unreadable raw file ({error})") from None
+        raise DecodeError(f"unreadable raw file ({error})", "unreadable") from None
     return _to_rgb(np.asarray(image, np.uint16), path), meta
 
 
-def decode_any(path, *, half_size=False, no_auto_bright=False):
+def decode_any(path, *, half_size=False, no_auto_bright=False,
+               max_pixels=files.DEFAULT_MAX_PIXELS):
     """Decode a raw file (rendered) or an ordinary image (as-is); see decode_raw/decode_image."""
     if is_raw_path(path):
-        return decode_raw(path, half_size=half_size, no_auto_bright=no_auto_bright)
-    return decode_image(path)
+        return decode_raw(path, half_size=half_size, no_auto_bright=no_auto_bright,
+                          max_pixels=max_pixels)
+    return decode_image(path, max_pixels=max_pixels)
 
 
 def to_dtype(image, dtype):

@@ -16,6 +16,7 @@ import numpy as np
 from data_prep import core
 from data_prep import decoding
 from data_prep import splitting
+from lowlight_tf import files
 
 DTYPE_RULE = "auto: uint16 if any input is raw or 16-bit, else uint8; 8-bit v kept as 257*v"
 
@@ -36,7 +37,8 @@ def resolve_dtype(bit_depth, paths):
 
 
 def scan(input_dir, splits, *, skips, split_overrides=None, bit_depth="auto", max_side=None,
-         raw_half_size=False, raw_no_auto_bright=False, split_by="id", split_ids=None):
+         raw_half_size=False, raw_no_auto_bright=False, split_by="id", split_ids=None,
+         max_pixels=files.DEFAULT_MAX_PIXELS):
     """Plan the images dataset: one Item per raw/image file under input_dir.
 
     Args:
@@ -51,6 +53,7 @@ def scan(input_dir, splits, *, skips, split_overrides=None, bit_depth="auto", ma
         max_side: downscale so the longer side is at most this many pixels (None: keep size).
         raw_half_size: render raw files at half resolution.
         raw_no_auto_bright: render raw files without LibRaw's auto-brightening.
+        max_pixels: pictures with more pixels are skipped as `too_large` before decoding.
 
     Returns:
         (items, dtype, dtype_rule).
@@ -74,7 +77,7 @@ def scan(input_dir, splits, *, skips, split_overrides=None, bit_depth="auto", ma
     items = []
     for (path, example_id), split in zip(files, chosen):
         task = (path, example_id, dtype.str, max_side, bool(raw_half_size),
-                bool(raw_no_auto_bright))
+                bool(raw_no_auto_bright), max_pixels)
         items.append(core.Item(example_id, split, task))
     return items, dtype, rule
 

@@ -19,6 +19,7 @@ from data_prep import core
 from data_prep import decoding
 from data_prep import images
 from data_prep import splitting
+from lowlight_tf import files
 
 LOW_NAMES = ("low",)
 HIGH_NAMES = ("high", "normal")
@@ -76,14 +77,16 @@ def _scan_folders(input_dir, skips):
                 candidates = high_by_stem.get(os.path.splitext(rel)[0], [])
                 match = candidates[0] if len(candidates) == 1 else None
             if match is None:
-                skips.skip(example_id, f"no matching file in {os.path.basename(high_dir)}/")
+                skips.skip(example_id, f"no matching file in {os.path.basename(high_dir)}/",
+                           "unpaired")
                 continue
             used_high.add(match)
             bright_rel = os.path.relpath(high_files[match], input_dir).replace(os.sep, "/")
             yield dark_path, high_files[match], example_id, bright_rel
         for rel in sorted(set(high_files) - used_high):
             bright_rel = os.path.relpath(high_files[rel], input_dir).replace(os.sep, "/")
-            skips.skip(bright_rel, f"no matching file in {os.path.basename(low_dir)}/")
+            skips.skip(bright_rel, f"no matching file in {os.path.basename(low_dir)}/",
+                       "unpaired")
 
 
 def _scan_list(list_path, root, skips):
@@ -100,7 +103,8 @@ def _scan_list(list_path, root, skips):
             tokens = text.split()
             if len(tokens) < 2:
                 skips.skip(f"{list_name}:{line_number}",
-                           "malformed list line (need `short_path long_path [ISOxxx Fy]`)")
+                           "malformed list line (need `short_path long_path [ISOxxx Fy]`)",
+                           "malformed_list_line")
                 continue
             dark_rel, bright_rel = (os.path.normpath(t).replace(os.sep, "/") for t in tokens[:2])
             dark_path = os.path.join(root, dark_rel)
@@ -109,13 +113,14 @@ def _scan_list(list_path, root, skips):
                        if not os.path.isfile(os.path.join(root, p))]
             if missing:
                 skips.skip(dark_rel, f"missing file listed on {list_name} line {line_number} "
-                                     f"({', '.join(missing)})")
+                                     f"({', '.join(missing)})", "missing_file")
                 continue
             yield dark_path, bright_path, dark_rel, bright_rel
 
 
 def scan(input_dir, splits, *, skips, pair_list=None, split_overrides=None, bit_depth="auto",
-         max_side=None, raw_half_size=False, split_by="id", split_ids=None):
+         max_side=None, raw_half_size=False, split_by="id", split_ids=None,
+         max_pixels=files.DEFAULT_MAX_PIXELS):
     """Plan the pairs dataset: one Item per dark/bright pair.
 
     Args:
@@ -129,6 +134,7 @@ def scan(input_dir, splits, *, skips, pair_list=None, split_overrides=None, bit_
         bit_depth: "auto" (uint16 when any side is raw or 16-bit), "8" or "16".
         max_side: downscale both images so the longer side is at most this (None: keep).
         raw_half_size: render raw files at half resolution.
+        max_pixels: pictures with more pixels are skipped as `too_large` before decoding.
 
     Returns:
         (items, dtype, dtype_rule).
@@ -147,7 +153,7 @@ def scan(input_dir, splits, *, skips, pair_list=None, split_overrides=None, bit_
     items = []
     for (dark_path, bright_path, example_id, _), split in zip(found, chosen):
         task = (dark_path, bright_path, example_id, dtype.str, max_side, bool(raw_half_size),
-                exposure_ratio(dark_path, bright_path))
+                exposure_ratio(dark_path, bright_path), max_pixels)
         items.append(core.Item(example_id, split, task))
     return items, dtype, rule
 

@@ -120,7 +120,8 @@ class SimulatedBuilder(core.LowlightBuilder, skip_registration=True):
                     dark, params, noise_peak = simulate_example(bright, example_id, self.preset,
                                                                 self.seed)
                 except Exception as error:  # pylint: disable=broad-except
-                    yield item, ("skip", f"simulation failed ({type(error).__name__}: {error})")
+                    yield item, ("skip", f"simulation failed ({type(error).__name__}: {error})",
+                                 "simulation_failed")
                     continue
                 # The bright image is stored with the source's PNG bytes, unchanged.
                 yield item, ("ok", {"dark": decoding.encode_png(dark), "bright": encoded_bright,

@@ -130,6 +130,41 @@ def explicit_split(example_id, rules):
     return None
 
 
+def unmatched_split_ids(values, example_ids):
+    """Return the `--split_ids` items that match no example, as ["split:item", ...].
+
+    Each comma-separated item (a file stem, an integer or a range `a-b`) must match at least one
+    id; a range matches when any number in it does. An unmatched item is almost always a typo or
+    the wrong input folder, and would otherwise leave its split silently empty.
+
+    Args:
+        values: the raw `--split_ids` values (already valid for parse_split_ids).
+        example_ids: every planned example id.
+    """
+    stems = set()
+    numbers = set()
+    for example_id in example_ids:
+        stem = _stem(example_id)
+        stems.update((stem, example_id))
+        if stem.isdigit():
+            numbers.add(int(stem))
+    unmatched = []
+    for value in values or ():
+        name, _, listed = str(value).partition(":")
+        for item in (part.strip() for part in listed.split(",")):
+            if not item:
+                continue
+            match = _RANGE_RE.match(item)
+            if match:
+                first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+                found = any(first <= number <= last for number in numbers)
+            else:
+                found = item in stems
+            if not found:
+                unmatched.append(f"{name.strip()}:{item}")
+    return unmatched
+
+
 def index_run_keys(example_ids):
     """Map ids to scene keys: runs of consecutive integer file stems form one scene.
 

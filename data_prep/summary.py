@@ -8,32 +8,65 @@ import json
 import os
 import time
 
+from lowlight_tf import files
+
 SUMMARY_FILE = "summary.json"
+
+# The one taxonomy of skipped inputs: every reader failure and every planning problem maps to one
+# of these names (`category` of each entry of summary.json's `skipped`, counted in
+# `skipped_by_reason`); the text beside it is the file's own detail.
+SKIP_REASONS = {
+    "unreadable": "missing, empty or unreadable file (permissions, I/O error)",
+    "not_an_image": "content is not an image despite the file extension",
+    "truncated": "the file ends early (an interrupted copy or download)",
+    "corrupt": "damaged data: the decoder rejected it",
+    "unsupported": "a format, pixel layout or sample type the decoders do not read",
+    "too_large": "more pixels than --max_pixels (checked on the header, before decoding)",
+    "decoder_crash": "the decoder crashed its worker process (the file was retried alone)",
+    "decoder_error": "the decoder raised an unexpected error (a decoder bug or an exotic file)",
+    "size_mismatch": "the dark and bright images of a pair differ in size",
+    "unpaired": "a dark or bright file without its partner in the other folder",
+    "missing_file": "a file named in the pair list does not exist",
+    "malformed_list_line": "a pair list line that is not `short_path long_path [ISOxxx Fy]`",
+    "simulation_failed": "the simulation of this image failed",
+}
 
 
 class SkipLog:
-    """Collects skipped inputs (path, reason) and the number of ignored non-image files."""
+    """Collects skipped inputs (path, reason, category) and the count of ignored files."""
 
     def __init__(self):
         self.skipped = []
         self._seen = set()
         self.ignored_files = 0
 
-    def skip(self, path, reason):
-        """Record that `path` (relative to the input root) was skipped because of `reason`."""
+    def skip(self, path, reason, category="decoder_error"):
+        """Record that `path` (relative to the input root) was skipped.
+
+        Args:
+            path: the input's id or path relative to the input root.
+            reason: human-readable detail, e.g. "truncated image (image file is truncated)".
+            category: the named skip reason, a key of SKIP_REASONS.
+        """
+        if category not in SKIP_REASONS:
+            raise ValueError(f"unknown skip category {category!r}; add it to SKIP_REASONS")
         if path in self._seen:
             return
         self._seen.add(path)
-        self.skipped.append({"path": path, "reason": reason})
+        self.skipped.append({"path": path, "reason": reason, "category": category})
 
     def is_skipped(self, path):
         """Return True when `path` was already skipped."""
         return path in self._seen
 
     def by_reason(self):
-        """Return {reason category: count}; the category is the reason up to the first '('."""
-        counts = collections.Counter(item["reason"].split(" (")[0] for item in self.skipped)
+        """Return {named skip reason: count}, most frequent first."""
+        counts = collections.Counter(item["category"] for item in self.skipped)
         return dict(counts.most_common())
+
+    def glossary(self):
+        """Return {named skip reason: meaning} for the reasons that occurred."""
+        return {name: SKIP_REASONS[name] for name in self.by_reason()}
 
 
 def split_sizes(version_dir, dataset_info):
@@ -50,11 +83,9 @@ def split_sizes(version_dir, dataset_info):
 
 
 def write_summary(version_dir, summary):
-    """Write `summary` as summary.json into the dataset's version directory."""
+    """Write `summary` as summary.json into the dataset's version directory (atomically)."""
     path = os.path.join(version_dir, SUMMARY_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
+    files.write_json(path, summary, default=_json_default)
     return path
 
 
@@ -105,7 +136,9 @@ def format_summary(summary, max_skipped_lines=15):
     lines.append(f"  skipped {len(skipped)} inputs"
                  + (":" if skipped else ""))
     for item in skipped[:max_skipped_lines]:
-        lines.append(f"    {item['path']}: {item['reason']}")
+        category = item.get("category")
+        lines.append(f"    {item['path']}: " + (f"[{category}] " if category else "")
+                     + item["reason"])
     if len(skipped) > max_skipped_lines:
         lines.append(f"    ... and {len(skipped) - max_skipped_lines} more "
                      f"(all listed in {SUMMARY_FILE})")

@@ -333,19 +333,48 @@ def test_split_whose_inputs_all_fail_is_dropped(tmp_path):
         data.load(str(tmp_path / "out"), "drop", "test")
 
 
-def test_existing_dataset_is_reused_unless_overwrite(tmp_path):
-    source = tmp_path / "in"
+def test_existing_dataset_is_reused_only_with_the_same_fingerprint(tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
     write_png8(str(source / "a.png"))
-    build("images", tmp_path / "out", "reuse", input_dir=str(source), splits="train:1")
-    write_png8(str(source / "b.png"), seed=1)
-    again = build("images", tmp_path / "out", "reuse", input_dir=str(source), splits="train:1")
+    first = build("images", out, "reuse", input_dir=str(source), splits="train:1")
+    stored = json.loads((out / "reuse" / "1.0.0" / "fingerprint.json").read_text())
+    assert stored["digest"] == first["fingerprint"]
+    assert list(stored["inputs"]) == [str(source / "a.png")]
+    again = build("images", out, "reuse", input_dir=str(source), splits="train:1")
     assert again["reused"] and again["examples"] == 1
-    fresh = build("images", tmp_path / "out", "reuse", input_dir=str(source), splits="train:1",
+    # Another input set, other options, a changed file: refused, with the differences named.
+    write_png8(str(source / "b.png"), seed=1)
+    with pytest.raises(prepare.InputError, match=r"(?s)1 new input file.*b\.png.*--overwrite"):
+        build("images", out, "reuse", input_dir=str(source), splits="train:1")
+    os.remove(source / "b.png")
+    with pytest.raises(prepare.InputError, match=r"max_side: stored None, now 8"):
+        build("images", out, "reuse", input_dir=str(source), splits="train:1", max_side=8)
+    with pytest.raises(prepare.InputError, match=r"splits: stored"):
+        build("images", out, "reuse", input_dir=str(source), splits="train:0.5,test:0.5")
+    os.utime(source / "a.png", ns=(1, 1))
+    with pytest.raises(prepare.InputError, match=r"1 input file\(s\) changed"):
+        build("images", out, "reuse", input_dir=str(source), splits="train:1")
+    write_png8(str(source / "b.png"), seed=1)
+    fresh = build("images", out, "reuse", input_dir=str(source), splits="train:1",
                   overwrite=True)
     assert not fresh["reused"] and fresh["examples"] == 2
-    assert data.num_examples(str(tmp_path / "out"), "reuse", "train") == 2
+    assert data.num_examples(str(out), "reuse", "train") == 2
+    assert build("images", out, "reuse", input_dir=str(source), splits="train:1")["reused"]
     with pytest.raises(prepare.InputError, match="already holds"):
-        build("pairs", tmp_path / "out", "reuse", input_dir=str(source))
+        build("pairs", out, "reuse", input_dir=str(source))
+
+
+def test_split_ids_that_match_no_input_are_an_error(tmp_path):
+    source = tmp_path / "in"
+    for i in (4, 5, 7):
+        write_png8(str(source / f"{i}.png"), seed=i)
+    with pytest.raises(prepare.InputError, match=r"calib:9999, calib:nosuch match no input"):
+        build("images", tmp_path / "out", "ids", input_dir=str(source), splits="train:1",
+              split_ids=["calib:4,9999,nosuch"])
+    assert not (tmp_path / "out" / "ids").exists()
+    summary = build("images", tmp_path / "out", "ids", input_dir=str(source), splits="train:1",
+                    split_ids=["calib:4-6,7"])
+    assert summary["splits"]["calib"]["examples"] == 3
 
 
 def test_interrupted_run_leaves_no_readable_dataset(tmp_path):
@@ -541,8 +570,8 @@ def test_parallel_map_survives_a_crashing_worker(tmp_path, monkeypatch, num_work
     tasks = ["a", "b", "crash", "c", "d", "e", "f", "crash", "g"]
     results = list(core.parallel_map(crashy_decoder.decode, tasks, num_workers))
     assert [task for task, _ in results] == tasks  # every input accounted for, in order
-    for task, (status, value) in results:
+    for task, result in results:
         if task == "crash":
-            assert status == "skip" and value == core.CRASH_REASON
+            assert result == ("skip", core.CRASH_REASON, "decoder_crash")
         else:
-            assert (status, value) == ("ok", task.upper())
+            assert result == ("ok", task.upper())
