@@ -98,6 +98,8 @@ def test_an_unknown_tool_is_no_attribute_of_cli():
     with pytest.raises(AttributeError):
         cli.no_such_tool  # pylint: disable=pointless-statement
     assert cli.compare.args == ("compare",)
+    # A tool named like a function of cli (run, tools_dir, ...) would never be reached.
+    assert not set(TOOLS) & set(vars(cli)), set(TOOLS) & set(vars(cli))
 
 
 def test_the_installed_command_runs_when_installed():
