@@ -521,6 +521,13 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     assert "--kind=pairs" in (version_dir / "flags.txt").read_text()
     assert sum(data.splits(str(out), "cli_pairs").values()) == 5
 
+    changed = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
+                        "--name=cli_pairs", "--splits=train:0.6,test:0.4", "--max_side=8")
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "max_side: stored None, now 8" in changed.stderr and "--overwrite" in changed.stderr
+    no_ids = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
+                       "--name=other", "--split_ids=calib:9999,nosuch")
+    assert no_ids.returncode == 2 and "calib:9999, calib:nosuch" in no_ids.stderr
     missing = _run_tool("--kind=images", f"--input_dir={tmp_path / 'nowhere'}",
                         f"--output_dir={out}", "--name=x")
     assert missing.returncode == 2 and "does not exist" in missing.stderr

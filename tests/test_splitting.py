@@ -43,3 +43,11 @@ def test_explicit_split_ids_take_precedence():
 def test_bad_split_ids_are_rejected_with_the_value(bad):
     with pytest.raises(ValueError, match="split_ids|range"):
         splitting.parse_split_ids([bad])
+
+
+def test_unmatched_split_ids_name_each_item_that_matches_nothing():
+    ids = ["low/4.png", "low/5.png", "low/12.png", "high/x.png"]
+    assert splitting.unmatched_split_ids(["calib:4-5,x,1-3,9999,nosuch", "val:12"], ids) == [
+        "calib:1-3", "calib:9999", "calib:nosuch"]
+    assert splitting.unmatched_split_ids(["calib:3-4", "val:low/12.png"], ids) == []
+    assert splitting.unmatched_split_ids([], ids) == []
