@@ -20,8 +20,14 @@ least 11x11.
 "GT-mean" PSNR (common in low-light papers, e.g. KinD, LLFlow) scales the prediction so that its
 mean over all pixels and channels equals the reference's, clips to [0, 255], then takes PSNR. It
 removes global brightness errors and must always be reported under its own name.
+
+Without a reference (a user's unpaired photos), `no_reference_stats` gives two numbers that
+show a blow-out: the mean brightness and the fraction of pixels with a clipped highlight.
 """
+import collections
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 PEAK = 255.0
@@ -167,6 +173,41 @@ def psnr_gt_mean(prediction, reference, *, max_db=None):
     prediction, reference, valid = _check_images(prediction, reference)
     return _nan_unless(valid, _psnr_unchecked(match_mean(prediction, reference), reference,
                                               max_db))
+
+
+# An 8-bit channel value from which a pixel counts as a clipped highlight (254 and 255: the
+# top code and the one below it, which JPEG and rounding produce from clipped values too).
+CLIPPED_LEVEL = 254.0
+
+NoReferenceStats = collections.namedtuple("NoReferenceStats",
+                                          ["mean_brightness", "clipped_fraction"])
+
+
+def no_reference_stats(image):
+    """Mean brightness and clipped-highlight fraction of one image (no reference needed).
+
+    Args:
+        image: float [H, W, 3] in [0, 255] (8-bit units; asserted), e.g. an enhanced output
+            rounded to 8 bits.
+
+    Returns:
+        NoReferenceStats(mean_brightness, clipped_fraction): `mean_brightness` is the mean over
+        all pixels and channels, float in [0, 255]; `clipped_fraction` is the fraction of pixels
+        with any channel >= 254 (CLIPPED_LEVEL), float in [0, 1].
+
+    Raises:
+        ValueError: not an [H, W, C] image, empty, or values outside [0, 255].
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3 or image.size == 0:
+        raise ValueError(f"no_reference_stats needs one [H, W, C] image; got shape "
+                         f"{image.shape}.")
+    low, high = float(image.min()), float(image.max())
+    if low < -RANGE_TOLERANCE or high > PEAK + RANGE_TOLERANCE or not np.isfinite(low + high):
+        raise ValueError(f"no_reference_stats expects values in [0, 255]; got [{low}, {high}] "
+                         "(scale [0, 1] images by 255 first).")
+    clipped = np.any(image >= CLIPPED_LEVEL - RANGE_TOLERANCE, axis=-1)
+    return NoReferenceStats(float(np.mean(image, dtype=np.float64)), float(np.mean(clipped)))
 
 
 def _model_range_to_8bit(y_true, y_pred):

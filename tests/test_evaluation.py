@@ -13,6 +13,7 @@ from PIL import Image
 from lowlight_tf import baselines
 from lowlight_tf import evaluation
 from lowlight_tf import inference
+from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
 
@@ -318,3 +319,222 @@ def test_evaluate_cli_exit_codes(pairs_dataset, model_dirs, tmp_path):
     bad_model = _run_tool([f"--model={tmp_path / 'missing.keras'}", toy,
                            f"--output_dir={tmp_path / 'bad'}"], cwd=str(tmp_path))
     assert bad_model.returncode == 2 and "missing.keras" in bad_model.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged datasets, the report folder, the exposure sweep and the unpaired check.
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A real, untrained U-Net (4 filters, depth 2), as tools/train builds them."""
+    keras.utils.set_random_seed(0)
+    return model_lib.build_unet("rgb", base_filters=4, depth=2)
+
+
+def _damaged_copy(pairs_dataset, tmp_path):
+    """A copy of the toy dataset whose test shard is cut to half its bytes."""
+    import shutil
+    copy = tmp_path / "damaged" / "toy"
+    shutil.copytree(pairs_dataset / "tfr" / "toy", copy)
+    shards = [os.path.join(root, name) for root, _, names in os.walk(copy) for name in names
+              if "test.tfrecord" in name]
+    assert shards
+    for shard in shards:
+        size = os.path.getsize(shard)
+        with open(shard, "r+b") as f:
+            f.truncate(size // 2)
+    return str(tmp_path / "damaged" / "toy")
+
+
+def _tree(folder):
+    """{relative path: bytes} of every file under folder."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = f.read()
+    return found
+
+
+def test_truncated_shard_is_a_clear_error_and_the_old_report_stays(pairs_dataset, tiny_model,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "report"
+    evaluation.evaluate(tiny_model, [f"{pairs_dataset}/tfr/toy"], str(out), save_images=1,
+                        baselines=("input",))
+    # Per-image progress through lowlight_tf.progress (plain lines when not on a terminal).
+    assert "Evaluating on toy:test: done 3/3 images" in capsys.readouterr().err
+    before = _tree(out)
+    assert {"per_image.csv", "summary.json", "table.md",
+            evaluation.REPORT_MARKER} <= set(before)
+    damaged = _damaged_copy(pairs_dataset, tmp_path)
+    with pytest.raises(evaluation.EvaluationError,
+                       match=r"could not be read.*damaged or truncated.*make_tfrecords"):
+        evaluation.evaluate(tiny_model, [damaged], str(out), save_images=3,
+                            baselines=("input",), progress=None)
+    assert _tree(out) == before  # no new panel next to the old summary: nothing changed
+    assert not [n for n in os.listdir(tmp_path) if ".staging" in n or ".old" in n]
+
+
+def test_report_folder_is_replaced_whole_and_foreign_folders_need_overwrite(
+        pairs_dataset, tiny_model, tmp_path):
+    toy = f"{pairs_dataset}/tfr/toy"
+    out = tmp_path / "report"
+    evaluation.evaluate(tiny_model, [toy], str(out), save_images=2, baselines=(),
+                        progress=None)
+    assert len(os.listdir(out / "panels")) == 2
+    # A second run without panels replaces the report as a whole: no stale panel stays.
+    evaluation.evaluate(tiny_model, [toy], str(out), save_images=0, baselines=(),
+                        progress=None)
+    assert not (out / "panels").exists()
+    marker = json.loads((out / evaluation.REPORT_MARKER).read_text())
+    assert sorted(marker["files"]) == ["per_image.csv", "summary.json", "table.md"]
+    # A report of an older version (no marker) is recognised and replaced too.
+    (out / evaluation.REPORT_MARKER).unlink()
+    evaluation.evaluate(tiny_model, [toy], str(out), save_images=0, baselines=(),
+                        progress=None)
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my notes")
+    (foreign / "table.md").write_text("my table")
+    with pytest.raises(evaluation.EvaluationError, match=r"did not write.*--overwrite"):
+        evaluation.evaluate(tiny_model, [toy], str(foreign), progress=None)
+    assert _tree(foreign) == {"notes.txt": b"my notes", "table.md": b"my table"}
+    evaluation.evaluate(tiny_model, [toy], str(foreign), save_images=1, baselines=(),
+                        overwrite=True, progress=None)
+    assert (foreign / "notes.txt").read_text() == "my notes"
+    assert "| Model |" in (foreign / "table.md").read_text()
+    assert len(os.listdir(foreign / "panels")) == 1
+    # A later run with --overwrite removes only what the earlier report wrote.
+    evaluation.evaluate(tiny_model, [toy], str(foreign), save_images=0, baselines=(),
+                        overwrite=True, progress=None)
+    assert not os.listdir(foreign / "panels") and (foreign / "notes.txt").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_exposure_sweep_rows_and_brightness_ratio(pairs_dataset, tiny_model, tmp_path):
+    toy = f"{pairs_dataset}/tfr/toy"
+    gains = (0.5, 1.0, 2.0, 4.0)
+    rows = evaluation.evaluate(tiny_model, [toy], str(tmp_path), save_images=1,
+                               input_gains=gains, model_label="tiny", progress=None)
+    methods = ["tiny", "input", "gamma 0.4", "histogram equalisation", "auto-gain (mean 0.45)"]
+    assert [(r["gain"], r["method"]) for r in rows] == [(g, m) for g in gains for m in methods]
+    by_key = {(r["method"], r["gain"]): r for r in rows}
+
+    # The input row at each gain, by hand: clip(round(dark * gain), 0, 255) against the bright.
+    darks = [np.asarray(Image.open(pairs_dataset / "input" / "low" / f"{i}.png"), np.float64)
+             for i in (2, 3, 4)]
+    brights = [np.asarray(Image.open(pairs_dataset / "input" / "high" / f"{i}.png"), np.float64)
+               for i in (2, 3, 4)]
+    for gain in gains:
+        scaled = [np.clip(np.round(d * gain), 0, 255) for d in darks]
+        psnr = np.mean([_numpy_psnr(s, b) for s, b in zip(scaled, brights)])
+        ratios = [s.mean() / b.mean() for s, b in zip(scaled, brights)]
+        row = by_key[("input", gain)]
+        assert row["psnr"] == pytest.approx(psnr, abs=1e-3)
+        assert row["brightness_ratio"] == pytest.approx(np.exp(np.mean(np.log(ratios))),
+                                                        rel=1e-6)
+    # These darks are about 0.1x their references: the input brightens with the gain, the
+    # auto-gain baseline stays put.
+    assert by_key[("input", 4.0)]["brightness_ratio"] > 3.5 * by_key[("input", 1.0)][
+        "brightness_ratio"]
+    assert by_key[("auto-gain (mean 0.45)", 4.0)]["brightness_ratio"] == pytest.approx(
+        by_key[("auto-gain (mean 0.45)", 1.0)]["brightness_ratio"], rel=0.05)
+    assert np.isfinite(by_key[("tiny", 2.0)]["brightness_ratio"])
+
+    with open(tmp_path / "per_image.csv", encoding="utf-8") as f:
+        per_image = list(csv.DictReader(f))
+    assert len(per_image) == 3 * len(methods) * len(gains)
+    assert sorted({r["gain"] for r in per_image}) == ["0.5", "1", "2", "4"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["input_gains"] == list(gains)
+    assert [r["gain"] for r in summary["rows"]] == [r["gain"] for r in rows]
+    assert "geometric mean" in summary["metrics"]["brightness_ratio"]
+    table = (tmp_path / "table.md").read_text()
+    assert "| Input gain | Output / reference brightness |" in table
+    assert table.count("| tiny | toy:test |") == 4
+    assert len(os.listdir(tmp_path / "panels")) == len(gains)  # one panel per gain
+    with pytest.raises(evaluation.EvaluationError, match="positive"):
+        evaluation.evaluate(tiny_model, [toy], str(tmp_path / "x"), input_gains=(1.0, -2.0))
+
+
+def test_unpaired_no_reference_check(tiny_model, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    dim = rng.integers(20, 60, (32, 40, 3)).astype(np.uint8)
+    bright = rng.integers(150, 256, (24, 24, 3)).astype(np.uint8)
+    Image.fromarray(dim).save(photos / "dim.png")
+    Image.fromarray(bright).save(photos / "bright.jpg", quality=95)
+    (photos / "broken.png").write_bytes(b"not an image at all")
+    rows = evaluation.evaluate(tiny_model, [], str(tmp_path / "out"), unpaired=str(photos),
+                               input_gains=(1.0, 2.0), baselines=("input", "auto_gain"),
+                               model_label="tiny", progress=None)
+    assert rows == []
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    unpaired = summary["unpaired_rows"]
+    methods = ["tiny", "input", "auto-gain (mean 0.45)"]
+    assert [(r["method"], r["gain"]) for r in unpaired] == [
+        (m, g) for g in (1.0, 2.0) for m in methods]
+    assert all(r["images"] == 2 and r["dataset"] == "unpaired:photos" for r in unpaired)
+    assert [s["path"].endswith("broken.png") for s in summary["unpaired_skipped"]] == [True]
+    # The auto-gain row by hand, from the decoded photos.
+    decoded = [np.asarray(Image.open(photos / name).convert("RGB"), np.float32)
+               for name in ("bright.jpg", "dim.png")]
+    for gain in (1.0, 2.0):
+        stats = [metrics.no_reference_stats(evaluation.quantize(baselines.auto_gain(
+            evaluation.scale_input(d, gain)))) for d in decoded]
+        row = unpaired[2 if gain == 1.0 else 5]
+        assert row["mean_brightness"] == pytest.approx(np.mean([s[0] for s in stats]),
+                                                       abs=1e-4)
+        assert row["clipped_fraction"] == pytest.approx(np.mean([s[1] for s in stats]),
+                                                        abs=1e-6)
+    # The bright photo's input, doubled, clips (on half the photos at most: the dim one not).
+    assert unpaired[1]["clipped_fraction"] < unpaired[4]["clipped_fraction"] <= 0.5
+    with open(tmp_path / "out" / "unpaired.csv", encoding="utf-8") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 2 * 2 * 3 and {"mean_brightness", "clipped_fraction"} <= set(lines[0])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "No-reference check" in table and "Clipped-highlight pixels (%)" in table
+    assert not (tmp_path / "out" / "per_image.csv").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(evaluation.EvaluationError, match="no image"):
+        evaluation.evaluate(tiny_model, [], str(tmp_path / "o2"), unpaired=str(tmp_path / "empty"))
+    with pytest.raises(evaluation.EvaluationError, match="not a folder"):
+        evaluation.evaluate(tiny_model, [], str(tmp_path / "o2"), unpaired=str(photos / "dim.png"))
+    assert not (tmp_path / "o2").exists()
+
+
+def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
+    import shutil
+    model_path = tmp_path / "tiny.keras"
+    keras.utils.set_random_seed(0)
+    model_lib.build_unet("rgb", base_filters=4, depth=2).save(str(model_path))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((16, 16, 3), 40, np.uint8)).save(photos / "a.png")
+    ok = _run_tool([f"--model={model_path}", f"--data={pairs_dataset}/tfr/toy",
+                    f"--unpaired={photos}", "--input_gains=1,2", "--baselines=auto_gain",
+                    f"--output_dir={tmp_path / 'sweep'}"], cwd=str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    assert "| tiny | toy:test |" in ok.stdout and "No-reference check of tiny" in ok.stdout
+    assert "| auto-gain (mean 0.45) (baseline) | unpaired:photos | 2 | 1 |" in ok.stdout
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert [r["gain"] for r in summary["rows"]] == [1.0, 1.0, 2.0, 2.0]
+
+    shutil.copytree(tmp_path / "sweep", tmp_path / "before")
+    damaged = _damaged_copy(pairs_dataset, tmp_path)
+    bad = _run_tool([f"--model={model_path}", f"--data={damaged}",
+                     f"--output_dir={tmp_path / 'sweep'}"], cwd=str(tmp_path))
+    assert bad.returncode == 2, bad.stderr
+    assert "could not be read" in bad.stderr and damaged in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert _tree(tmp_path / "sweep") == _tree(tmp_path / "before")
+    for flag in ("--input_gains=0", "--input_gains=1,x"):
+        result = _run_tool([f"--model={model_path}", f"--data={pairs_dataset}/tfr/toy",
+                            flag, f"--output_dir={tmp_path / 'g'}"], cwd=str(tmp_path))
+        assert result.returncode == 2 and "--input_gains" in result.stderr
+    no_data = _run_tool([f"--model={model_path}", f"--output_dir={tmp_path / 'n'}"],
+                        cwd=str(tmp_path))
+    assert no_data.returncode == 2 and "--unpaired" in no_data.stderr

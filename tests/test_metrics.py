@@ -214,3 +214,26 @@ def test_mae_ssim_loss_matches_its_definition_and_has_gradients():
     assert again.ssim_weight == 0.5
     with pytest.raises(ValueError, match="ssim_weight"):
         metrics.MAESSIMLoss(-0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# No-reference statistics.
+
+def test_no_reference_stats_hand_computed():
+    image = np.zeros((2, 2, 3), np.float32)
+    image[0, 0] = [255.0, 10.0, 10.0]  # one channel clipped: the pixel counts
+    image[0, 1] = [253.0, 253.0, 253.0]  # just below the clipping level: does not count
+    image[1, 0] = [254.0, 254.0, 254.0]  # at the level: counts
+    stats = metrics.no_reference_stats(image)
+    # mean = (275 + 759 + 762 + 0) / 12 = 149.6667
+    assert stats.mean_brightness == pytest.approx(1796.0 / 12.0)
+    assert stats.clipped_fraction == pytest.approx(0.5)
+    assert metrics.no_reference_stats(np.zeros((3, 5, 3))) == (0.0, 0.0)
+    assert metrics.no_reference_stats(np.full((3, 5, 3), 255.0)) == (255.0, 1.0)
+
+
+def test_no_reference_stats_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        metrics.no_reference_stats(np.full((4, 4, 3), 256.0))
+    with pytest.raises(ValueError, match="one"):
+        metrics.no_reference_stats(np.zeros((1, 4, 4, 3)))
