@@ -11,3 +11,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+
+def load_pretrained():
+    """The shipped pretrained U-Net (keras.Model); see `lowlight_tf.pretrained`."""
+    from lowlight_tf import pretrained  # imports TensorFlow: only when a model is wanted
+    return pretrained.load_pretrained()

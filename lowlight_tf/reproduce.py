@@ -50,7 +50,8 @@ PAPER_ROWS = (
     ("Paper: SID model (Chen et al.)", "SID", "2000", "4000 / -", 28.88),
 )
 
-STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "pretrain", "eval_pretrain",
+STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "eval_shipped", "pretrain",
+          "eval_pretrain",
           "transfer_target", "calibrate_device", "pretrain_device", "transfer_device",
           "finetune_all_device", "scratch_device", "full_device", "device_subsets", "report")
 
@@ -405,6 +406,19 @@ def _device_subsets(run, specs, params_path, *, transfer_args, scratch_args):
     return {"draws": draws}
 
 
+SHIPPED_LABEL = "shipped pretrained model (zero-shot)"
+
+
+def _shipped_model_path(run):
+    """The shipped model's path, or "" with a note when this install has none."""
+    from lowlight_tf import pretrained
+    try:
+        return pretrained.model_path()
+    except pretrained.NoPretrainedModelError as error:
+        _say(run.progress, f"== [eval_shipped] skipped: {error}")
+        return ""
+
+
 def _model_row(evaluated):
     """The model's own row of an _evaluate result (not a baseline or calibrated-exposure row)."""
     return next(r for r in evaluated["rows"] if r["kind"] == "model")
@@ -505,6 +519,11 @@ def run_reproduce(config, progress=print):
 
     zero_shot_sets = [specs[k] for k in ("simulated_test", "target_val", "device_test")
                       if k in specs]
+    if "eval_shipped" in selected and zero_shot_sets:
+        shipped = _shipped_model_path(run)
+        if shipped:
+            results["eval_shipped"] = run.stage("eval_shipped", lambda: _evaluate(
+                run, "eval_shipped", shipped, zero_shot_sets, SHIPPED_LABEL))
     train_and_eval("pretrain", "ours: pretrained on simulated pairs (zero-shot)",
                    zero_shot_sets, stage="pretrain", train_data=specs["bright_train"],
                    exposure_curves=(target_exposure if config.calibrated_exposure
