@@ -147,7 +147,7 @@ def _decode_png16(path):
     try:
         data = tf.io.read_file(path)
         return tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+    except tf.errors.OpError as error:  # InvalidArgument, DataLoss, ResourceExhausted, ...
         message = (str(error).strip().splitlines() or [""])[0][:120]
         reason = "truncated" if "truncat" in message.lower() else "corrupt"
         raise DecodeError(f"corrupt or truncated PNG ({message})", reason) from None
@@ -223,7 +223,8 @@ def image_size(path, max_pixels=None):
     except UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised content despite the image extension)",
                           "not_an_image") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
+            ArithmeticError, struct.error) as error:
         raise DecodeError(f"corrupt or unreadable image header ({error})", "corrupt") from None
 
 
@@ -258,6 +259,10 @@ def _decode_pillow(path, max_pixels):
             from None
     except MemoryError:
         raise DecodeError("out of memory while decoding", "too_large") from None
+    except (TypeError, IndexError, KeyError, ArithmeticError, struct.error) as error:
+        # Pillow's plugins raise these on malformed headers (benchmarks/fuzz_decoders.py).
+        raise DecodeError(f"corrupt image ({type(error).__name__}: {error})", "corrupt") \
+            from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         text = str(error)
         if "truncated" in text or isinstance(error, EOFError):

@@ -36,9 +36,9 @@ import os
 import re
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage, optimize
 
+from data_prep import decoding
 from lowlight_tf import simulation
 
 PIXEL_RANGE = (5.0, 250.0)  # §3.1: "we only consider pixel values in [5, 250]"
@@ -72,21 +72,23 @@ class Pair:
 # Reading pairs.
 # ---------------------------------------------------------------------------------------------
 def read_image(path):
-    """Read an image file as float32 [H, W, 3] in [0, 255] (16-bit values divided by 257)."""
-    with Image.open(path) as image:
-        array = np.asarray(image)
-        mode = image.mode
-    if array.dtype == np.uint16 or mode.startswith("I;16") or mode == "I":
-        array = array.astype(np.float32) / 257.0
-    else:
-        array = array.astype(np.float32)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.shape[2] == 4:
-        array = array[:, :, :3]
-    if array.shape[2] != 3:
-        raise CalibrationError(f"{path}: expected an RGB image, got shape {array.shape}.")
-    return array
+    """Read an image file as float32 [H, W, 3] in [0, 255] (16-bit values divided by 257).
+
+    Decoded by data_prep's reader (the one tools/make_tfrecords uses: 8 or 16 bit, gray
+    replicated, alpha dropped), so every damaged file gives the same reasons everywhere.
+
+    Raises:
+      CalibrationError: naming the file and why it cannot be read.
+    """
+    try:
+        array, _ = decoding.decode_image(path)
+    except decoding.DecodeError as error:
+        raise CalibrationError(f"{path}: {error}. Replace or remove this pair.") from None
+    except MemoryError:
+        raise CalibrationError(f"{path}: not enough memory to decode this image.") from None
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 257.0
+    return array.astype(np.float32)
 
 
 def id_sort_key(pair_id):
