@@ -6,7 +6,6 @@ could not be used is named with its reason, so nothing is lost silently.
 import collections
 import json
 import os
-import time
 
 from lowlight_tf import files
 
@@ -144,29 +143,3 @@ def format_summary(summary, max_skipped_lines=15):
                      f"(all listed in {SUMMARY_FILE})")
     return "\n".join(lines)
 
-
-class Progress:
-    """Prints `label: done/total, skipped, rate` at most every `interval` seconds."""
-
-    def __init__(self, report, label, total, interval=5.0):
-        self._report = report
-        self._label = label
-        self._total = total
-        self._interval = interval
-        self._start = time.monotonic()
-        self._last = self._start
-        self.done = 0
-        self.written = 0
-
-    def update(self, written, final=False):
-        """Count one processed input (written True/False); print when due or when final."""
-        if not final:
-            self.done += 1
-            self.written += int(written)
-        now = time.monotonic()
-        if self._report is None or (not final and now - self._last < self._interval):
-            return
-        self._last = now
-        rate = self.done / max(now - self._start, 1e-9)
-        self._report(f"{self._label}: {self.done}/{self._total} inputs, {self.written} written, "
-                     f"{self.done - self.written} skipped, {rate:.1f} inputs/s")

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -514,6 +515,9 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
                        "--name=cli_pairs", "--splits=train:0.6,test:0.4", "--num_workers=2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "cli_pairs" in result.stdout and "skipped 1 inputs" in result.stdout
+    # Progress through lowlight_tf.progress (plain lines without a terminal); TFDS's INFO quiet.
+    assert "[pairs] train: done" in result.stderr and "inputs/s" in result.stderr
+    assert not re.search(r"^I\d{4} .*\.py:\d+\]", result.stderr, re.M), result.stderr[-2000:]
     version_dir = out / "cli_pairs" / "1.0.0"
     with open(version_dir / "summary.json") as f:
         summary = json.load(f)
