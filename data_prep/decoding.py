@@ -11,6 +11,7 @@ truncated, corrupt, unsupported, too_large, ...) that end up in the `summary.jso
 nothing else escapes for a bad file. Picture sizes are read from the header and checked against
 `max_pixels` before any pixel is decoded, so a crafted header cannot exhaust memory.
 """
+import logging
 import os
 import re
 import struct
@@ -153,9 +154,15 @@ def _decode_png16(path):
         raise DecodeError(f"corrupt or truncated PNG ({message})", reason) from None
 
 
+def _quiet_tifffile():
+    """Keep tifffile's warnings about damaged tags off the console (the skip says it all)."""
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
 def _tiff_size(path):
     """Return (width, height) of a TIFF's first page from its header, or None if unreadable."""
     import tifffile
+    _quiet_tifffile()
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
@@ -171,14 +178,19 @@ def _decode_tiff(path, max_pixels):
     if size is not None:
         check_pixels(*size, max_pixels)
     try:
-        array = tifffile.imread(path)
+        # The first page only: tifffile.imread walks the whole page chain, which never ends on
+        # a corrupt file whose chain loops (found by benchmarks/fuzz_decoders.py).
+        with tifffile.TiffFile(path) as tif:
+            array = tif.pages[0].asarray()
     except Exception as tiff_error:  # pylint: disable=broad-except
         try:
             return _decode_pillow(path, max_pixels)[0]
         except DecodeError as error:
             if error.reason == "too_large":
                 raise
-            raise DecodeError(f"not a readable TIFF ({tiff_error})", error.reason) from None
+            # A header tifffile could parse makes it a damaged TIFF, not another kind of file.
+            reason = error.reason if size is None else "corrupt"
+            raise DecodeError(f"not a readable TIFF ({tiff_error})", reason) from None
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
         array = np.moveaxis(array, 0, -1)  # Planar (separate) configuration.
     return array
@@ -196,7 +208,10 @@ def _open_pillow(path, max_pixels):
     Image.MAX_IMAGE_PIXELS = int(max_pixels) if max_pixels else None
     try:
         with warnings.catch_warnings():
+            # Bomb warnings: our limit replaces Pillow's. UserWarnings: Pillow's notes about
+            # damaged tags ("Tag data larger than file"); a failure is reported as the skip.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             return Image.open(path)
     except Image.DecompressionBombError as error:
         raise DecodeError(f"picture too large for the pixel limit ({error})", "too_large") \
