@@ -22,7 +22,9 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from lowlight_tf import files
 from lowlight_tf import model as model_lib
+from lowlight_tf import progress as progress_lib
 
 STITCH_MODES = ("blend", "paper")
 OUTPUT_FORMATS = ("png", "jpg", "png16")
@@ -47,7 +49,8 @@ RAW_EXTENSIONS = (
 
 
 class UnreadableImageError(ValueError):
-    """A file that is neither a decodable camera raw nor an ordinary image."""
+    """A file that is neither a decodable camera raw nor an ordinary image, or one larger than
+    the pixel limit; `str(error)` is the reason shown in the skip list."""
 
 
 class OutputDirError(ValueError):
@@ -340,35 +343,51 @@ def amplify(image, ratio, *, curve="srgb"):
     return out
 
 
-def pack_bayer(path):
+def pack_bayer(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
     """Packs a Bayer raw file as SID does: float32 [H/2, W/2, 4] in [0, 1], channels R G B G.
 
     The black level is subtracted per CFA channel and the result divided by (white - black);
     the channel order is R, G (same row as R), B, G (same row as B) whatever the CFA layout.
+    `max_pixels` (None/0: none) is checked on LibRaw's header sizes before unpacking.
 
     Raises:
-      UnreadableImageError: not a raw file, or not a 2x2 RGB Bayer mosaic (X-Trans, Foveon).
+      UnreadableImageError: not a raw file, over the pixel limit, or not a 2x2 RGB Bayer mosaic
+        (X-Trans, Foveon).
     """
     import rawpy
+    from data_prep import decoding
     try:
-        with rawpy.imread(path) as raw:
+        with rawpy.imread(path) as raw:  # parses the header; unpacks on raw_image_visible
+            sizes = raw.sizes
+            decoding.check_pixels(max(sizes.width, sizes.raw_width),
+                                  max(sizes.height, sizes.raw_height), max_pixels, "raw picture")
             mosaic = raw.raw_image_visible.astype(np.float32)
             colors = raw.raw_colors_visible
             black = np.asarray(raw.black_level_per_channel, np.float32)
             white = float(raw.white_level)
             description = raw.color_desc.decode("ascii", "replace")
             pattern = np.asarray(raw.raw_pattern) if raw.raw_pattern is not None else None
+    except decoding.DecodeError as e:
+        raise UnreadableImageError(str(e)) from None
+    except MemoryError:
+        raise UnreadableImageError("not enough memory to unpack this raw file") from None
     except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError) as e:
         raise UnreadableImageError(f"camera raw file LibRaw cannot decode ({e})") from e
     if pattern is None or pattern.shape != (2, 2) or mosaic.ndim != 2:
         raise UnreadableImageError("not a 2x2 Bayer mosaic; a bayer model cannot read it (use "
                                    "an rgb model)")
+    try:
+        letters = [description[int(pattern[dy, dx])] for dy in (0, 1) for dx in (0, 1)]
+    except IndexError:
+        letters = []
+    if "R" not in letters or "B" not in letters:
+        raise UnreadableImageError(f"not an RGB Bayer mosaic (colours {description!r}); a bayer "
+                                   "model cannot read it (use an rgb model)")
     height, width = mosaic.shape[0] // 2 * 2, mosaic.shape[1] // 2 * 2
     mosaic, colors = mosaic[:height, :width], colors[:height, :width]
-    mosaic -= black[colors]
-    mosaic /= np.maximum(white - black[colors], 1.0)
+    mosaic -= black[np.clip(colors, 0, len(black) - 1)]
+    mosaic /= np.maximum(white - black[np.clip(colors, 0, len(black) - 1)], 1.0)
     np.clip(mosaic, 0.0, 1.0, out=mosaic)
-    letters = [description[int(pattern[dy, dx])] for dy in (0, 1) for dx in (0, 1)]
     offsets = [(dy, dx) for dy in (0, 1) for dx in (0, 1)]
     red = offsets[letters.index("R")]
     blue = offsets[letters.index("B")]
@@ -378,7 +397,7 @@ def pack_bayer(path):
                      (red, green_with_red, blue, green_with_blue)], axis=-1)
 
 
-def decode_input(path, *, input_channels=3, ratio=None):
+def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT_MAX_PIXELS):
     """Decodes a user's file into what the model consumes.
 
     Raw files are rendered by data_prep's decoder (camera white balance, 16-bit sRGB) with
@@ -389,12 +408,15 @@ def decode_input(path, *, input_channels=3, ratio=None):
       input_channels: 3 for an rgb model, 4 for a bayer model (raw files only).
       ratio: exposure ratio (> 0) applied to the linear signal before the model, as in SID;
         None leaves the input as it is.
+      max_pixels: largest width x height accepted, checked on the header before any pixel is
+        decoded (`data_prep.decoding`'s limit, shared by every tool); None or 0 for no limit.
 
     Returns:
       DecodedInput.
 
     Raises:
-      UnreadableImageError: the file cannot be decoded, or a bayer model got a non-raw image.
+      UnreadableImageError: the file cannot be decoded, is over the pixel limit, or a bayer
+        model got a non-raw image. No other exception escapes for a bad file.
     """
     from data_prep import decoding
     if not os.path.isfile(path):
@@ -404,16 +426,22 @@ def decode_input(path, *, input_channels=3, ratio=None):
         if not is_raw:
             raise UnreadableImageError("this bayer model needs camera raw files; this is not "
                                        "one (use an rgb model for ordinary images)")
-        packed = pack_bayer(path)
+        packed = pack_bayer(path, max_pixels=max_pixels)
         if ratio:
             packed *= np.float32(ratio)
             np.clip(packed, 0.0, 1.0, out=packed)
         return DecodedInput(packed, 1.0, True, f"raw {packed.shape[1] * 2}x"
                             f"{packed.shape[0] * 2} packed bayer")
     try:
-        array, _ = decoding.decode_any(path, no_auto_bright=True)
+        array, _ = decoding.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
     except decoding.DecodeError as e:
-        raise UnreadableImageError(str(e)) from e
+        hint = ("; raise --max_pixels if the file is genuine"
+                if getattr(e, "reason", "") == "too_large" and "--max_pixels" not in str(e)
+                else "")
+        raise UnreadableImageError(f"{e}{hint}") from e
+    except MemoryError:
+        raise UnreadableImageError("not enough memory to decode this image; lower --max_pixels "
+                                   "or free memory") from None
     kind = "raw" if is_raw else ("16-bit" if array.dtype == np.uint16 else "8-bit")
     description = f"{array.shape[1]}x{array.shape[0]} {kind}"
     if ratio:
@@ -503,10 +531,188 @@ def anchor_exposure(prediction, dark, exposure_curve, out=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# The user's brightness control and no-reference checks of an output (beyond the paper).
+
+BRIGHTNESS_AUTO = "auto"
+# "auto" never lifts the mean of an input at least this bright (of full scale) ...
+WELL_EXPOSED_MEAN = 0.25
+# ... by more than this factor: a photo that is already well exposed stays about as it is.
+AUTO_MAX_GAIN = 1.15
+# 8-bit value from which a pixel channel counts as a clipped highlight.
+CLIPPED_LEVEL = 254
+
+
+@dataclasses.dataclass(frozen=True)
+class Brightness:
+    """A parsed `--brightness`: kind "auto", "mean" (value: target mean in (0, 1)) or "ev"
+    (value: exposure change in stops, linear light)."""
+    kind: str = BRIGHTNESS_AUTO
+    value: float = 0.0
+
+    def __str__(self):
+        if self.kind == "mean":
+            return f"{self.value:g}"
+        if self.kind == "ev":
+            return f"{self.value:+g}ev"
+        return BRIGHTNESS_AUTO
+
+
+def parse_brightness(text):
+    """Parses a brightness setting: "auto", a mean level in (0, 1) such as "0.4", or an exposure
+    change in EV such as "+1ev", "-0.5EV".
+
+    Returns:
+      Brightness. A Brightness is returned as it is.
+    Raises:
+      ValueError: with the accepted forms, for anything else.
+    """
+    if isinstance(text, Brightness):
+        return text
+    raw = str(text).strip().lower()
+    usage = ("use 'auto' (keep the network's brightness), a mean level between 0 and 1 such as "
+             "'0.4', or an exposure change in EV such as '+1ev' or '-0.5ev'")
+    if raw in ("", BRIGHTNESS_AUTO):
+        return Brightness()
+    try:
+        if raw.endswith("ev"):
+            value = float(raw[:-2])
+            if not np.isfinite(value) or abs(value) > 16:
+                raise ValueError
+            return Brightness("ev", value)
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"Invalid brightness {text!r}: {usage} (EV within +-16).") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"Invalid brightness {text!r}: a mean level must lie strictly between 0 "
+                         f"and 1 (fraction of full scale); {usage}.")
+    return Brightness("mean", value)
+
+
+def image_mean(image):
+    """Mean over pixels and channels of float [H, W, C] in [0, 1] (or a `_ScaledArray`), in row
+    bands (no full-size temporary); 0.0 for an empty image."""
+    total, count = 0.0, 0
+    for begin in range(0, image.shape[0], 256):
+        band = np.asarray(image[begin:begin + 256], np.float32)
+        total += float(np.sum(band, dtype=np.float64))
+        count += band.size
+    return total / count if count else 0.0
+
+
+def _input_brightness(dark):
+    """Display mean of a model input in [0, 1]: sRGB images as they are; a packed bayer mosaic
+    [h, w, 4] is linear, so its values are sRGB-encoded first (roughly what it looks like)."""
+    if dark.shape[-1] != 4:
+        return image_mean(dark)
+    total, count = 0.0, 0
+    for begin in range(0, dark.shape[0], 256):
+        band = np.clip(np.asarray(dark[begin:begin + 256], np.float64), 0.0, 1.0)
+        total += float(np.sum(_linear_to_srgb(band)))
+        count += band.size
+    return total / count if count else 0.0
+
+
+def _gain_for_mean(prediction, target, bins=4096):
+    """The gain g with mean(clip(g * prediction, 0, 1)) = target (as close as clipping allows).
+
+    One pass collects the count and the sum of the values in each of `bins` bins; the clipped
+    mean of a gain is then sum_b min(g * sum_b, count_b), exact except in the one bin that
+    straddles the clipping point 1 / g. Bisection on that.
+    """
+    counts = np.zeros(bins, np.float64)
+    sums = np.zeros(bins, np.float64)
+    for begin in range(0, prediction.shape[0], 256):
+        band = np.clip(np.asarray(prediction[begin:begin + 256], np.float64).ravel(), 0.0, 1.0)
+        index = np.minimum((band * bins).astype(np.int64), bins - 1)
+        counts += np.bincount(index, minlength=bins)
+        sums += np.bincount(index, weights=band, minlength=bins)
+    total = counts.sum()
+    if total == 0 or sums.sum() <= 0.0:
+        return 1.0  # an all-black output cannot be brightened by a gain
+
+    def clipped_mean(gain):
+        return float(np.minimum(sums * gain, counts).sum()) / total
+
+    low, high = 0.0, target * total / sums.sum()  # the gain without clipping
+    while clipped_mean(high) < target and high < 1e6:  # clipping needs more gain
+        low, high = high, high * 2.0
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if clipped_mean(middle) < target else (low, middle)
+    return 0.5 * (low + high)
+
+
+def apply_brightness(prediction, dark, brightness=BRIGHTNESS_AUTO, out=None):
+    """Sets the brightness of a model output as the user asked (one gain for every pixel and
+    channel, clipped to [0, 1]).
+
+    - "auto": the network's output as it is, except that an input already well exposed (mean
+      >= WELL_EXPOSED_MEAN of full scale) is never brightened by more than AUTO_MAX_GAIN in mean:
+      the output is scaled down until mean(output) <= 1.15 * mean(input).
+    - a mean level m in (0, 1): the gain that makes the clipped output's mean m (below m only if
+      even white everywhere cannot reach it).
+    - an exposure change of E stops ("+1ev"): the output's linear light (inverse sRGB curve) is
+      multiplied by 2**E, clipped at white and re-encoded, as a camera exposure change would;
+      sRGB values of mid-tones rise by about 2**(E / 2.2).
+
+    Args:
+      prediction: float32 [H, W, 3] in [0, 1], the model output for `dark`.
+      dark: the model input: float [H, W, 3] in [0, 1] (or a `_ScaledArray`), or a packed bayer
+        mosaic [H/2, W/2, 4] in [0, 1] (linear); only its mean is used, by "auto".
+      brightness: "auto", a mean level, an EV text (see `parse_brightness`) or a Brightness.
+      out: None, or a float32 array of the prediction's shape to write into (may be
+        `prediction` itself).
+    Returns:
+      float32 [H, W, 3] in [0, 1] (`out` when given).
+    Raises:
+      ValueError: an invalid brightness setting.
+    """
+    setting = parse_brightness(brightness)
+    if out is None:
+        out = np.empty(prediction.shape, np.float32)
+    if setting.kind == "ev":
+        ratio = 2.0 ** setting.value
+        for begin in range(0, prediction.shape[0], 256):
+            band = np.clip(np.asarray(prediction[begin:begin + 256], np.float64), 0.0, 1.0)
+            out[begin:begin + 256] = _linear_to_srgb(np.minimum(_srgb_to_linear(band) * ratio,
+                                                                1.0))
+        return out
+    gain = 1.0
+    if setting.kind == "mean":
+        gain = _gain_for_mean(prediction, setting.value)
+    else:
+        input_mean = _input_brightness(dark)
+        output_mean = image_mean(prediction)
+        if input_mean >= WELL_EXPOSED_MEAN and output_mean > AUTO_MAX_GAIN * input_mean:
+            gain = AUTO_MAX_GAIN * input_mean / output_mean
+    result = np.multiply(prediction, np.float32(gain), out=out, dtype=np.float32)
+    return np.clip(result, 0.0, 1.0, out=result)
+
+
+def no_reference_stats(image):
+    """Two no-reference numbers that show a blow-out: mean brightness and clipped highlights.
+
+    Args:
+      image: float [H, W, 3] in [0, 1] (an output before quantisation).
+    Returns:
+      dict: `mean` (float in [0, 1], over pixels and channels) and `clipped` (float in [0, 1],
+      the fraction of pixels with any channel >= 254 after rounding to 8 bits).
+    """
+    clipped, pixels = 0, 0
+    threshold = (CLIPPED_LEVEL - 0.5) / 255.0  # rounds to >= 254 in 8 bits
+    for begin in range(0, image.shape[0], 256):
+        band = np.asarray(image[begin:begin + 256], np.float32)
+        clipped += int(np.count_nonzero(np.any(band >= threshold, axis=-1)))
+        pixels += band.shape[0] * band.shape[1]
+    return {"mean": image_mean(image), "clipped": clipped / pixels if pixels else 0.0}
+
+
+# ----------------------------------------------------------------------------------------------
 # Writing.
 
 def write_png16(path, image):
-    """Writes uint16 [H, W, 3] as a 16-bit RGB PNG, row by row (Pillow cannot write 48-bit PNG)."""
+    """Writes uint16 [H, W, 3] as a 16-bit RGB PNG, row by row (Pillow cannot write 48-bit PNG),
+    atomically (a temporary file renamed over `path` when complete)."""
     image = np.asarray(image)
     if image.dtype != np.uint16 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"write_png16 expects uint16 [H, W, 3], got {image.dtype} {image.shape}")
@@ -525,7 +731,7 @@ def write_png16(path, image):
         parts.append(compressor.compress(raw.tobytes()))
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    with open(path, "wb") as f:
+    with files.atomic_write(path, "wb") as f:  # complete or absent, never truncated
         f.write(b"\x89PNG\r\n\x1a\n")
         f.write(chunk(b"IHDR", header))
         f.write(chunk(b"IDAT", b"".join(parts)))
@@ -533,7 +739,8 @@ def write_png16(path, image):
 
 
 def write_image(path, image, fmt):
-    """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit)."""
+    """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit),
+    atomically: `path` holds the complete image or is left as it was."""
     from PIL import Image
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
@@ -546,10 +753,11 @@ def write_image(path, image, fmt):
     if fmt == "png16":
         write_png16(path, pixels)
         return
-    if fmt == "jpg":
-        Image.fromarray(pixels).save(path, quality=JPEG_QUALITY)
-    else:
-        Image.fromarray(pixels).save(path)
+    with files.atomic_path(path) as temporary:
+        if fmt == "jpg":
+            Image.fromarray(pixels).save(temporary, format="JPEG", quality=JPEG_QUALITY)
+        else:
+            Image.fromarray(pixels).save(temporary, format="PNG")
 
 
 def check_output_dir(output_dir):
@@ -566,7 +774,9 @@ def check_output_dir(output_dir):
 
 
 def _output_path(output_dir, path, fmt, taken):
-    """`NAME_enhanced.EXT` in output_dir; never an input's own path, never reused within a run."""
+    """`NAME_enhanced.EXT` in output_dir; a name already planned in this run gets the source
+    extension (`NAME_EXT_enhanced.EXT`), then a counter. Existing files are not looked at here:
+    `plan_outputs` refuses them (the documented name is kept, never silently changed)."""
     stem, source_ext = os.path.splitext(os.path.basename(path))
     ext = "jpg" if fmt == "jpg" else "png"
     candidate = os.path.join(output_dir, f"{stem}_enhanced.{ext}")
@@ -579,40 +789,88 @@ def _output_path(output_dir, path, fmt, taken):
     return candidate
 
 
-def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None):
-    """Decodes, predicts and writes one file; returns the output (width, height)."""
+def plan_outputs(paths, output_dir, fmt, guard):
+    """Output path of every input, claimed with `guard` before any image is read.
+
+    Args:
+      paths: the input files, in processing order.
+      output_dir: the output folder.
+      fmt: an OUTPUT_FORMATS entry.
+      guard: a `files.OutputGuard` that knows the inputs and the --overwrite choice.
+    Returns:
+      list of output paths, one per input.
+    Raises:
+      files.OutputIsInputError: an output would replace an input (refused even with overwrite).
+      files.OutputExistsError: outputs that exist and this run did not create (without
+        overwrite); the message lists them (up to 5) and what to do.
+    """
+    outputs, taken, exists = [], set(), []
+    for path in paths:
+        output_path = _output_path(output_dir, path, fmt, taken)
+        taken.add(output_path)
+        outputs.append(output_path)
+    for output_path in outputs:
+        try:
+            guard.claim(output_path)  # OutputIsInputError propagates: overwrite cannot lift it
+        except files.OutputExistsError:
+            exists.append(output_path)
+    if exists:
+        listed = ", ".join(exists[:5]) + (f" and {len(exists) - 5} more" if len(exists) > 5
+                                          else "")
+        raise files.OutputExistsError(
+            f"Refusing to write {len(exists)} output file(s) that exist and this run did not "
+            f"create: {listed}. Nothing was written. Choose another --output_dir, move the "
+            "files, or pass --overwrite to replace them (inputs are never replaced).")
+    return outputs
+
+
+def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None,
+                 brightness=BRIGHTNESS_AUTO, max_pixels=files.DEFAULT_MAX_PIXELS):
+    """Decodes, predicts and writes one file; returns ((width, height), no_reference_stats)."""
     channels, _, _ = model_geometry(model)
-    decoded = decode_input(path, input_channels=channels, ratio=ratio)
+    decoded = decode_input(path, input_channels=channels, ratio=ratio, max_pixels=max_pixels)
     if exposure_curve is not None and (decoded.is_raw or ratio):
         raise UnreadableImageError("a calibrated exposure applies to the calibrated camera's "
                                    "own dark images as they are, not to raw files or --ratio "
                                    "amplified ones; enhance it without the exposure preset")
     prediction = _predict_decoded(model, decoded, tile, overlap)
+    x = decoded.model_input
+    dark = x if decoded.scale == 1.0 else _ScaledArray(x, decoded.scale)
     if exposure_curve is not None:
-        x = decoded.model_input
-        dark = x if decoded.scale == 1.0 else _ScaledArray(x, decoded.scale)
         prediction = anchor_exposure(prediction, dark, exposure_curve, out=prediction)
-    del decoded
+    prediction = apply_brightness(prediction, dark, brightness, out=prediction)
+    del decoded, x, dark
     write_image(output_path, prediction, fmt)
-    return prediction.shape[1], prediction.shape[0]
+    return (prediction.shape[1], prediction.shape[0]), no_reference_stats(prediction)
 
 
-def _check_options(ratio, fmt, exposure_curve=None, model=None):
+def _check_options(ratio, fmt, exposure_curve=None, model=None, brightness=BRIGHTNESS_AUTO,
+                   max_pixels=files.DEFAULT_MAX_PIXELS):
+    """Validates enhance options; returns the parsed Brightness. Raises ValueError."""
+    setting = parse_brightness(brightness)
     if exposure_curve is not None:
         if np.shape(exposure_curve) != (3, 256):
             raise ValueError(f"exposure_curve must be [3, 256], got {np.shape(exposure_curve)}.")
         if model is not None and model_geometry(model)[0] != 3:
             raise ValueError("A calibrated exposure needs an rgb model (a bayer model takes raw "
                              "files, which the exposure curve does not describe).")
+        if setting.kind != BRIGHTNESS_AUTO:
+            raise ValueError(f"Both a calibrated exposure and --brightness={setting} set the "
+                             "output's brightness; give only one of them.")
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
     if ratio is not None and not ratio > 0:
         raise ValueError(f"ratio must be positive, got {ratio}.")
+    if max_pixels is not None and max_pixels < 0:
+        raise ValueError(f"max_pixels must be positive (0 or None: no limit), got {max_pixels}.")
+    return setting
 
 
 def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                 overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None):
-    """Enhances one raw or ordinary image file and writes the result.
+                 overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None,
+                 brightness=BRIGHTNESS_AUTO, overwrite=False,
+                 max_pixels=files.DEFAULT_MAX_PIXELS):
+    """Enhances one raw or ordinary image file and writes the result (atomically).
 
     Args:
       model: a U-Net (rgb: raw files are rendered to sRGB first; bayer: raw files only).
@@ -627,84 +885,136 @@ def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT
       exposure_curve: None, or float [3, 256] (`SimulationPreset.exposure_curve` of the camera
         that took the photo): set the output's brightness with it (`anchor_exposure`). Ordinary
         images of that camera only, without `ratio`.
+      brightness: "auto", a mean level in (0, 1) or an EV change (`apply_brightness`).
+      overwrite: replace an existing output file (never the input itself).
+      max_pixels: pixel limit checked on the header before decoding (None/0: none).
 
     Returns:
       The written path.
 
     Raises:
       UnreadableImageError: the input cannot be decoded (nothing is written).
+      files.OutputExistsError: the output exists and `overwrite` is False.
+      files.OutputIsInputError: the output path is the input.
     """
-    _check_options(ratio, fmt, exposure_curve, model)
+    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
     output_path = output_path or _output_path(output_dir, path, fmt, set())
+    files.OutputGuard(inputs=[path], overwrite=overwrite).claim(output_path)
     _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
-                 exposure_curve=exposure_curve)
+                 exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
     return output_path
 
 
 @dataclasses.dataclass
 class EnhanceSummary:
-    """What `enhance_paths` did: written (input, output) pairs and skipped (input, reason)."""
+    """What `enhance_paths` did: written (input, output) pairs and skipped (input, reason);
+    `stats[i]` is `no_reference_stats` of `written[i]`'s output."""
     written: list
     skipped: list
     seconds: float
     megapixels: float
+    stats: list = dataclasses.field(default_factory=list)
 
 
 def expand_inputs(inputs):
     """Files given explicitly plus the image and raw files inside given folders, sorted."""
-    files = []
+    found = []
     for item in inputs:
         if os.path.isdir(item):
             for name in sorted(os.listdir(item)):
                 candidate = os.path.join(item, name)
                 if (os.path.isfile(candidate)
                         and name.lower().endswith(IMAGE_EXTENSIONS + RAW_EXTENSIONS)):
-                    files.append(candidate)
+                    found.append(candidate)
         else:
-            files.append(item)
-    return files
+            found.append(item)
+    return found
+
+
+def check_inputs(inputs):
+    """Raises ValueError naming the problem when the inputs hold no file to enhance.
+
+    Every given path must exist; a folder must hold at least one image or raw file (by
+    extension). Returns the files, as `expand_inputs`.
+    """
+    if not inputs:
+        raise ValueError("No input given: name at least one image, raw file or folder.")
+    missing = [item for item in inputs if not os.path.exists(item)]
+    if missing:
+        raise ValueError(f"Input not found: {', '.join(missing[:5])}. Check the path(s).")
+    for item in inputs:
+        if os.path.isdir(item) and not expand_inputs([item]):
+            raise ValueError(f"The folder {item} holds no image or raw file (by extension: "
+                             f"{', '.join(IMAGE_EXTENSIONS)}, or a camera raw extension); "
+                             "folders are not searched recursively.")
+    return expand_inputs(inputs)
+
+
+def _stats_text(stats):
+    return f"mean {stats['mean']:.3f}, clipped {100.0 * stats['clipped']:.2f}%"
 
 
 def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                  overlap=DEFAULT_OVERLAP, exposure_curve=None, progress=print):
+                  overlap=DEFAULT_OVERLAP, exposure_curve=None, brightness=BRIGHTNESS_AUTO,
+                  overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, progress=print,
+                  show_bar=False):
     """Enhances files and folders of files, skipping unreadable ones with a reason.
 
-    The output directory is checked first: if it cannot be written, OutputDirError is raised
-    before any file is read.
+    Before any file is read: the options are checked (ValueError), the output directory must
+    be writable (OutputDirError), and every output name is planned and claimed (`plan_outputs`:
+    an existing file this run did not create is refused unless `overwrite`, an input always).
+    Then every decode failure (corrupt, truncated, over the pixel limit, unsupported) is a
+    per-file skip with its reason and the batch goes on.
 
     Args:
       model: a U-Net (see `enhance_file`).
       inputs: file and folder paths (folders: their image and raw files, not recursive).
       output_dir: created if missing.
-      ratio, fmt, tile, overlap, exposure_curve: see `enhance_file`.
-      progress: callable taking one line of text (print by default; None for silence).
+      ratio, fmt, tile, overlap, exposure_curve, brightness, overwrite, max_pixels: see
+        `enhance_file`.
+      progress: callable taking one line of text per file (print by default; None: silence).
+        Each written file's line gives its size, mean brightness and clipped fraction.
+      show_bar: also show a `lowlight_tf.progress` bar (rate, ETA) on stderr.
 
     Returns:
       EnhanceSummary.
     """
-    _check_options(ratio, fmt, exposure_curve, model)
+    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
     check_output_dir(output_dir)
     progress = progress or (lambda line: None)
-    files = expand_inputs(inputs)
-    written, skipped, taken = [], [], set()
+    paths = expand_inputs(inputs)
+    guard = files.OutputGuard(inputs=paths, overwrite=overwrite)
+    outputs = plan_outputs(paths, output_dir, fmt, guard)
+    written, skipped, stats_list = [], [], []
     megapixels, started = 0.0, time.time()
-    for index, path in enumerate(files, 1):
-        begin = time.time()
-        output_path = _output_path(output_dir, path, fmt, taken)
-        try:
-            width, height = _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt,
-                                         tile=tile, overlap=overlap,
-                                         exposure_curve=exposure_curve)
-        except UnreadableImageError as e:
-            skipped.append((path, str(e)))
-            progress(f"[{index}/{len(files)}] skipped {path}: {e}")
-            continue
-        taken.add(output_path)
-        written.append((path, output_path))
-        megapixels += width * height / 1e6
-        progress(f"[{index}/{len(files)}] {path} -> {output_path} ({width}x{height}, "
-                 f"{time.time() - begin:.1f} s)")
-    return EnhanceSummary(written, skipped, time.time() - started, megapixels)
+    reporter = progress_lib.bar(total=len(paths), desc="Enhancing", unit="files",
+                                enabled=show_bar)
+    try:
+        for index, (path, output_path) in enumerate(zip(paths, outputs), 1):
+            begin = time.time()
+            reporter.set_postfix_str(os.path.basename(path))
+            try:
+                if not overwrite and os.path.lexists(output_path):
+                    raise UnreadableImageError(  # appeared after the plan: not ours to replace
+                        f"{output_path} appeared during the run; not replaced (pass "
+                        "--overwrite to replace it)")
+                (width, height), stats = _enhance_one(
+                    model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
+                    exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
+            except UnreadableImageError as e:
+                skipped.append((path, str(e)))
+                progress(f"[{index}/{len(paths)}] skipped {path}: {e}")
+                continue
+            finally:
+                reporter.update(1)
+            written.append((path, output_path))
+            stats_list.append(stats)
+            megapixels += width * height / 1e6
+            progress(f"[{index}/{len(paths)}] {path} -> {output_path} ({width}x{height}, "
+                     f"{_stats_text(stats)}, {time.time() - begin:.1f} s)")
+    finally:
+        reporter.close()
+    return EnhanceSummary(written, skipped, time.time() - started, megapixels, stats_list)
 
 
 def format_summary(summary, output_dir):
@@ -714,6 +1024,12 @@ def format_summary(summary, output_dir):
              + (f" ({summary.megapixels / summary.seconds:.2f} MPix/s)"
                 if summary.seconds > 0 and summary.megapixels else "")
              + f"; output in {output_dir}"]
+    if summary.stats:
+        means = [stats["mean"] for stats in summary.stats]
+        worst = max(range(len(summary.stats)), key=lambda i: summary.stats[i]["clipped"])
+        lines.append(f"Output mean brightness {min(means):.3f}-{max(means):.3f} of full scale; "
+                     f"most clipped highlights {100.0 * summary.stats[worst]['clipped']:.2f}% "
+                     f"of pixels ({os.path.basename(summary.written[worst][1])})")
     if summary.skipped:
         lines.append(f"Skipped {len(summary.skipped)} file(s):")
         for path, reason in summary.skipped[:20]:

@@ -1,13 +1,17 @@
 """Tests for lowlight_tf.inference: whole/tiled/paper inference and enhancing users' files."""
 import os
+import stat
+import struct
 import subprocess
 import sys
+import zlib
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+from lowlight_tf import files
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
@@ -342,3 +346,279 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
                           f"--output_dir={tmp_path / 'out4'}"], cwd=str(tmp_path))
     assert anchored.returncode == 0, anchored.stderr
     assert os.listdir(tmp_path / "out4") == ["dark_enhanced.png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reliability: outputs never replace a user's file, damaged files never stop a batch.
+
+def _png_claiming(width, height):
+    """A ~100-byte PNG (valid CRCs) whose header claims width x height 8-bit RGB pixels."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _save_png(path, seed=0, high=40, shape=(30, 45)):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, high, shape + (3,)).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_enhance_never_writes_over_a_users_file_or_an_input(identity_model, tmp_path):
+    # The reported case: the input folder is the output folder and holds the user's own
+    # a_enhanced.png (read-only): it is an input of the run, so it is never written.
+    folder = tmp_path / "x"
+    folder.mkdir()
+    _save_png(folder / "a.png")
+    users = folder / "a_enhanced.png"
+    users.write_bytes(b"the user's only copy")
+    os.chmod(users, stat.S_IRUSR)
+    for overwrite in (False, True):
+        with pytest.raises(files.OutputIsInputError, match="a_enhanced.png"):
+            inference.enhance_paths(identity_model, [str(folder)], str(folder),
+                                    overwrite=overwrite, progress=None)
+    assert users.read_bytes() == b"the user's only copy"
+    assert sorted(os.listdir(folder)) == ["a.png", "a_enhanced.png"]
+
+    # A file in the output folder that this run did not create: refused before any work,
+    # replaced only with overwrite=True.
+    source = tmp_path / "in"
+    source.mkdir()
+    _save_png(source / "a.png")
+    _save_png(source / "b.png", seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_enhanced.png").write_bytes(b"user data")
+    lines = []
+    with pytest.raises(files.OutputExistsError, match=r"b_enhanced\.png.*--overwrite"):
+        inference.enhance_paths(identity_model, [str(source)], str(out), progress=lines.append)
+    assert lines == [] and sorted(os.listdir(out)) == ["b_enhanced.png"]  # nothing written
+    assert (out / "b_enhanced.png").read_bytes() == b"user data"
+    summary = inference.enhance_paths(identity_model, [str(source)], str(out), overwrite=True,
+                                      progress=None)
+    assert len(summary.written) == 2
+    with Image.open(out / "b_enhanced.png") as im:
+        assert im.size == (45, 30)
+    # enhance_file follows the same policy.
+    with pytest.raises(files.OutputExistsError):
+        inference.enhance_file(identity_model, str(source / "a.png"), str(out))
+    with pytest.raises(files.OutputIsInputError):
+        inference.enhance_file(identity_model, str(source / "a.png"), str(out),
+                               output_path=str(source / "a.png"), overwrite=True)
+
+
+def test_two_inputs_with_one_name_get_distinct_outputs(identity_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _save_png(folder / "a.png")
+    Image.open(folder / "a.png").save(folder / "a.bmp")
+    summary = inference.enhance_paths(identity_model, [str(folder)], str(tmp_path / "out"),
+                                      progress=None)
+    assert sorted(os.path.basename(o) for _, o in summary.written) == [
+        "a_enhanced.png", "a_png_enhanced.png"]
+
+
+def test_output_images_are_written_atomically(tmp_path, monkeypatch):
+    target = tmp_path / "a_enhanced.png"
+    target.write_bytes(b"previous complete file")
+    image = np.full((8, 8, 3), 0.5, np.float32)
+
+    def half_written_then_fail(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_written_then_fail)
+    for fmt in ("png", "jpg"):
+        with pytest.raises(OSError, match="No space"):
+            inference.write_image(str(target), image, fmt)
+        assert target.read_bytes() == b"previous complete file"
+        assert os.listdir(tmp_path) == ["a_enhanced.png"]  # no temporary left behind
+    monkeypatch.undo()
+    inference.write_image(str(target), image, "png16")
+    assert os.listdir(tmp_path) == ["a_enhanced.png"]
+    from data_prep import decoding
+    assert decoding.decode_image(str(target))[0].dtype == np.uint16
+
+
+def test_a_decompression_bomb_is_skipped_and_the_batch_goes_on(identity_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_bomb.png").write_bytes(_png_claiming(20000, 20000))
+    _save_png(folder / "b.png")
+    for max_pixels in (files.DEFAULT_MAX_PIXELS, 10 ** 6):
+        lines = []
+        summary = inference.enhance_paths(identity_model, [str(folder)],
+                                          str(tmp_path / f"out{max_pixels}"),
+                                          max_pixels=max_pixels, progress=lines.append)
+        assert [os.path.basename(p) for p, _ in summary.written] == ["b.png"]
+        assert [os.path.basename(p) for p, _ in summary.skipped] == ["a_bomb.png"]
+        assert "skipped" in lines[0] and "a_bomb.png" in lines[0]
+        text = inference.format_summary(summary, "out")
+        assert "Skipped 1 file(s)" in text and "a_bomb.png" in text
+    reason = summary.skipped[0][1]
+    assert "pixel limit" in reason and ("20000x20000" in reason or "400000000" in reason)
+
+
+def test_pixel_limit_is_checked_on_the_header_before_decoding(identity_model, photo_folder,
+                                                              tmp_path):
+    # 3000x3000 claimed, nothing behind it: the limit, not the truncation, is the reason.
+    claimed = tmp_path / "claimed.png"
+    claimed.write_bytes(_png_claiming(3000, 3000))
+    for limit in (1_000_000, 5_000_000):  # beyond twice the limit Pillow's own check speaks
+        with pytest.raises(inference.UnreadableImageError,
+                           match=r"(3000x3000|9000000 pixels).*pixel limit|pixel limit.*--max_"):
+            inference.decode_input(str(claimed), max_pixels=limit)
+    with pytest.raises(inference.UnreadableImageError, match="truncated|corrupt"):
+        inference.decode_input(str(claimed), max_pixels=10_000_000)
+    summary = inference.enhance_paths(
+        identity_model, [str(photo_folder / n) for n in ("raw_frame.dng", "dark16.tif",
+                                                         "dark.png")],
+        str(tmp_path / "out"), max_pixels=1000, progress=None)
+    assert [os.path.basename(p) for p, _ in summary.written] == ["dark16.tif"]  # 480 pixels
+    reasons = dict((os.path.basename(p), r) for p, r in summary.skipped)
+    assert "56x40" in reasons["raw_frame.dng"] and "pixel limit" in reasons["raw_frame.dng"]
+    assert "45x30" in reasons["dark.png"]
+
+
+def test_bad_inputs_are_named(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="holds no image or raw file"):
+        inference.check_inputs([str(empty)])
+    with pytest.raises(ValueError, match="not found: .*nope.png"):
+        inference.check_inputs([str(tmp_path / "nope.png")])
+    with pytest.raises(ValueError, match="No input"):
+        inference.check_inputs([])
+    directory_named_png = tmp_path / "dir.png"
+    directory_named_png.mkdir()
+    with pytest.raises(inference.UnreadableImageError, match="no such file"):
+        inference.decode_input(str(directory_named_png / "x.png"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The brightness control and the no-reference checks.
+
+def test_parse_brightness():
+    assert inference.parse_brightness("auto") == inference.Brightness("auto", 0.0)
+    assert inference.parse_brightness(" 0.4 ") == inference.Brightness("mean", 0.4)
+    assert inference.parse_brightness("+1ev") == inference.Brightness("ev", 1.0)
+    assert inference.parse_brightness("-0.5EV") == inference.Brightness("ev", -0.5)
+    assert str(inference.parse_brightness("-0.5ev")) == "-0.5ev"
+    for bad in ("1.5", "0", "bright", "ev", "+100ev", "nanev"):
+        with pytest.raises(ValueError, match="auto.*mean level.*EV"):
+            inference.parse_brightness(bad)
+
+
+def test_apply_brightness_auto_caps_well_exposed_inputs():
+    rng = np.random.default_rng(8)
+    bright_input = rng.uniform(0.2, 0.4, (300, 20, 3)).astype(np.float32)  # mean 0.3 >= 0.25
+    doubled = np.clip(bright_input * 2.0, 0, 1)  # a network that brightens by 2x
+    capped = inference.apply_brightness(doubled, bright_input, "auto")
+    assert capped.mean() == pytest.approx(1.15 * bright_input.mean(), rel=1e-4)
+    np.testing.assert_allclose(capped / doubled, capped.flat[0] / doubled.flat[0], rtol=1e-5)
+    # A dark input keeps the network's brightness; so does a well-exposed one not brightened.
+    dark = bright_input / 10.0
+    np.testing.assert_array_equal(inference.apply_brightness(doubled, dark, "auto"), doubled)
+    np.testing.assert_array_equal(inference.apply_brightness(bright_input, bright_input),
+                                  bright_input)
+    # Integer input, as decoded (uint8 / 255), and in place.
+    scaled = inference._ScaledArray(np.round(bright_input * 255).astype(np.uint8), 255.0)
+    in_place = doubled.copy()
+    out = inference.apply_brightness(in_place, scaled, "auto", out=in_place)
+    assert out is in_place and out.mean() == pytest.approx(capped.mean(), rel=1e-3)
+
+
+def test_apply_brightness_mean_target_and_ev():
+    rng = np.random.default_rng(9)
+    prediction = rng.uniform(0.0, 0.6, (50, 40, 3)).astype(np.float32)
+    dark = prediction / 8.0
+    prediction[:10] = 0.0  # exact zeros stay zero whatever the gain
+    for target in (0.1, 0.4, 0.7):  # 0.7 needs clipping: the clipped mean still reaches it
+        out = inference.apply_brightness(prediction, dark, str(target))
+        assert out.mean() == pytest.approx(target, abs=1e-4)
+        assert out.min() >= 0.0 and out.max() <= 1.0
+    faint = prediction * 0.01  # a large gain must not magnify histogram binning
+    assert inference.apply_brightness(faint, dark, "0.5").mean() == pytest.approx(0.5, abs=5e-4)
+    # +1 EV doubles linear light: sRGB 0.537099 (linear 0.25) -> 0.735357 (linear 0.5); -1 EV
+    # halves it: 0.537099 -> sRGB of linear 0.125 = 1.055 * 0.125 ** (1 / 2.4) - 0.055
+    # = 0.388573 (IEC 61966-2-1, by hand).
+    pixel = np.full((1, 1, 3), 0.537099, np.float32)
+    np.testing.assert_allclose(inference.apply_brightness(pixel, pixel, "+1ev"), 0.735357,
+                               atol=2e-5)
+    np.testing.assert_allclose(inference.apply_brightness(pixel, pixel, "-1ev"), 0.388573,
+                               atol=2e-5)
+    np.testing.assert_allclose(inference.apply_brightness(pixel, pixel, "+3ev"), 1.0)
+    with pytest.raises(ValueError, match="brightness"):
+        inference.apply_brightness(pixel, pixel, "loud")
+
+
+def test_no_reference_stats_by_hand():
+    image = np.zeros((2, 5, 3), np.float32)
+    image[0, 0] = 1.0                      # clipped in every channel
+    image[0, 1, 2] = 254.0 / 255.0         # clipped in one channel
+    image[0, 2, 1] = 253.4 / 255.0         # rounds to 253: not clipped
+    image[1] = 0.5
+    stats = inference.no_reference_stats(image)
+    assert stats["clipped"] == pytest.approx(2 / 10)
+    expected_mean = (3.0 + 254 / 255 + 253.4 / 255 + 5 * 3 * 0.5) / 30
+    assert stats["mean"] == pytest.approx(expected_mean, rel=1e-6)
+
+
+def test_enhance_brightness_and_stats_lines(tmp_path):
+    inputs = keras.Input(shape=(None, None, 3))
+    x = model_lib.SpaceToDepth(2, name="space_to_depth")(inputs)
+    x = model_lib.DepthToSpace(2, name="head_depth_to_space")(x)
+    tripling = keras.Model(inputs, keras.layers.Rescaling(3.0, name="head_gain")(x))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    well_exposed = _save_png(folder / "day.png", seed=3, high=180)  # mean ~90/255 = 0.35
+    dark = _save_png(folder / "night.png", seed=4, high=20)
+    lines = []
+    summary = inference.enhance_paths(tripling, [str(folder)], str(tmp_path / "auto"),
+                                      progress=lines.append)
+    outputs = {os.path.basename(p): np.asarray(Image.open(o), np.float32) / 255.0
+               for p, o in summary.written}
+    day_in = np.asarray(Image.open(well_exposed), np.float32) / 255.0
+    night_in = np.asarray(Image.open(dark), np.float32) / 255.0
+    assert outputs["day.png"].mean() <= 1.15 * day_in.mean() + 1e-3  # capped, not 3x
+    assert outputs["night.png"].mean() == pytest.approx(3 * night_in.mean(), abs=2e-3)
+    assert [s["mean"] for s in summary.stats] == pytest.approx(
+        [outputs["day.png"].mean(), outputs["night.png"].mean()], abs=2e-3)
+    assert "mean 0." in lines[0] and "clipped " in lines[0]
+    assert "Output mean brightness" in inference.format_summary(summary, "auto")
+    target = inference.enhance_paths(tripling, [str(folder)], str(tmp_path / "target"),
+                                     brightness="0.5", progress=None)
+    for _, output in target.written:
+        assert np.asarray(Image.open(output), np.float32).mean() / 255.0 == pytest.approx(
+            0.5, abs=3e-3)
+    with pytest.raises(ValueError, match="only one"):
+        inference.enhance_paths(tripling, [str(folder)], str(tmp_path / "c"), brightness="+1ev",
+                                exposure_curve=np.tile(np.arange(256.0), (3, 1)))
+
+
+def test_enhance_cli_overwrite_brightness_and_bad_inputs(photo_folder, tmp_path):
+    keras.utils.set_random_seed(2)
+    model_path = str(tmp_path / "unet.keras")
+    model_lib.build_unet("rgb", base_filters=4, depth=2).save(model_path)
+    out = tmp_path / "out"
+    args = [str(photo_folder / "dark.png"), f"--model={model_path}", f"--output_dir={out}"]
+    first = _run_tool(args + ["--brightness=0.4"], cwd=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "mean 0.4" in first.stdout and "clipped" in first.stdout
+    written = (out / "dark_enhanced.png").read_bytes()
+    again = _run_tool(args, cwd=str(tmp_path))
+    assert again.returncode == 2
+    assert "dark_enhanced.png" in again.stderr and "--overwrite" in again.stderr
+    assert (out / "dark_enhanced.png").read_bytes() == written
+    replaced = _run_tool(args + ["--overwrite", "--brightness=+1ev"], cwd=str(tmp_path))
+    assert replaced.returncode == 0, replaced.stderr
+    assert (out / "dark_enhanced.png").read_bytes() != written
+    missing = _run_tool([str(tmp_path / "nope.png")] + args[1:], cwd=str(tmp_path))
+    assert missing.returncode == 2 and "nope.png" in missing.stderr
+    bad = _run_tool(args + ["--brightness=2"], cwd=str(tmp_path))
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
