@@ -616,7 +616,8 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
     except BaseException:
         report.abandon()
         raise
-    say(format_table(rows) if rows else "")
+    if rows:
+        say(format_table(rows))
     if unpaired_rows:
         say(format_unpaired_table(unpaired_rows))
     for path, reason in skipped:

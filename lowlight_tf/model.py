@@ -411,9 +411,18 @@ def load_model(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         final = os.path.join(path, FINAL_MODEL_NAME)
-        if os.path.isfile(final):
-            return load_model(final)
         checkpoint = latest_checkpoint(path)
+        if os.path.isfile(final):
+            try:
+                return load_model(final)
+            except ModelLoadError as e:
+                if checkpoint is None:
+                    raise
+                # A damaged final.keras must not hide the run's own checkpoints.
+                import sys  # pylint: disable=import-outside-toplevel
+                print(f"Warning: {e} Using the latest checkpoint {checkpoint} instead.",
+                      file=sys.stderr, flush=True)
+                return _load_weights_file(checkpoint)
         if checkpoint is None:
             raise ModelLoadError(
                 f"No model in {path}: neither {FINAL_MODEL_NAME} nor "
@@ -430,9 +439,15 @@ def load_model(path):
         raise ModelLoadError(
             f"Cannot load {path}: expected a .keras file, an epoch_NNN.weights.h5 checkpoint or "
             "a tools/train model_dir.")
+    what_to_do = ("Use a per-epoch checkpoint of the same model_dir (MODEL_DIR/checkpoints/"
+                  "epoch_NNN.weights.h5, or pass the model_dir itself), or retrain.")
+    if not zipfile.is_zipfile(path):  # Keras would call a damaged archive "File not found"
+        raise ModelLoadError(
+            f"Cannot load {path}: the file exists ({os.path.getsize(path):,} bytes) but is "
+            f"corrupt or truncated (not a complete .keras zip archive; an interrupted save or "
+            f"copy?). {what_to_do}")
     try:
         return keras.saving.load_model(path, compile=False)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise ModelLoadError(
-            f"Cannot load {path}: {e}. The file is corrupt or truncated (an interrupted save?); "
-            "use a per-epoch checkpoint of the same model_dir or retrain.") from e
+            f"Cannot load {path}: the file is corrupt or truncated ({e}). {what_to_do}") from e

@@ -538,3 +538,22 @@ def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
     no_data = _run_tool([f"--model={model_path}", f"--output_dir={tmp_path / 'n'}"],
                         cwd=str(tmp_path))
     assert no_data.returncode == 2 and "--unpaired" in no_data.stderr
+
+
+def test_model_dir_with_truncated_final_model_uses_its_last_checkpoint(pairs_dataset, tmp_path,
+                                                                       capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    keras.utils.set_random_seed(3)
+    model = model_lib.build_unet("rgb", base_filters=4, depth=2)
+    model.save_weights(str(run / "checkpoints" / "epoch_002.weights.h5"))
+    (run / "model.json").write_text(json.dumps(model_lib.architecture(model)))
+    model.save(str(run / "final.keras"))
+    data = (run / "final.keras").read_bytes()
+    (run / "final.keras").write_bytes(data[:len(data) // 2])  # killed during model.save
+    rows = evaluation.evaluate(str(run), [f"{pairs_dataset}/tfr/toy"], str(tmp_path / "out"),
+                               save_images=0, baselines=(), progress=None)
+    assert rows[0]["method"] == "run" and np.isfinite(rows[0]["psnr"])
+    err = capsys.readouterr().err
+    assert "corrupt or truncated" in err and "epoch_002.weights.h5" in err
+    assert "not found" not in err.lower()
