@@ -25,6 +25,8 @@ import json
 import math
 import os
 import shutil
+import struct
+import sys
 import tempfile
 import time
 import types
@@ -34,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from lowlight_tf import files
 from lowlight_tf import model as model_lib
 
 STAGES = ("pretrain", "transfer", "finetune_all", "scratch")
@@ -153,6 +156,9 @@ def resolve_config(config):
     if not c.model_dir:
         raise ConfigError("--model_dir is required: the directory for checkpoints and logs.")
     c.model_dir = os.path.abspath(c.model_dir)
+    if os.path.lexists(c.model_dir) and not os.path.isdir(c.model_dir):
+        raise ConfigError(f"--model_dir={c.model_dir} is a file, not a directory; choose a new "
+                          "--model_dir (a folder tools/train creates) or move that file.")
     if c.stage not in STAGES:
         raise ConfigError(f"--stage={c.stage} is not one of {', '.join(STAGES)}.")
     if c.strategy not in STRATEGIES:
@@ -445,30 +451,76 @@ class _NanGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+BACKUP_METADATA = "training_metadata.json"
+
+
+def backup_epoch(backup_dir):
+    """The epoch a model_dir's backup/ holds (0 when there is none or it names no weights)."""
+    try:
+        with open(os.path.join(backup_dir, BACKUP_METADATA), encoding="utf-8") as f:
+            metadata = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    weights = metadata.get("weights")
+    if weights and not os.path.isfile(os.path.join(backup_dir, weights)):
+        return 0
+    return int(metadata.get("epoch", 0))
+
+
 class _GuardedBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up a diverged model and keeps the backup after it."""
+    """BackupAndRestore that never backs up a diverged model, and survives a kill at any point.
+
+    Keras writes `latest.weights.h5` and then the metadata in place, so a kill between or
+    during the two writes leaves a truncated file or weights one epoch ahead of the metadata.
+    Here each epoch's weights go to their own file `epoch_NNN.weights.h5` (written under a
+    hidden name, then renamed), and only then is the metadata, which names that file, replaced
+    atomically: the metadata always points at complete weights of the epoch it names. The
+    backup is kept after training; `train` removes it once final.keras is written.
+    """
 
     def __init__(self, guard, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(delete_checkpoint=False, **kwargs)
         self.guard = guard
         self.restored_epoch = 0
 
     def on_train_begin(self, logs=None):
         try:
-            super().on_train_begin(logs)
+            self._restore()
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"Cannot resume from {self.backup_dir}: {e}. Delete that folder to restart the "
                 "run from its last checkpoint with --init_from, or use a new --model_dir.") from e
         self.restored_epoch = getattr(self.model, "_initial_epoch", None) or 0
 
+    def _restore(self):
+        path = os.path.join(self.backup_dir, BACKUP_METADATA)
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            metadata = json.load(f)
+        if "weights" not in metadata:  # a backup written by Keras' own callback
+            super().on_train_begin()
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        self.model._initial_epoch = int(metadata["epoch"])
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch_{self._current_epoch:03d}.weights.h5"
+        partial = os.path.join(self.backup_dir, f".partial_{name}")  # Keras needs the ending
+        self.model.save_weights(partial, overwrite=True)
+        os.replace(partial, os.path.join(self.backup_dir, name))
+        files.write_json(os.path.join(self.backup_dir, BACKUP_METADATA),
+                         {"epoch": self._current_epoch, "batch": 0, "weights": name})
+        for old in os.listdir(self.backup_dir):
+            if old not in (name, BACKUP_METADATA) and not old.startswith(".partial_"):
+                os.remove(os.path.join(self.backup_dir, old))
+
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.bad is None:
             super().on_epoch_end(epoch, logs)
-
-    def on_train_end(self, logs=None):
-        if self.guard.bad is None:
-            super().on_train_end(logs)
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -484,10 +536,13 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         if self.guard.bad is not None:
             return
         os.makedirs(self.directory, exist_ok=True)
-        path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.weights.h5")
-        partial = path[:-len(".weights.h5")] + ".partial.weights.h5"
+        name = f"epoch_{epoch + 1:03d}.weights.h5"
+        path = os.path.join(self.directory, name)
+        # Written under a hidden name, then renamed: a kill during the save never leaves a
+        # truncated checkpoint under a visible name (Keras needs the .weights.h5 ending).
+        partial = os.path.join(self.directory, f".partial_{name}")
         self.model.save_weights(partial, overwrite=True)
-        os.replace(partial, path)  # a kill during the save never leaves a truncated checkpoint
+        os.replace(partial, path)
         self.last_path = path
 
 
@@ -530,16 +585,49 @@ class _Monitor(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def _final_model_state(final_path):
+    """"missing", "ok" or the reason a final.keras cannot be loaded (corrupt or truncated)."""
+    if not os.path.lexists(final_path):
+        return "missing"
+    try:
+        model_lib.load_model(final_path)
+    except model_lib.ModelLoadError as e:
+        return str(e)
+    return "ok"
+
+
+def _remove_stale_partials(model_dir):
+    """Deletes hidden partial files a killed run left (they are never read)."""
+    for folder in (model_dir, os.path.join(model_dir, model_lib.CHECKPOINT_DIR),
+                   os.path.join(model_dir, BACKUP_DIR)):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if name.startswith(".partial_") or (name.startswith(".") and ".partial" in name):
+                path = os.path.join(folder, name)
+                if os.path.isfile(path):
+                    os.remove(path)
+
+
 def _check_model_dir(config):
     """Refuses to overwrite a finished run or to resume a run made with other flags.
 
+    A final.keras that cannot be loaded (truncated by a kill of an older version, or damaged)
+    does not count as finished: the run is resumed and final.keras written again.
     Returns True when model_dir holds an interrupted run with the same flags (a resume).
     """
     model_dir = config.model_dir
-    if os.path.exists(os.path.join(model_dir, model_lib.FINAL_MODEL_NAME)):
+    final_path = os.path.join(model_dir, model_lib.FINAL_MODEL_NAME)
+    state = _final_model_state(final_path)
+    if state == "ok":
+        if os.path.isdir(os.path.join(model_dir, BACKUP_DIR)):  # killed while cleaning up
+            shutil.rmtree(os.path.join(model_dir, BACKUP_DIR), ignore_errors=True)
         raise ConfigError(f"{model_dir} already holds a finished run "
                           f"({model_lib.FINAL_MODEL_NAME}); choose a new --model_dir (nothing "
                           "was overwritten).")
+    if state != "missing":
+        _warn(f"{state} Finishing the run again: resuming from {BACKUP_DIR}/ or the last "
+              "checkpoint; the damaged file is replaced when the new one is complete.")
     flags_path = os.path.join(model_dir, FLAGS_NAME)
     if not os.path.exists(flags_path):
         if os.path.isdir(model_dir) and os.listdir(model_dir):
@@ -562,16 +650,76 @@ def _check_model_dir(config):
     return True
 
 
-def _write_text(path, text):
-    """Writes a text file atomically."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def _log(config, message):
     if config.verbose:
         print(message, flush=True)
+
+
+def _checkpoint_epoch(path):
+    """The epoch number of a checkpoints/epoch_NNN.weights.h5 path."""
+    return int(os.path.basename(path)[len("epoch_"):].split(".")[0])
+
+
+def _remove_backup(backup_dir):
+    """Deletes backup/ after final.keras is complete (the metadata first, so a kill midway
+    leaves no backup that names missing weights)."""
+    metadata = os.path.join(backup_dir, BACKUP_METADATA)
+    if os.path.exists(metadata):
+        os.remove(metadata)
+    shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+def _warn_small_images(config):
+    """Warns once when training or validation images are smaller than --patch_size."""
+    train_spec, val_spec = _data_specs(config)
+    for what, spec, split in (("training", train_spec, "train"), ("validation", val_spec, "val")):
+        if not spec:
+            continue
+        try:
+            small, total = count_small_images(spec, config.patch_size, split)
+        except (ValueError, OSError):
+            continue  # unreadable datasets are reported where they are loaded
+        if small:
+            _warn(f"{small} of {total} {what} images of {spec} are smaller than --patch_size="
+                  f"{config.patch_size} on a side and are padded by mirroring to fill their "
+                  "patches; use a smaller --patch_size or larger images.")
+
+
+def _warn(message):
+    """One warning line on stderr (shown whatever --verbose says)."""
+    print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
+def _png_size(data):
+    """(height, width) from a PNG's IHDR chunk, or None for other bytes."""
+    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n":
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    return None
+
+
+def count_small_images(spec, patch_size, default_split="train"):
+    """How many images of a dataset are smaller than `patch_size` on a side (they get padded).
+
+    Reads only the stored PNG headers (no decoding), so it is cheap on large datasets.
+
+    Returns:
+      (small, total) ints.
+    """
+    import tensorflow_datasets as tfds
+    from lowlight_tf import data
+    parsed = data.parse_dataset_spec(spec, default_split=default_split)
+    builder = tfds.builder_from_directory(data.dataset_dir(parsed.output_dir, parsed.name))
+    stored = builder.as_dataset(split=parsed.split, shuffle_files=False,
+                                decoders={"bright": tfds.decode.SkipDecoding()})
+    small = total = 0
+    for example in stored.as_numpy_iterator():
+        size = _png_size(example["bright"])
+        if size is None:
+            size = tuple(tf.io.decode_image(example["bright"], channels=3).shape[:2])
+        total += 1
+        small += min(size) < patch_size
+    return small, total
 
 
 def _set_threads(config):
@@ -621,32 +769,67 @@ def train(config, strategy=None, extra_callbacks=()):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     chief = _is_chief(strategy)
-    resuming = chief and _check_model_dir(config) and os.path.isdir(
-        os.path.join(config.model_dir, BACKUP_DIR))
+    backup_dir = os.path.join(config.model_dir, BACKUP_DIR)
+    resuming = chief and _check_model_dir(config) and os.path.isdir(backup_dir)
+    if chief:
+        _remove_stale_partials(config.model_dir)
+    # Resume the training stream where the backup's epoch ended, so that a killed and resumed
+    # run sees the same batches as an uninterrupted one (bit-identical with --deterministic).
+    skip_epochs = backup_epoch(backup_dir) if resuming else 0
+    # A run whose backup is gone but whose last checkpoint is its final epoch (killed while
+    # final.keras was written by an older version) only needs final.keras.
+    last_checkpoint = model_lib.latest_checkpoint(config.model_dir) if chief else None
+    finish_from = (last_checkpoint if chief and not resuming and last_checkpoint and
+                   _checkpoint_epoch(last_checkpoint) >= config.epochs else None)
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
     train_ds, val_ds, description = make_datasets(config)
+    if skip_epochs:
+        train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
+    _warn_small_images(config)
     images = None
     if config.num_images:
         # Fixed validation patches; without validation, a copy of the training pipeline (its
         # own iterator, so the training stream itself is untouched).
-        dark, bright = (_first_batch(val_ds, "validation") if val_ds is not None else
-                        _first_batch(make_datasets(config)[0], "training"))
+        what = "validation" if val_ds is not None else "training"
+        dark, bright = (_first_batch(val_ds, what) if val_ds is not None else
+                        _first_batch(make_datasets(config)[0], what))
         images = (dark[:config.num_images], bright[:config.num_images])
+        if len(images[0]) < config.num_images:
+            _warn(f"TensorBoard shows {len(images[0])} example image(s), not --num_images="
+                  f"{config.num_images}: they come from the first {what} batch, which holds "
+                  f"{len(dark)} patch(es) (a batch holds at most --batch_size="
+                  f"{config.batch_size}"
+                  + (", and the validation set has fewer patches" if len(dark) <
+                     config.batch_size else "") + ").")
 
+    # Seeded again: building the sample datasets or the pipelines above may draw random
+    # numbers, and the initial weights must not depend on whether they already existed.
+    keras.utils.set_random_seed(config.seed)
     model, trainable, frozen = create_model(config, strategy)
 
     os.makedirs(out_dir, exist_ok=True)
-    _write_text(os.path.join(out_dir, FLAGS_NAME),
-                "# Effective flags of this run; replay with tools/train --flagfile=THIS_FILE\n"
-                + "\n".join(config.to_flags()) + "\n")
-    _write_text(os.path.join(out_dir, model_lib.ARCHITECTURE_NAME),
-                json.dumps(model_lib.architecture(model)) + "\n")
+    files.write_text(os.path.join(out_dir, FLAGS_NAME),
+                     "# Effective flags of this run; replay with tools/train --flagfile=THIS_FILE\n"
+                     + "\n".join(config.to_flags()) + "\n")
+    files.write_text(os.path.join(out_dir, model_lib.ARCHITECTURE_NAME),
+                     json.dumps(model_lib.architecture(model)) + "\n")
+    if finish_from:
+        with strategy.scope():  # the checkpoint holds the optimizer's state too
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(finish_from)
+        final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
+        files.save_model(model, final_path)
+        _log(config, f"All {config.epochs} epochs were already trained: wrote {final_path} "
+                     f"from {finish_from}.")
+        return TrainResult(final_model_path=final_path, history={},
+                           last_epoch=_checkpoint_epoch(finish_from),
+                           initial_epoch=_checkpoint_epoch(finish_from),
+                           model_dir=config.model_dir)
 
     guard = _NanGuard()
-    backup = _GuardedBackup(guard, backup_dir=os.path.join(out_dir, BACKUP_DIR),
-                            double_checkpoint=True)
+    backup = _GuardedBackup(guard, backup_dir=os.path.join(out_dir, BACKUP_DIR))
     checkpoint = _EpochCheckpoint(os.path.join(out_dir, model_lib.CHECKPOINT_DIR), guard)
     monitor = _Monitor(config.batch_size, images, os.path.join(out_dir, "validation"), guard)
     tensorboard = keras.callbacks.TensorBoard(log_dir=out_dir, write_graph=False,
@@ -667,7 +850,9 @@ def train(config, strategy=None, extra_callbacks=()):
         history = model.fit(
             train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
             validation_data=val_ds, shuffle=False,
-            callbacks=[guard, backup, checkpoint, monitor, tensorboard, *extra_callbacks],
+            # The epoch checkpoint before the backup: a kill between the two repeats that
+            # epoch rather than skipping its checkpoint.
+            callbacks=[guard, checkpoint, backup, monitor, tensorboard, *extra_callbacks],
             verbose=config.verbose)
     except tf.errors.InvalidArgumentError:
         # A NaN prediction trips the metrics' range assertions before the NaN loss reaches
@@ -692,7 +877,8 @@ def train(config, strategy=None, extra_callbacks=()):
             + (f" with --init_from={last_good}." if last_good else "."))
 
     final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
-    model.save(final_path)
+    files.save_model(model, final_path)  # atomic: a kill leaves the backup to resume from
+    _remove_backup(os.path.join(out_dir, BACKUP_DIR))
     last_epoch = initial_epoch + len(history.history.get("loss", []))
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}
     if not chief:

@@ -226,13 +226,15 @@ def test_kill_and_resume(tmp_path, tiny_data):
     process = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = model_dir / "checkpoints" / "epoch_001.weights.h5"
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a CPU shared with other jobs can take minutes to start
     try:
         while not first.exists() and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+    # The checkpoint is written before the backup: a kill between the two repeats epoch 1.
+    backed_up = training.backup_epoch(str(model_dir / "backup")) >= 1
     assert first.exists(), "the first run never finished an epoch"
     assert not (model_dir / "final.keras").exists(), "killed too late: the run had finished"
     assert (model_dir / "backup").is_dir()
@@ -246,8 +248,10 @@ def test_kill_and_resume(tmp_path, tiny_data):
     assert resumed_epochs <= 6 - finished + 1, result.stdout  # +1: killed while backing up
     assert (model_dir / "final.keras").exists()
     assert (model_dir / "checkpoints" / "epoch_006.weights.h5").exists()
-    assert os.path.getmtime(first) == stamp
+    if backed_up:
+        assert os.path.getmtime(first) == stamp
     assert not (model_dir / "backup").exists()
+    assert not [n for n in os.listdir(model_dir / "checkpoints") if "partial" in n]
 
 
 def test_thread_flags_reach_tensorflow_in_a_fresh_process(tmp_path):
@@ -263,3 +267,48 @@ def test_thread_flags_reach_tensorflow_in_a_fresh_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.split()[-2:] == ["1", "2"]
+
+
+def test_model_dir_that_is_a_file_is_a_clear_error(tmp_path, tiny_data):
+    blocker = tmp_path / "run"
+    blocker.write_text("not a folder")
+    with pytest.raises(training.ConfigError, match="is a file, not a directory"):
+        training.train(tiny_config(blocker, tiny_data))
+    assert blocker.read_text() == "not a folder"
+
+
+def test_truncated_final_model_is_rebuilt_and_warnings_say_why(tmp_path, tiny_data, capsys):
+    # Patches of 64 px on 48x64 images: every training and validation image is padded; 6
+    # example images asked for, but the validation set gives only 2 patches.
+    config = tiny_config(tmp_path / "run", tiny_data, patch_size=64, num_images=6,
+                         steps_per_epoch=2)
+    result = training.train(config)
+    err = capsys.readouterr().err
+    assert "6 of 6 training images" in err and "smaller than --patch_size=64" in err
+    assert "2 of 2 validation images" in err
+    assert "TensorBoard shows 2 example image(s), not --num_images=6" in err
+    assert err.count("training images") == 1
+    final = tmp_path / "run" / "final.keras"
+    assert not [n for n in os.listdir(tmp_path / "run") if "partial" in n]
+    assert not (tmp_path / "run" / "backup").exists()
+    expected = final_weights(tmp_path / "run")
+
+    data = final.read_bytes()
+    final.write_bytes(data[:len(data) // 2])  # a kill of an older version during model.save
+    with pytest.raises(model_lib.ModelLoadError, match="corrupt or truncated") as error:
+        model_lib.load_model(str(final))
+    assert "not found" not in str(error.value).lower() and str(final) in str(error.value)
+    # The model_dir still loads: from its last checkpoint.
+    fallback = model_lib.load_model(str(tmp_path / "run"))
+    np.testing.assert_array_equal(fallback.get_layer("head_conv").kernel.numpy(),
+                                  expected["head_conv/kernel"])
+    # The same command finishes the run again instead of refusing it as finished.
+    again = training.train(config)
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert again.final_model_path == str(final)
+    rebuilt = final_weights(tmp_path / "run")
+    for path, value in expected.items():
+        np.testing.assert_array_equal(rebuilt[path], value, err_msg=path)
+    with pytest.raises(training.ConfigError, match="finished run"):
+        training.train(config)
+    assert result.last_epoch == 1
