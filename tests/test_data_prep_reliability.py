@@ -182,8 +182,9 @@ def test_sigkill_leaves_no_process_and_no_staging_folder(tmp_path):
             break
         time.sleep(0.05)
     assert run.poll() is None and len(workers) >= 2, "the build ended before its workers started"
-    time.sleep(0.5)  # mid-decode
+    time.sleep(0.2)  # mid-decode
     workers = _children(run.pid)
+    assert run.poll() is None, "the build ended before the kill: use a larger fixture"
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=30)
     run.stdout.close()  # orphans would hold these pipes open: do not wait for their end
