@@ -312,6 +312,8 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
     else:
         array, pil_format = _decode_pillow(path, max_pixels)
         fmt = pil_format or fmt
+    if array.size == 0:  # min()/max() below raise ValueError on it (benchmarks/fuzz_decoders)
+        raise DecodeError("image has zero width or height", "corrupt")
     if array.dtype not in (np.uint8, np.uint16):
         if array.dtype.kind in "ui" and array.min() >= 0 and array.max() <= 65535:
             array = array.astype(np.uint16)
