@@ -62,13 +62,15 @@ def _model_method(output_dir):
     return methods[0] if methods else None
 
 
-def read_per_image(path, method=None):
+def read_per_image(path, method=None, gain=1.0):
     """Per-image metrics of one method from a tools/evaluate output.
 
     Args:
       path: an evaluation output folder (holding per_image.csv) or a per_image.csv file.
       method: the row label to read; default the first model row of the folder's summary.json
         (the model itself, not its "+ calibrated exposure" row or a baseline).
+      gain: the input gain of an exposure sweep (`tools/evaluate --input_gains`) to read; files
+        written before the sweep existed have no gain column and count as gain 1.
 
     Returns:
       (method, {(dataset, image id): {metric: float}}) for the metrics in METRICS.
@@ -91,14 +93,15 @@ def read_per_image(path, method=None):
                     methods.append(line["method"])
                 if method is None:
                     method = line["method"]  # no summary.json: the file's first method
-                if line["method"] == method:
+                if line["method"] == method and float(line.get("gain") or 1.0) == gain:
                     values[(line["dataset"], line["id"])] = {
                         name: float(line[name]) for name in METRICS}
     except (OSError, KeyError, ValueError) as error:
         raise ComparisonError(f"{csv_path} is not a per_image.csv of tools/evaluate: "
                               f"{error!r}") from error
     if not values:
-        raise ComparisonError(f"{csv_path} has no rows of method {method!r}; it has: "
+        raise ComparisonError(f"{csv_path} has no rows of method {method!r} at input gain "
+                              f"{gain:g}; it has: "
                               + ", ".join(repr(m) for m in methods))
     return method, values
 

@@ -19,7 +19,7 @@ from lowlight_tf import reproduce
 DEMO_SETTINGS = dict(
     simulation="eliei_rgb_tone", base_filters=16, depth=4, patch_size=128, batch_size=8,
     pretrain_epochs=30, pretrain_steps=50, pretrain_learning_rate=1e-3, warmup_steps=100,
-    validation_steps=2, save_images=2,
+    validation_steps=2, save_images=2, input_gains="0.5,1,2,4",
     stages="prepare,calibrate,simulated_test,eval_shipped,pretrain,eval_pretrain,report")
 
 

@@ -110,6 +110,7 @@ class ReproduceConfig:
     ssim_weight: float = 0.0
     validation_steps: int = 4
     eval_tile: int = 0
+    input_gains: str = "1"             # exposure sweep of every evaluation, e.g. "0.5,1,2,4"
     save_images: int = 4
     max_eval_images: int = 0
     stages: str = ",".join(STAGES)
@@ -420,8 +421,10 @@ def _shipped_model_path(run):
 
 
 def _model_row(evaluated):
-    """The model's own row of an _evaluate result (not a baseline or calibrated-exposure row)."""
-    return next(r for r in evaluated["rows"] if r["kind"] == "model")
+    """The model's own row of an _evaluate result at input gain 1 (not a baseline, a
+    calibrated-exposure row or another gain of an exposure sweep)."""
+    return next(r for r in evaluated["rows"]
+                if r["kind"] == "model" and r.get("gain", 1.0) == 1.0)
 
 
 def _evaluate(run, name, model_path, datasets, label, exposure_curves=None):
@@ -431,6 +434,7 @@ def _evaluate(run, name, model_path, datasets, label, exposure_curves=None):
         model_path, datasets, os.path.join(run.evals, name), tile=config.eval_tile or None,
         save_images=config.save_images, model_label=label,
         max_images=config.max_eval_images or None, exposure_curves=exposure_curves,
+        input_gains=config.input_gains.split(","),
         progress=lambda line: _say(run.progress, "  " + line))
     return {"rows": rows, "output_dir": os.path.join(run.evals, name)}
 
@@ -710,8 +714,8 @@ def format_table(rows, with_paper=True):
     from lowlight_tf import evaluation
     lines = [evaluation.format_table(rows)]
     if with_paper:
-        lines += [f"| {method} | {dataset} | {images} | {epochs} | {psnr:.2f} | n/a | n/a |"
-                  for method, dataset, images, epochs, psnr in PAPER_ROWS]
+        lines += [f"| {method} | {dataset} | {images} | {epochs} | {psnr:.2f} | n/a | n/a | 1 "
+                  "| n/a |" for method, dataset, images, epochs, psnr in PAPER_ROWS]
     return "\n".join(lines)
 
 

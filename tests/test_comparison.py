@@ -119,3 +119,19 @@ def test_compare_cli(tmp_path):
     assert missing.returncode == 2 and "nowhere" in missing.stderr
     assert _compare(a).returncode == 2
     assert _compare(a, b, "--metrics=mae").returncode == 2
+
+
+def test_read_per_image_takes_one_gain_of_an_exposure_sweep(tmp_path):
+    # An exposure sweep writes one row per (image, gain); each gain must be read on its own,
+    # never one gain's row silently replacing another's.
+    path = tmp_path / "per_image.csv"
+    path.write_text("dataset,id,method,gain,psnr,psnr_gt_mean,ssim\n"
+                    "d:test,1.png,m,0.5,10.0,11.0,0.1\n"
+                    "d:test,1.png,m,1,20.0,21.0,0.2\n"
+                    "d:test,1.png,m,2,30.0,31.0,0.3\n")
+    _, at_one = comparison.read_per_image(str(path), method="m")
+    assert at_one[("d:test", "1.png")]["psnr"] == 20.0
+    _, at_two = comparison.read_per_image(str(path), method="m", gain=2.0)
+    assert at_two[("d:test", "1.png")]["psnr"] == 30.0
+    with pytest.raises(comparison.ComparisonError, match="gain 4"):
+        comparison.read_per_image(str(path), method="m", gain=4.0)
