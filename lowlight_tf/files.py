@@ -27,6 +27,19 @@ class OutputIsInputError(ValueError):
     """An output path that is one of the run's inputs (refused even with --overwrite)."""
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(temporary, path):
+    """Give the finished temporary file ordinary permissions, then rename it over `path`."""
+    # mkstemp creates 0600 files; a report or photo should get what open() would have given.
+    os.chmod(temporary, 0o666 & ~_umask())
+    os.replace(temporary, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="w", encoding="utf-8"):
     """Open a temporary file beside `path`; on success it replaces `path` in one step.
@@ -48,7 +61,7 @@ def atomic_write(path, mode="w", encoding="utf-8"):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temporary, path)
+        _publish(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)
@@ -85,7 +98,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield temporary
-        os.replace(temporary, path)
+        _publish(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)

@@ -48,3 +48,15 @@ def test_output_guard_refuses_existing_and_inputs(tmp_path):
     assert overwriting.claim(str(user_file)) == str(user_file)
     with pytest.raises(files.OutputIsInputError):
         overwriting.claim(str(source))
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        files.write_text(str(tmp_path / "a.txt"), "x")
+        with files.atomic_path(str(tmp_path / "b.png")) as temporary:
+            open(temporary, "wb").close()
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
