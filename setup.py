@@ -24,7 +24,8 @@ setuptools.setup(
                                                "data_prep.*"])
     + ["lowlight_tf._tools", "lowlight_tf._configs"],
     package_dir={"lowlight_tf._tools": "tools", "lowlight_tf._configs": "configs"},
-    package_data={"lowlight_tf": ["presets/*.json"], "lowlight_tf._tools": _tools(),
+    package_data={"lowlight_tf": ["presets/*.json", "pretrained/*.keras", "pretrained/*.md"],
+                  "lowlight_tf._tools": _tools(),
                   "lowlight_tf._configs": ["*.flags"]},
     entry_points={"console_scripts": [
         f"lowlight-{tool.replace('_', '-')} = lowlight_tf.cli:{tool}" for tool in _tools()]},
