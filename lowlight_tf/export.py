@@ -70,7 +70,10 @@ def default_model_path():
     if importlib.util.find_spec(PRETRAINED_MODULE) is None:
         raise ExportError("No shipped model in this install; pass --model (a .keras file or a "
                           "tools/train model_dir).")
-    path = importlib.import_module(PRETRAINED_MODULE).model_path()
+    try:
+        path = importlib.import_module(PRETRAINED_MODULE).model_path()
+    except FileNotFoundError as e:  # the module is there, its model file is not
+        raise ExportError(str(e)) from e
     if not os.path.exists(path):
         raise ExportError(f"The shipped model {path} is missing from this install; reinstall "
                           "lowlight_tf or pass --model.")
