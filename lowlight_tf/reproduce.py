@@ -586,12 +586,12 @@ def run_reproduce(config, progress=print):
 
 
 def _table_rows(results):
-    """Model rows in stage order, then each dataset's baselines once."""
+    """Model rows in stage order, then each dataset's baselines once per input gain."""
     rows, baselines, seen = [], [], set()
     for name in [k for k in results if "rows" in results[k]]:
         for row in results[name]["rows"]:
             if row.get("kind") == "baseline":
-                key = (row["method"], row["dataset"])
+                key = (row["method"], row["dataset"], row.get("gain", 1.0))
                 if key not in seen:
                     seen.add(key)
                     baselines.append(row)
