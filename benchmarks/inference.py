@@ -94,7 +94,8 @@ def _child_tf(mode):
                 start = time.perf_counter()
                 output = inference.enhance_file(model, path, tmp, tile=tile,
                                                 overlap=_OVERLAP.value,
-                                                exposure_curve=exposure_curve)
+                                                exposure_curve=exposure_curve,
+                                                overwrite=True)  # each repeat rewrites it
                 seconds.append(time.perf_counter() - start)
             from PIL import Image
             with Image.open(output) as im:

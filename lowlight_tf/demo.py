@@ -66,7 +66,9 @@ def run_demo(output_dir="demo_output", progress=print, enhance_images=3, **overr
     inputs = _write_dark_inputs(simulated, os.path.join(work_dir, "dark_inputs"), enhance_images)
     model = _enhancing_model(work_dir, progress)
     enhanced_dir = os.path.join(work_dir, "enhanced")
-    summary = inference.enhance_paths(model, inputs, enhanced_dir, progress=progress)
+    # The demo's own folder: a second run replaces what the first one wrote.
+    summary = inference.enhance_paths(model, inputs, enhanced_dir, progress=progress,
+                                      overwrite=True)
     progress(inference.format_summary(summary, enhanced_dir))
     panels = ", ".join(report["panels"])
     progress(f"\nDemo finished. Table: {os.path.join(work_dir, 'report.md')}\n"
