@@ -54,18 +54,11 @@ def atomic_write(path, mode="w", encoding="utf-8"):
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}.")
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": encoding} if mode == "w" else {})) as f:
+    with atomic_path(path) as temporary:
+        with open(temporary, mode, **({"encoding": encoding} if mode == "w" else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _publish(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
 
 
 def write_text(path, text):
