@@ -132,6 +132,9 @@ def test_a_built_wheel_installs_tools_flagfiles_and_commands(tmp_path):
     shipped = sorted(os.listdir(target / "lowlight_tf" / "_configs"))
     assert shipped == sorted(os.listdir(os.path.join(ROOT, "configs")))
     assert sorted(os.listdir(target / "bin")) == sorted(cli.command_name(t) for t in TOOLS)
+    # The shipped pretrained model and its card are package data of a non-editable install.
+    assert sorted(os.listdir(target / "lowlight_tf" / "pretrained")) == sorted(
+        os.listdir(os.path.join(ROOT, "lowlight_tf", "pretrained")))
 
     # The installed copy, not this checkout: PYTHONPATH comes before the editable install's hook.
     env = dict(os.environ, PYTHONPATH=str(target))
