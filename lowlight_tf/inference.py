@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowlight_tf import files
+from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
 from lowlight_tf import progress as progress_lib
 
@@ -538,8 +539,6 @@ BRIGHTNESS_AUTO = "auto"
 WELL_EXPOSED_MEAN = 0.25
 # ... by more than this factor: a photo that is already well exposed stays about as it is.
 AUTO_MAX_GAIN = 1.15
-# 8-bit value from which a pixel channel counts as a clipped highlight.
-CLIPPED_LEVEL = 254
 
 
 @dataclasses.dataclass(frozen=True)
@@ -699,7 +698,7 @@ def no_reference_stats(image):
       the fraction of pixels with any channel >= 254 after rounding to 8 bits).
     """
     clipped, pixels = 0, 0
-    threshold = (CLIPPED_LEVEL - 0.5) / 255.0  # rounds to >= 254 in 8 bits
+    threshold = (metrics.CLIPPED_LEVEL - 0.5) / 255.0  # rounds to >= 254 in 8 bits
     for begin in range(0, image.shape[0], 256):
         band = np.asarray(image[begin:begin + 256], np.float32)
         clipped += int(np.count_nonzero(np.any(band >= threshold, axis=-1)))
