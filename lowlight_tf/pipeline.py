@@ -38,6 +38,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from lowlight_tf import dim_exposure
 from lowlight_tf import simulation as simulation_lib
 
 DEFAULT_SHUFFLE_BUFFER = 256
@@ -51,6 +52,7 @@ _STREAM_SIMULATION = 2
 _STREAM_VALIDATION_CROP = 3
 _STREAM_VALIDATION_SIMULATION = 4
 _STREAM_SELECTION = 5
+_STREAM_DIM = 6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,19 +250,22 @@ def _decode_codes(codes):
     return tf.cast(codes, tf.float32) / _CODE_SCALE
 
 
-def _to_pair(patches, paired, preset, steps, seed):
+def _to_pair(patches, paired, preset, steps, seed, dim_fraction=0.0, dim_seed=None):
     """Split or simulate, then scale: returns (dark, bright) float32 [..., P, P, 3] in [0, 1].
 
     Args:
         patches: float32 [B, P, P, 6] (pairs: dark, bright) or [B, P, P, 3] (bright) in [0, 255].
         seed: int64 [2] stateless seed of this batch (simulation only): parameters are sampled
             per patch and the Poisson noise drawn from it.
+        dim_fraction, dim_seed: simulation only; `dim_exposure.mix_dim` replaces this fraction
+            of the simulated patches by dim ones, drawn from `dim_seed`.
     """
     if paired:
         dark, bright = patches[..., :3], patches[..., 3:]
     else:
         bright = patches
         dark, _ = preset.simulate(bright, seed=seed, steps=steps)  # per-patch parameters
+        dark = dim_exposure.mix_dim(dark, bright, dim_fraction, seed=dim_seed)
         dark = tf.ensure_shape(dark, bright.shape)
     return dark / 255.0, bright / 255.0
 
@@ -277,7 +282,7 @@ def _check_not_empty(dataset, what):
 
 def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=None,
                   simulation_steps=simulation_lib.STEPS, train_fraction=1.0, cache=True,
-                  shuffle_buffer=DEFAULT_SHUFFLE_BUFFER):
+                  shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, dim_fraction=0.0):
     """Build the infinite training pipeline of random aligned patches (paper §3.2).
 
     Args:
@@ -294,6 +299,8 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
             with the same seed.
         cache: cache the decoded images in memory (uint16, 2 bytes per value).
         shuffle_buffer: images in the shuffle buffer.
+        dim_fraction: in [0, 1], bright-only data only: the fraction of simulated dark patches
+            replaced by clean dim ones (`dim_exposure.mix_dim`, beyond the paper).
 
     Returns:
         Infinite tf.data.Dataset of (dark, bright), both float32
@@ -312,6 +319,9 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
     preset = _resolve_simulation(simulation)
     paired = _check_source(source, preset)
     what = "pairs" if paired else "images"
+    if not 0.0 <= dim_fraction <= 1.0 or (dim_fraction and paired):
+        raise ValueError(f"dim_fraction must be in [0, 1] and needs simulated (bright-only) "
+                         f"data; got {dim_fraction} for {what}.")
 
     dataset = select_fraction(source, train_fraction, seed=seed, what=what)
     if train_fraction == 1.0:
@@ -329,14 +339,17 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
         num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     simulation_seed = _stream_seed(seed, _STREAM_SIMULATION)
+    dim_seed = _stream_seed(seed, _STREAM_DIM)
     dataset = dataset.enumerate().map(
         lambda index, codes: _to_pair(
             _decode_codes(codes), paired, preset, simulation_steps,
-            tf.random.experimental.stateless_fold_in(simulation_seed, index)),
+            tf.random.experimental.stateless_fold_in(simulation_seed, index), float(dim_fraction),
+            tf.random.experimental.stateless_fold_in(dim_seed, index)),
         num_parallel_calls=tf.data.AUTOTUNE)
     logging.info("training pipeline: %s, %dx%d patches, batch %d, seed %d, %s", what,
                  patch_size, patch_size, batch_size, seed,
-                 f"simulation {preset.name} steps {'+'.join(simulation_steps)}" if preset
+                 f"simulation {preset.name} steps {'+'.join(simulation_steps)}"
+                 f"{f', dim fraction {dim_fraction:g}' if dim_fraction else ''}" if preset
                  else "stored dark images")
     return dataset.prefetch(tf.data.AUTOTUNE)
 

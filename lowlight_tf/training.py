@@ -90,6 +90,7 @@ class TrainConfig:
     depth: int | None = None
     exposure_normalization: float | None = None
     train_fraction: float = 1.0
+    dim_fraction: float = 0.0
     seed: int = 0
     strategy: str = "mirrored"
     jit_compile: bool = False
@@ -176,6 +177,8 @@ def resolve_config(config):
     if not 0 < c.train_fraction <= 1:
         raise ConfigError(f"--train_fraction={c.train_fraction} must be in (0, 1] (paper: 0.1 "
                           "for transfer).")
+    if not 0 <= c.dim_fraction <= 1:
+        raise ConfigError(f"--dim_fraction={c.dim_fraction} must be in [0, 1].")
 
     if c.deterministic and c.strategy != "default":
         # Measured on CPU: MirroredStrategy runs with the same seed and deterministic ops still
@@ -395,7 +398,8 @@ def make_datasets(config):
         train_ds = pipeline.train_dataset(
             source, patch_size=config.patch_size, batch_size=config.batch_size,
             seed=config.seed, simulation=preset if kind == "images" else None,
-            simulation_steps=steps, train_fraction=config.train_fraction)
+            simulation_steps=steps, train_fraction=config.train_fraction,
+            dim_fraction=config.dim_fraction if kind == "images" else 0.0)
     except ValueError as e:
         raise ConfigError(f"--train_data={train_spec}: {e}") from e
     simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
