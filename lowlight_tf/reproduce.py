@@ -42,6 +42,10 @@ import time
 
 import numpy as np
 
+from lowlight_tf import simulation
+from lowlight_tf.reproduce_config import STAGES, ReproduceConfig
+from lowlight_tf.train_config import TrainConfig
+
 # Table 1 of the paper, for context only (their data: RAISE 6k and SID Sony; not comparable).
 PAPER_ROWS = (
     ("Paper: ours (simulated)", "RAISE 6k (simulated)", "6000", "100 / -", 15.73),
@@ -50,70 +54,15 @@ PAPER_ROWS = (
     ("Paper: SID model (Chen et al.)", "SID", "2000", "4000 / -", 28.88),
 )
 
-STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "eval_shipped", "pretrain",
-          "eval_pretrain",
-          "transfer_target", "calibrate_device", "pretrain_device", "transfer_device",
-          "finetune_all_device", "scratch_device", "full_device", "device_subsets", "report")
-
-
 class ReproduceError(ValueError):
     """A configuration or input problem; the message says what to do."""
 
 
 def _no_exposure_curve(preset):
     return ReproduceError(f"--calibrated_exposure needs the target camera's exposure curve, which "
-                          f"the preset {preset} lacks; use --simulation=joint or paper "
+                          f"the preset {preset} lacks; use --calibration=joint or paper "
                           "(calibrated on the target pairs) or a preset written by "
                           "tools/calibrate_simulation.")
-
-
-@dataclasses.dataclass
-class ReproduceConfig:
-    """Every tools/reproduce flag (same names); see tools/reproduce for the help texts."""
-    work_dir: str
-    bright_dir: str = ""               # comma-separated folders; "" = the bundled sample photos
-    bright_splits: str = "train:0.8,val:0.1,test:0.1"
-    max_side: int = 0
-    target_pairs: str = ""             # the ordinary camera: zero-shot and same-camera transfer
-    target_calib_ids: str = ""         # e.g. "4-5,29-30,38,294-295,317"
-    device_pairs: str = ""             # "another device": the paper's 10% transfer protocol
-    device_splits: str = "train:0.7,test:0.3"
-    device_calibration: bool = False   # calibrate on the device's transfer pairs, pretrain again
-    simulation: str = "joint"          # joint | paper (fit on the target calib pairs) or a preset
-    simulation_steps: str = "bl,cd,pn,gc"
-    tone_curve: bool = False           # also fit the camera tone curve (calibration.fit_tone_curve)
-    exposure_spread: float = 1.0       # scale of the calibrated exposure variation (1 = as fitted)
-    calibrated_exposure: bool = False  # zero-shot row with the target's calibrated brightness
-    patch_size: int = 64
-    batch_size: int = 16
-    base_filters: int = 32
-    depth: int = 4
-    exposure_normalization: float = 0.0  # 0 = the paper's model; else model.ExposureNormalization
-    seed: int = 0
-    jit_compile: bool = False
-    pretrain_epochs: int = 20
-    pretrain_steps: int = 100
-    pretrain_learning_rate: float = 1e-3
-    transfer_epochs: int = 10
-    transfer_steps: int = 50
-    transfer_learning_rate: float = 1e-4
-    transfer_blocks: str = ""          # "" = the model's last two blocks (up4, head)
-    device_fraction: float = 0.1
-    device_subsets: int = 1            # draws of the device_fraction subset (1 = the main rows)
-    scratch_epochs: int = 20
-    scratch_steps: int = 100
-    scratch_learning_rate: float = 1e-3
-    full_steps: int = 0                # steps per epoch of full supervision; 0 = scratch_steps
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 100
-    clipnorm: float = 1.0
-    ssim_weight: float = 0.0
-    validation_steps: int = 4
-    eval_tile: int = 0
-    input_gains: str = "1"             # exposure sweep of every evaluation, e.g. "0.5,1,2,4"
-    save_images: int = 4
-    max_eval_images: int = 0
-    stages: str = ",".join(STAGES)
 
 
 def _say(progress, text):
@@ -200,30 +149,32 @@ def _check_config(config):
     if config.device_subsets < 1:
         raise ReproduceError(f"--device_subsets={config.device_subsets} must be at least 1 (the "
                              "main rows' subset).")
-    fitted = config.simulation in ("joint", "paper")
-    if config.exposure_spread != 1.0 and not fitted:
-        raise ReproduceError(f"--exposure_spread scales the calibrated distribution, but "
-                             f"--simulation={config.simulation} is a fixed preset; drop one of "
-                             "the two.")
+    fitted = config.calibration != "none"
+    preset = config.train.simulation_params
+    if fitted and preset != TrainConfig().simulation_params:
+        raise ReproduceError(f"--simulation_params={preset} names a fixed preset, but "
+                             f"--calibration={config.calibration} fits one on the target's "
+                             "calibration pairs; pass --calibration=none to use the preset.")
+    for flag, value, what in (
+            ("exposure_spread", config.exposure_spread != 1.0, "scales the calibrated "
+             "distribution"),
+            ("device_calibration", config.device_calibration, "fits the simulation on the "
+             "device's pairs"),
+            ("tone_curve", config.tone_curve, "fits a tone curve during calibration")):
+        if value and not fitted:
+            raise ReproduceError(f"--{flag} {what}, but --calibration=none uses the fixed preset "
+                                 f"{preset}; choose --calibration=joint or paper, or drop "
+                                 f"--{flag}.")
     if config.calibrated_exposure and not fitted:
-        from lowlight_tf import simulation
         try:
-            has_curve = simulation.load_preset(config.simulation).exposure_curve is not None
+            has_curve = simulation.load_preset(preset).exposure_curve is not None
         except simulation.PresetError as error:
             raise ReproduceError(str(error)) from error
         if not has_curve:
-            raise _no_exposure_curve(config.simulation)
-    if config.device_calibration and not fitted:
-        raise ReproduceError(f"--device_calibration fits the simulation on the device's pairs "
-                             f"with --simulation=joint or paper, not the fixed preset "
-                             f"{config.simulation}.")
+            raise _no_exposure_curve(preset)
     if config.device_calibration and not config.device_pairs:
         raise ReproduceError("--device_calibration needs --device_pairs (the device whose "
                              "transfer pairs calibrate the simulation).")
-    if config.tone_curve and not fitted:
-        raise ReproduceError(f"--tone_curve fits a tone curve during calibration, but "
-                             f"--simulation={config.simulation} is a fixed preset (which carries "
-                             "its own curve, if any); drop one of the two.")
 
 
 def _prepare(run):
@@ -265,14 +216,14 @@ def _calibrate(run, specs):
     from lowlight_tf import calibration, simulation
     config = run.config
     params_path = os.path.join(run.work_dir, "simulation_params.json")
-    if config.simulation not in ("joint", "paper"):
-        preset = simulation.load_preset(config.simulation)
+    if config.calibration == "none":
+        preset = simulation.load_preset(config.train.simulation_params)
         simulation.save_preset(preset, params_path)
-        return {"params": params_path, "method": f"preset {config.simulation}"}
+        return {"params": params_path, "method": f"preset {config.train.simulation_params}"}
     if "target_calib" not in specs:
-        raise ReproduceError(f"--simulation={config.simulation} fits the simulation on the target "
+        raise ReproduceError(f"--calibration={config.calibration} fits the simulation on the target "
                              "camera's calibration pairs, but no --target_pairs were given; use "
-                             "--simulation=paper or the path of a preset JSON.")
+                             "--calibration=none with a preset (--simulation_params).")
     fit = calibration.load_pairs(specs["target_calib"])
     holdout = calibration.load_pairs(specs["target_val"])
     return _fit_simulation(run, fit, holdout, params_path, source=specs["target_calib"])
@@ -283,18 +234,18 @@ def _fit_simulation(run, fit, holdout, params_path, *, source):
     from lowlight_tf import calibration, simulation
     config = run.config
     preset, rows = calibration.calibrate(
-        fit, method=config.simulation, holdout_pairs=holdout, tone_curve=config.tone_curve,
-        exposure_spread=config.exposure_spread, seed=config.seed, source=source,
+        fit, method=config.calibration, holdout_pairs=holdout, tone_curve=config.tone_curve,
+        exposure_spread=config.exposure_spread, seed=config.train.seed, source=source,
         progress=lambda line: _say(run.progress, "  " + line))
     simulation.save_preset(preset, params_path)
     comparison = {}
     for name in ("paper",):
         report, _ = calibration.fidelity_report(simulation.load_preset(name), holdout,
-                                                seed=config.seed)
+                                                seed=config.train.seed)
         comparison[name] = report["summary"]
     summary = calibration.summarise_fidelity(rows) if rows else {}
     _say(run.progress, calibration.format_fidelity_table(rows, title="fidelity (held-out)"))
-    method = config.simulation + (" + tone curve" if config.tone_curve else "")
+    method = config.calibration + (" + tone curve" if config.tone_curve else "")
     if config.exposure_spread != 1.0:
         method += f", exposure spread x{config.exposure_spread:g}"
     return {"params": params_path, "method": method, "fidelity": summary,
@@ -335,7 +286,7 @@ def _calibrate_device(run, specs):
     from lowlight_tf import calibration
     config = run.config
     fit = calibration.load_pairs(specs["device_train"], fraction=config.device_fraction,
-                                 seed=config.seed)
+                                 seed=config.train.seed)
     test = calibration.load_pairs(specs["device_test"])
     _say(run.progress, f"  fitting on {len(fit)} device transfer pairs: "
          + ",".join(p.id for p in fit))
@@ -350,7 +301,7 @@ def _simulated_test(run, specs, params_path):
     from data_prep import prepare
     prepare.make_tfrecords("simulated", output_dir=run.tfrecords, name="simulated_test",
                            source_data=specs["bright_test"], simulation_params=params_path,
-                           splits="test:1.0", seed=run.config.seed + 1,
+                           splits="test:1.0", seed=run.config.train.seed + 1,
                            report=lambda line: _say(run.progress, "  " + line))
     return {"spec": f"{run.tfrecords}/simulated_test:test"}
 
@@ -360,20 +311,18 @@ def _train(run, name, *, stage, train_data, val_data, epochs, steps, learning_ra
     """One tools/train stage in WORK_DIR/models/NAME; returns the final model and its curves."""
     from lowlight_tf import training
     config = run.config
-    train_config = training.TrainConfig(
-        model_dir=os.path.join(run.models, name), stage=stage, train_data=train_data,
+    shared = config.train
+    train_config = dataclasses.replace(
+        shared, model_dir=os.path.join(run.models, name), stage=stage, train_data=train_data,
         val_data=val_data or "none", init_from=init_from,
         trainable_blocks=config.transfer_blocks if stage == "transfer" else "",
-        simulation_params=params_path, simulation_steps=config.simulation_steps,
-        patch_size=config.patch_size, batch_size=config.batch_size, epochs=epochs,
-        steps_per_epoch=steps, validation_steps=config.validation_steps if val_data else 0,
-        learning_rate=learning_rate, lr_schedule=config.lr_schedule,
-        warmup_steps=config.warmup_steps, clipnorm=config.clipnorm,
-        ssim_weight=config.ssim_weight, base_filters=None if init_from else config.base_filters,
-        depth=None if init_from else config.depth,
-        exposure_normalization=None if init_from else config.exposure_normalization,
-        train_fraction=train_fraction,
-        seed=config.seed if seed is None else seed, jit_compile=config.jit_compile)
+        simulation_params=params_path, epochs=epochs, steps_per_epoch=steps,
+        validation_steps=shared.validation_steps if val_data else 0, learning_rate=learning_rate,
+        # A stage that starts from a model takes its architecture from it.
+        base_filters=None if init_from else shared.base_filters,
+        depth=None if init_from else shared.depth,
+        exposure_normalization=None if init_from else shared.exposure_normalization,
+        train_fraction=train_fraction, seed=shared.seed if seed is None else seed)
     result = training.train(train_config)
     history = {k: [float(v) for v in values] for k, values in result.history.items()}
     return {"model": result.final_model_path, "history": history, "stage": stage,
@@ -389,7 +338,7 @@ def _device_subsets(run, specs, params_path, *, transfer_args, scratch_args):
     fraction = config.device_fraction
     draws = []
     for draw in range(1, config.device_subsets):
-        seed = config.seed + draw
+        seed = config.train.seed + draw
         entry = {"draw": draw, "seed": seed, "output_dirs": {}}
         for kind, stage, args in (("transfer", "transfer", transfer_args),
                                   ("scratch", "scratch", scratch_args)):
@@ -458,9 +407,9 @@ def _check_same_settings(work_dir, config):
             previous = json.load(stream)
     except (OSError, json.JSONDecodeError) as error:
         raise ReproduceError(f"Cannot read {path} ({error}); use a new --work_dir.") from error
-    defaults = dataclasses.asdict(ReproduceConfig(work_dir=""))
+    defaults = ReproduceConfig().flat()
     changed = [f"--{name}: {previous.get(name, defaults[name])!r} -> {value!r}"
-               for name, value in dataclasses.asdict(config).items()
+               for name, value in config.flat().items()
                if name not in _RESUME_FREE and previous.get(name, defaults[name]) != value]
     if changed:
         raise ReproduceError(
@@ -480,7 +429,7 @@ def run_reproduce(config, progress=print):
     selected = set(s for s in config.stages.split(",") if s)
     _check_same_settings(run.work_dir, config)
     os.makedirs(run.work_dir, exist_ok=True)
-    _write_json(os.path.join(run.work_dir, "config.json"), dataclasses.asdict(config))
+    _write_json(os.path.join(run.work_dir, "config.json"), config.flat())
 
     specs = run.stage("prepare", lambda: _prepare(run))["specs"]
     results = {}
@@ -489,7 +438,8 @@ def run_reproduce(config, progress=print):
         results["calibrate"] = params
         params_path = params["params"]
     else:
-        params_path = config.simulation if config.simulation not in ("joint", "paper") else "paper"
+        params_path = (config.train.simulation_params if config.calibration == "none"
+                       else "paper")
     if "curve_baseline" in selected and "target_calib" in specs:
         results["curve_baseline"] = run.stage("curve_baseline",
                                               lambda: _curve_baseline(run, specs))
@@ -645,7 +595,7 @@ def _subset_summary(results, config):
     main = [results.get(f"eval_{stage}") for stage in ("transfer_device", "scratch_device")]
     if not extra or not all(main):
         return {}
-    first = {"draw": 0, "seed": config.seed,
+    first = {"draw": 0, "seed": config.train.seed,
              "output_dirs": {"transfer": main[0]["output_dir"], "scratch": main[1]["output_dir"]}}
     for kind, evaluated in zip(("transfer", "scratch"), main):
         first[kind] = _model_row(evaluated)

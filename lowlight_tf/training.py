@@ -36,14 +36,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from lowlight_tf import config as config_lib
 from lowlight_tf import files
 from lowlight_tf import model as model_lib
+from lowlight_tf.config import parse_flag_lines
+from lowlight_tf.train_config import (LR_SCHEDULES, NO_VALIDATION, SAMPLE, STAGES, STRATEGIES,
+                                      TrainConfig)
 
-STAGES = ("pretrain", "transfer", "finetune_all", "scratch")
-STRATEGIES = ("mirrored", "multi_worker", "default")
-LR_SCHEDULES = ("constant", "cosine")
-SAMPLE = "sample"  # --train_data value selecting the embedded sample photos
-NO_VALIDATION = "none"
 FLAGS_NAME = "flags.txt"
 BACKUP_DIR = "backup"
 # Flags that may change when a run is resumed in the same model_dir (training longer).
@@ -59,62 +58,6 @@ class TrainingDivergedError(RuntimeError):
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Every tools/train flag (same names); see tools/train for the full help texts.
-
-    `base_filters`/`depth` None mean "the --init_from model's, else 32/4"; `trainable_blocks`
-    "" means the stage's default; `val_data` "" means the train data's `val` split and "none"
-    disables validation; `train_data` "sample" (or "") uses the embedded sample photos built
-    under `sample_root` ("" = `<model_dir>/../sample_data`).
-    """
-    model_dir: str
-    stage: str = "pretrain"
-    train_data: str = SAMPLE
-    val_data: str = ""
-    sample_root: str = ""
-    init_from: str = ""
-    trainable_blocks: str = ""
-    simulation_params: str = "paper"
-    simulation_steps: str = "bl,cd,pn,gc"
-    patch_size: int = 64
-    batch_size: int = 16
-    epochs: int = 100
-    steps_per_epoch: int = 100
-    validation_steps: int = 0
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    clipnorm: float = 0.0
-    ssim_weight: float = 0.0
-    base_filters: int | None = None
-    depth: int | None = None
-    exposure_normalization: float | None = None
-    train_fraction: float = 1.0
-    dim_fraction: float = 0.0
-    seed: int = 0
-    strategy: str = "mirrored"
-    jit_compile: bool = False
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    deterministic: bool = False
-    num_images: int = 4
-    verbose: int = 2
-
-    def to_flags(self):
-        """Returns the configuration as flagfile lines `--name=value` (booleans as --[no]name)."""
-        lines = []
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                lines.append(f"--{'' if value else 'no'}{field.name}")
-            else:
-                lines.append(f"--{field.name}={value}")
-        return lines
-
-
-@dataclasses.dataclass
 class TrainResult:
     """What `train` produced: the final .keras path, the Keras history, the last finished epoch."""
     final_model_path: str
@@ -122,21 +65,6 @@ class TrainResult:
     last_epoch: int
     initial_epoch: int
     model_dir: str
-
-
-def parse_flag_lines(lines):
-    """Reads `--name=value` / `--[no]name` lines written by `TrainConfig.to_flags` into a dict."""
-    values = {}
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("--"):
-            continue
-        name, sep, value = line[2:].partition("=")
-        if not sep:
-            value = "False" if name.startswith("no") else "True"
-            name = name[2:] if name.startswith("no") else name
-        values[name] = value
-    return values
 
 
 def _resolve_split(spec, split):
@@ -641,8 +569,10 @@ def _check_model_dir(config):
                                   "choose a new --model_dir (nothing was overwritten).")
         return False
     with open(flags_path, encoding="utf-8") as f:
-        previous = parse_flag_lines(f)
-    current = parse_flag_lines(config.to_flags())
+        # An option added after the run was made is absent from its file: it had the default.
+        previous = {**parse_flag_lines(config_lib.to_flag_lines(TrainConfig())),
+                    **parse_flag_lines(f)}
+    current = parse_flag_lines(config_lib.to_flag_lines(config))
     changed = sorted(k for k in set(previous) | set(current)
                      if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k))
     if changed:
@@ -816,7 +746,7 @@ def train(config, strategy=None, extra_callbacks=()):
     os.makedirs(out_dir, exist_ok=True)
     files.write_text(os.path.join(out_dir, FLAGS_NAME),
                      "# Effective flags of this run; replay with tools/train --flagfile=THIS_FILE\n"
-                     + "\n".join(config.to_flags()) + "\n")
+                     + "\n".join(config_lib.to_flag_lines(config)) + "\n")
     files.write_text(os.path.join(out_dir, model_lib.ARCHITECTURE_NAME),
                      json.dumps(model_lib.architecture(model)) + "\n")
     if finish_from:

@@ -76,7 +76,9 @@ def test_an_existing_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
     (tmp_path / "smoke").write_text("--seed=7\n")
     assert cli.resolve_flagfile("smoke") == "smoke"
     assert cli.expand_flagfiles(["tool", "--flagfile=smoke"]) == ["tool", "--seed=7"]
-    assert cli.expand_flagfiles(["tool", "--flagfile=smoke.flags"])[1] == "--stage=pretrain"
+    with open(os.path.join(ROOT, "configs", "smoke.flags"), encoding="utf-8") as f:
+        first = next(line.strip() for line in f if line.startswith("--"))
+    assert cli.expand_flagfiles(["tool", "--flagfile=smoke.flags"])[1] == first
 
 
 def test_an_unknown_name_or_missing_path_says_what_exists(tmp_path):
@@ -108,3 +110,74 @@ def test_a_nested_name_expands_in_place():
     base = cli.expand_flagfiles(["tool", "--flagfile=reproduce_eliei"])[1:]
     assert lines[1:1 + len(base)] == base  # the nested file first: the lines after it win
     assert lines[1 + len(base)] == "--notone_curve" and lines[-1] == "--seed=3"
+
+
+# Loads a tool's flag definitions and prints {name: [default, help]} of the flags it added.
+DEFINED = """
+import json, runpy, sys
+from absl import flags
+before = set(flags.FLAGS)
+runpy.run_path(sys.argv[1], run_name="parse_only")
+print(json.dumps({name: [flags.FLAGS[name].default, flags.FLAGS[name].help]
+                  for name in set(flags.FLAGS) - before
+                  if flags.FLAGS.find_module_defining_flag(name, "") in (
+                      "lowlight_tf.config", sys.argv[1])}))
+"""
+
+
+def _options(tool):
+    """{name: dataclass field} of every option the tool's flags must be generated from."""
+    from lowlight_tf import config as config_lib
+    from lowlight_tf import reproduce_config, train_config
+    classes = {"train": [(train_config.TrainConfig, None)],
+               "reproduce": [(reproduce_config.ReproduceConfig, None),
+                             (train_config.TrainConfig, reproduce_config.TRAIN_OPTIONS)]}[tool]
+    return {f.name: f for cls, names in classes for f in config_lib.fields(cls, names)}
+
+
+@pytest.mark.parametrize("tool", ["reproduce", "train"])
+def test_every_flag_is_generated_from_its_dataclass_with_its_default(tool):
+    """The tool defines exactly the dataclass options as flags, with their defaults and help."""
+    import json
+    done = subprocess.run([sys.executable, "-c", DEFINED, os.path.join(ROOT, "tools", tool)],
+                          capture_output=True, text=True, check=True)
+    defined = json.loads(done.stdout.strip().splitlines()[-1])
+    options = _options(tool)
+    assert set(defined) == set(options)
+    for name, field in options.items():
+        required = name in ("model_dir", "work_dir")
+        default, help_text = defined[name]
+        assert default == (None if required else field.default), name
+        assert help_text.endswith(field.metadata["help"]), name  # enums prefix <a|b|c>: 
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=NAMES)
+def test_flagfiles_list_only_what_differs_from_the_defaults(path):
+    """No line restates a default (or, after --flagfile=BASE, the value BASE already sets)."""
+    from lowlight_tf import config as config_lib
+    options = _options(_tool_of(path))
+    inherited = {name: None if f.default is None else str(f.default)
+                 for name, f in options.items()}
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.startswith("--")]
+    for line in lines:
+        if line.startswith("--flagfile="):
+            with open(cli.resolve_flagfile(line[len("--flagfile="):]),
+                      encoding="utf-8") as base:
+                inherited.update(config_lib.parse_flag_lines(base))
+    restated = []
+    for line in lines:
+        if line.startswith("--flagfile="):
+            continue
+        (name, value), = config_lib.parse_flag_lines([line]).items()
+        before = inherited[name]
+        if before is not None and (before == value or _same_number(before, value)):
+            restated.append(line)
+    assert not restated, f"{os.path.basename(path)} restates defaults: {restated}"
+
+
+def _same_number(a, b):
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False

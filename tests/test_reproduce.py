@@ -54,11 +54,11 @@ def inputs(tmp_path_factory):
 
 def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_path):
     lines = []
-    config = reproduce.ReproduceConfig(
+    config = reproduce.ReproduceConfig.create(
         work_dir=str(tmp_path / "run"), bright_dir=str(inputs / "bright"),
         bright_splits="train:0.5,val:0.25,test:0.25", target_pairs=str(inputs / "target"),
         target_calib_ids="1-3", device_pairs=str(inputs / "device"),
-        device_splits="train:0.5,test:0.5", device_fraction=0.5, simulation="paper",
+        device_splits="train:0.5,test:0.5", device_fraction=0.5, calibration="paper",
         tone_curve=True, exposure_spread=0.5, device_calibration=True, calibrated_exposure=True,
         device_subsets=2, full_steps=3, **TINY)
     report = reproduce.run_reproduce(config, progress=lines.append)
@@ -69,7 +69,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     # The device simulation is fitted on exactly the pairs the device transfer trains on.
     device_params = json.loads((tmp_path / "run" / "simulation_params_device.json").read_text())
     device_train = data.load_spec(report["datasets"]["device_train"])
-    kept = pipeline.select_fraction(device_train, 0.5, seed=config.seed)
+    kept = pipeline.select_fraction(device_train, 0.5, seed=config.train.seed)
     kept_ids = sorted(e["id"].decode() for e in kept.as_numpy_iterator())
     assert sorted(device_params["provenance"]["fit_ids"]) == kept_ids
     assert 0 < len(kept_ids) < sum(1 for _ in device_train)
@@ -156,51 +156,52 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
 
 def test_bad_configuration_says_what_to_do(inputs, tmp_path):
     with pytest.raises(reproduce.ReproduceError, match="--device_subsets=0"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "s"), device_subsets=0), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="target_calib_ids"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path), target_pairs=str(inputs / "target")), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="is not a folder"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path), bright_dir=str(tmp_path / "missing")), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="no --target_pairs"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
-            work_dir=str(tmp_path / "w"), bright_dir=str(inputs / "bright"), simulation="joint",
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "w"), bright_dir=str(inputs / "bright"), calibration="joint",
             bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="--tone_curve.*fixed preset"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "t"), bright_dir=str(inputs / "bright"),
-            simulation="paper.json", tone_curve=True,
+            calibration="none", simulation_params="paper.json", tone_curve=True,
             bright_splits="train:0.5,val:0.25,test:0.25"), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="--device_calibration.*fixed preset"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
-            work_dir=str(tmp_path / "d"), simulation="paper.json", device_calibration=True,
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "d"), calibration="none", simulation_params="paper.json", device_calibration=True,
             device_pairs=str(inputs / "device")), progress=None)
     with pytest.raises(reproduce.ReproduceError, match="--device_calibration needs --device_pairs"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "e"), device_calibration=True), progress=None)
     authors = tmp_path / "authors.json"  # a fixed preset without an exposure curve
     simulation.save_preset(simulation.load_preset("paper"), str(authors))
     with pytest.raises(reproduce.ReproduceError, match="--calibrated_exposure.*lacks"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
-            work_dir=str(tmp_path / "g"), simulation=str(authors), calibrated_exposure=True),
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "g"), calibration="none", simulation_params=str(authors), calibrated_exposure=True),
             progress=None)
     assert not (tmp_path / "g").exists()  # refused before any work
     with pytest.raises(reproduce.ReproduceError, match="--exposure_spread.*fixed preset"):
-        reproduce.run_reproduce(reproduce.ReproduceConfig(
-            work_dir=str(tmp_path / "f"), simulation="paper.json", exposure_spread=0.5),
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "f"), calibration="none", simulation_params="paper.json", exposure_spread=0.5),
             progress=None)
 
 
 def test_resuming_with_other_settings_is_refused_before_any_work(inputs, tmp_path):
-    old = reproduce.ReproduceConfig(work_dir=str(tmp_path / "run"),
+    old = reproduce.ReproduceConfig.create(work_dir=str(tmp_path / "run"),
                                     bright_dir=str(inputs / "bright"))
     (tmp_path / "run").mkdir()
-    settings = dataclasses.asdict(old)
+    settings = old.flat()
     del settings["ssim_weight"]  # a config.json from before that flag existed
     (tmp_path / "run" / "config.json").write_text(json.dumps(settings))
-    changed = dataclasses.replace(old, patch_size=128, ssim_weight=0.5, stages="prepare")
+    changed = reproduce.ReproduceConfig.create(
+        **dict(settings, patch_size=128, ssim_weight=0.5, stages="prepare"))
     with pytest.raises(reproduce.ReproduceError, match=r"--patch_size: 64 -> 128.*--ssim_weight"):
         reproduce.run_reproduce(changed, progress=None)
     assert sorted(os.listdir(tmp_path / "run")) == ["config.json"]  # nothing was built
