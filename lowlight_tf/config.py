@@ -93,6 +93,23 @@ def from_flags(cls, *, names=None, flag_values=flags.FLAGS):
     return {f.name: flag_values[f.name].value for f in fields(cls, names)}
 
 
+def check_options(config):
+    """Raise ValueError naming the first option of `config` outside its bounds or choices.
+
+    The same bounds and choices as the generated flags, for configs built in code.
+    """
+    for field in fields(type(config)):
+        value, meta = getattr(config, field.name), field.metadata
+        if value is None:
+            continue
+        if meta["choices"] and value not in meta["choices"]:
+            raise ValueError(f"--{field.name}={value} is not one of {', '.join(meta['choices'])}.")
+        if meta["lower"] is not None and value < meta["lower"]:
+            raise ValueError(f"--{field.name}={value} must be at least {meta['lower']}.")
+        if meta["upper"] is not None and value > meta["upper"]:
+            raise ValueError(f"--{field.name}={value} must be at most {meta['upper']}.")
+
+
 def to_flag_lines(config, names=None):
     """The options of `config` as flagfile lines `--name=value` (booleans `--[no]name`).
 

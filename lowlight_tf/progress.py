@@ -90,3 +90,8 @@ def track(iterable, total=None, desc="", unit="it", **kwargs):
             reporter.update(1)
     finally:
         reporter.close()
+
+
+def warn(message):
+    """One warning line on stderr (shown whatever a tool's verbosity says)."""
+    print(f"Warning: {message}", file=sys.stderr, flush=True)

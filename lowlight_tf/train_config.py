@@ -16,6 +16,10 @@ SAMPLE = "sample"  # --train_data value selecting the embedded sample photos
 NO_VALIDATION = "none"
 
 
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message says which value and what to do."""
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Every option of one training run (the flags of tools/train, same names).

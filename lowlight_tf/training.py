@@ -22,14 +22,11 @@ dark | prediction | bright of fixed validation patches every epoch).
 """
 import dataclasses
 import json
-import math
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import time
-import types
 
 import keras
 import numpy as np
@@ -39,19 +36,18 @@ from absl import logging
 from lowlight_tf import config as config_lib
 from lowlight_tf import files
 from lowlight_tf import model as model_lib
-from lowlight_tf.config import parse_flag_lines
-from lowlight_tf.train_config import (LR_SCHEDULES, NO_VALIDATION, SAMPLE, STAGES, STRATEGIES,
-                                      TrainConfig)
-
-FLAGS_NAME = "flags.txt"
-BACKUP_DIR = "backup"
-# Flags that may change when a run is resumed in the same model_dir (training longer).
-RESUMABLE_CHANGES = ("epochs", "verbose")
-
-
-class ConfigError(ValueError):
-    """A configuration the user must fix; the message says which value and what to do."""
-
+from lowlight_tf import progress
+from lowlight_tf import run_dir
+from lowlight_tf.run_dir import BACKUP_DIR, FLAGS_NAME
+from lowlight_tf.callbacks import EpochCheckpoint, GuardedBackup, Monitor, NanGuard
+from lowlight_tf.distribute import (is_chief, is_multi_worker, make_strategy,
+                                    patch_keras_for_multi_worker)
+from lowlight_tf.train_config import NO_VALIDATION, SAMPLE, ConfigError
+# Callers name these through this module (TODO after the refactor branches merge: import them
+# from their modules).
+from lowlight_tf.callbacks import backup_epoch  # noqa: F401
+from lowlight_tf.config import parse_flag_lines  # noqa: F401
+from lowlight_tf.train_config import TrainConfig  # noqa: F401
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the last good checkpoint."""
@@ -88,25 +84,16 @@ def resolve_config(config):
     if os.path.lexists(c.model_dir) and not os.path.isdir(c.model_dir):
         raise ConfigError(f"--model_dir={c.model_dir} is a file, not a directory; choose a new "
                           "--model_dir (a folder tools/train creates) or move that file.")
-    if c.stage not in STAGES:
-        raise ConfigError(f"--stage={c.stage} is not one of {', '.join(STAGES)}.")
-    if c.strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy={c.strategy} is not one of {', '.join(STRATEGIES)}.")
-    if c.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"--lr_schedule={c.lr_schedule} is not one of {LR_SCHEDULES}.")
-    for name in ("patch_size", "batch_size", "epochs", "steps_per_epoch"):
-        if getattr(c, name) < 1:
-            raise ConfigError(f"--{name}={getattr(c, name)} must be at least 1.")
-    for name in ("validation_steps", "warmup_steps", "num_images", "clipnorm", "ssim_weight"):
-        if getattr(c, name) < 0:
-            raise ConfigError(f"--{name}={getattr(c, name)} must not be negative.")
+    try:
+        config_lib.check_options(c)  # the bounds and choices of the options, as the flags have
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    # Exclusive bounds the options cannot express.
     if not c.learning_rate > 0:
         raise ConfigError(f"--learning_rate={c.learning_rate} must be positive (paper: 1e-3).")
-    if not 0 < c.train_fraction <= 1:
+    if not c.train_fraction > 0:
         raise ConfigError(f"--train_fraction={c.train_fraction} must be in (0, 1] (paper: 0.1 "
                           "for transfer).")
-    if not 0 <= c.dim_fraction <= 1:
-        raise ConfigError(f"--dim_fraction={c.dim_fraction} must be in [0, 1].")
 
     if c.deterministic and c.strategy != "default":
         # Measured on CPU: MirroredStrategy runs with the same seed and deterministic ops still
@@ -158,79 +145,6 @@ def resolve_config(config):
     return c
 
 
-def make_strategy(name, devices=None):
-    """Returns the tf.distribute strategy for --strategy (call before any other TF work).
-
-    Args:
-      name: "mirrored" (all visible GPUs, or the CPU when there is none, unless `devices`),
-        "multi_worker" (MultiWorkerMirroredStrategy configured by the TF_CONFIG environment
-        variable) or "default" (no distribution).
-      devices: optional device list for "mirrored", e.g. ["/cpu:0", "/cpu:1"].
-    """
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                              "(cluster and task of this worker); see the tf.distribute guide.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "default":
-        return tf.distribute.get_strategy()
-    raise ConfigError(f"--strategy={name} is not one of {', '.join(STRATEGIES)}.")
-
-
-def _is_chief(strategy):
-    """True on the one worker that writes checkpoints and logs."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (
-        task_type == "worker" and task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def _is_multi_worker(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def _patch_keras_for_multi_worker(model):
-    """Works around Keras 3's broken Model.fit under MultiWorkerMirroredStrategy.
-
-    keras-team/keras#20585 (open for Keras 3.x, still in 3.15): fit() (1) reduces the whole
-    per-replica input batch with strategy.reduce to build the model symbolically, and (2)
-    reduces the scalar metric results with strategy.reduce("MEAN", v, axis=0), both of which
-    fail across workers. The symbolic build only needs shapes, so it takes the first local
-    replica's batch; scalar results are averaged over all replicas with axis=None, which is
-    what the single-machine path computes.
-    """
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if not getattr(tf_trainer.reduce_per_replica, "_lowlight_patched", False):
-        original = tf_trainer.reduce_per_replica
-
-        def reduce_per_replica(values, strategy, reduction):
-            if reduction in ("auto", "mean") and _is_multi_worker(strategy):
-                return tf.nest.map_structure(
-                    lambda v: strategy.reduce("MEAN", v, axis=None), values)
-            return original(values, strategy, reduction)
-
-        reduce_per_replica._lowlight_patched = True
-        tf_trainer.reduce_per_replica = reduce_per_replica
-
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: self.distribute_strategy.experimental_local_results(v)[0],
-                    next(batches))
-                break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
-
-
 def learning_rate_schedule(config):
     """Returns a float or a keras LearningRateSchedule for the config (warm-up, cosine decay)."""
     total_steps = config.epochs * config.steps_per_epoch
@@ -269,8 +183,8 @@ def create_model(config, strategy):
                       metrics=[keras.metrics.MeanAbsoluteError(name="mae"),
                                metrics.PSNRMetric(), metrics.SSIMMetric()],
                       jit_compile=config.jit_compile)
-    if _is_multi_worker(strategy):
-        _patch_keras_for_multi_worker(model)
+    if is_multi_worker(strategy):
+        patch_keras_for_multi_worker(model)
     return model, trainable, frozen
 
 
@@ -358,249 +272,9 @@ def _first_batch(dataset, what):
                       "smaller than --patch_size?); use more data or a larger fraction.")
 
 
-def image_grid(dark, prediction, bright):
-    """Stacks rows dark | prediction | bright: float32 [N, H, W, 3] in [0, 1] each ->
-    float32 [1, N*H, 3*W, 3] in [0, 1]."""
-    rows = np.concatenate([dark, np.clip(prediction, 0.0, 1.0), bright], axis=2)
-    return rows.reshape(1, -1, rows.shape[2], 3)
-
-
-class _NanGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers where."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad = None
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.bad = (self.epoch + 1, batch + 1, float(loss))
-            self.model.stop_training = True
-
-
-BACKUP_METADATA = "training_metadata.json"
-
-
-def backup_epoch(backup_dir):
-    """The epoch a model_dir's backup/ holds (0 when there is none or it names no weights)."""
-    try:
-        with open(os.path.join(backup_dir, BACKUP_METADATA), encoding="utf-8") as f:
-            metadata = json.load(f)
-    except (OSError, ValueError):
-        return 0
-    weights = metadata.get("weights")
-    if weights and not os.path.isfile(os.path.join(backup_dir, weights)):
-        return 0
-    return int(metadata.get("epoch", 0))
-
-
-class _GuardedBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up a diverged model, and survives a kill at any point.
-
-    Keras writes `latest.weights.h5` and then the metadata in place, so a kill between or
-    during the two writes leaves a truncated file or weights one epoch ahead of the metadata.
-    Here each epoch's weights go to their own file `epoch_NNN.weights.h5` (written under a
-    hidden name, then renamed), and only then is the metadata, which names that file, replaced
-    atomically: the metadata always points at complete weights of the epoch it names. The
-    backup is kept after training; `train` removes it once final.keras is written.
-    """
-
-    def __init__(self, guard, **kwargs):
-        super().__init__(delete_checkpoint=False, **kwargs)
-        self.guard = guard
-        self.restored_epoch = 0
-
-    def on_train_begin(self, logs=None):
-        try:
-            self._restore()
-        except (OSError, ValueError) as e:
-            raise ConfigError(
-                f"Cannot resume from {self.backup_dir}: {e}. Delete that folder to restart the "
-                "run from its last checkpoint with --init_from, or use a new --model_dir.") from e
-        self.restored_epoch = getattr(self.model, "_initial_epoch", None) or 0
-
-    def _restore(self):
-        path = os.path.join(self.backup_dir, BACKUP_METADATA)
-        if not os.path.isfile(path):
-            return
-        with open(path, encoding="utf-8") as f:
-            metadata = json.load(f)
-        if "weights" not in metadata:  # a backup written by Keras' own callback
-            super().on_train_begin()
-            return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
-        self.model._initial_epoch = int(metadata["epoch"])
-
-    def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"epoch_{self._current_epoch:03d}.weights.h5"
-        partial = os.path.join(self.backup_dir, f".partial_{name}")  # Keras needs the ending
-        self.model.save_weights(partial, overwrite=True)
-        os.replace(partial, os.path.join(self.backup_dir, name))
-        files.write_json(os.path.join(self.backup_dir, BACKUP_METADATA),
-                         {"epoch": self._current_epoch, "batch": 0, "weights": name})
-        for old in os.listdir(self.backup_dir):
-            if old not in (name, BACKUP_METADATA) and not old.startswith(".partial_"):
-                os.remove(os.path.join(self.backup_dir, old))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.guard.bad is None:
-            super().on_epoch_end(epoch, logs)
-
-
-class _EpochCheckpoint(keras.callbacks.Callback):
-    """Writes checkpoints/epoch_NNN.weights.h5 after every finished, finite epoch."""
-
-    def __init__(self, directory, guard):
-        super().__init__()
-        self.directory = directory
-        self.guard = guard
-        self.last_path = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.guard.bad is not None:
-            return
-        os.makedirs(self.directory, exist_ok=True)
-        name = f"epoch_{epoch + 1:03d}.weights.h5"
-        path = os.path.join(self.directory, name)
-        # Written under a hidden name, then renamed: a kill during the save never leaves a
-        # truncated checkpoint under a visible name (Keras needs the .weights.h5 ending).
-        partial = os.path.join(self.directory, f".partial_{name}")
-        self.model.save_weights(partial, overwrite=True)
-        os.replace(partial, path)
-        self.last_path = path
-
-
-class _Monitor(keras.callbacks.Callback):
-    """Adds examples/s to the epoch logs and writes the dark | prediction | bright image grid.
-
-    Must come before keras.callbacks.TensorBoard in the callback list so that TensorBoard logs
-    `examples_per_second` together with the other scalars.
-    """
-
-    def __init__(self, global_batch, images, log_dir, guard):
-        super().__init__()
-        self.global_batch = global_batch
-        self.images = images
-        self.guard = guard
-        self.writer = tf.summary.create_file_writer(log_dir) if images is not None else None
-        self._start = self._last = None
-        self._steps = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = self._last = time.perf_counter()
-        self._steps = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._last = time.perf_counter()
-        self._steps += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self._last > self._start:
-            seconds = self._last - self._start
-            logs["examples_per_second"] = self._steps * self.global_batch / seconds
-        if self.writer is None or self.guard.bad is not None:
-            return
-        dark, bright = self.images
-        prediction = self.model(dark, training=False)
-        prediction = np.asarray(keras.ops.convert_to_numpy(prediction))
-        with self.writer.as_default():
-            tf.summary.image("dark | prediction | bright", image_grid(dark, prediction, bright),
-                             step=epoch, max_outputs=1)
-        self.writer.flush()
-
-
-def _final_model_state(final_path):
-    """"missing", "ok" or the reason a final.keras cannot be loaded (corrupt or truncated)."""
-    if not os.path.lexists(final_path):
-        return "missing"
-    try:
-        model_lib.load_model(final_path)
-    except model_lib.ModelLoadError as e:
-        return str(e)
-    return "ok"
-
-
-def _remove_stale_partials(model_dir):
-    """Deletes hidden partial files a killed run left (they are never read)."""
-    for folder in (model_dir, os.path.join(model_dir, model_lib.CHECKPOINT_DIR),
-                   os.path.join(model_dir, BACKUP_DIR)):
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            if name.startswith(".partial_") or (name.startswith(".") and ".partial" in name):
-                path = os.path.join(folder, name)
-                if os.path.isfile(path):
-                    os.remove(path)
-
-
-def _check_model_dir(config):
-    """Refuses to overwrite a finished run or to resume a run made with other flags.
-
-    A final.keras that cannot be loaded (truncated by a kill of an older version, or damaged)
-    does not count as finished: the run is resumed and final.keras written again.
-    Returns True when model_dir holds an interrupted run with the same flags (a resume).
-    """
-    model_dir = config.model_dir
-    final_path = os.path.join(model_dir, model_lib.FINAL_MODEL_NAME)
-    state = _final_model_state(final_path)
-    if state == "ok":
-        if os.path.isdir(os.path.join(model_dir, BACKUP_DIR)):  # killed while cleaning up
-            shutil.rmtree(os.path.join(model_dir, BACKUP_DIR), ignore_errors=True)
-        raise ConfigError(f"{model_dir} already holds a finished run "
-                          f"({model_lib.FINAL_MODEL_NAME}); choose a new --model_dir (nothing "
-                          "was overwritten).")
-    if state != "missing":
-        _warn(f"{state} Finishing the run again: resuming from {BACKUP_DIR}/ or the last "
-              "checkpoint; the damaged file is replaced when the new one is complete.")
-    flags_path = os.path.join(model_dir, FLAGS_NAME)
-    if not os.path.exists(flags_path):
-        if os.path.isdir(model_dir) and os.listdir(model_dir):
-            leftovers = set(os.listdir(model_dir)) - {"sample_data"}
-            if leftovers & {model_lib.CHECKPOINT_DIR, BACKUP_DIR, "train", "validation"}:
-                raise ConfigError(f"{model_dir} holds training output without {FLAGS_NAME}; "
-                                  "choose a new --model_dir (nothing was overwritten).")
-        return False
-    with open(flags_path, encoding="utf-8") as f:
-        # An option added after the run was made is absent from its file: it had the default.
-        previous = {**parse_flag_lines(config_lib.to_flag_lines(TrainConfig())),
-                    **parse_flag_lines(f)}
-    current = parse_flag_lines(config_lib.to_flag_lines(config))
-    changed = sorted(k for k in set(previous) | set(current)
-                     if k not in RESUMABLE_CHANGES and previous.get(k) != current.get(k))
-    if changed:
-        details = "; ".join(f"--{k}: {previous.get(k)} before, {current.get(k)} now"
-                            for k in changed)
-        raise ConfigError(f"{model_dir} holds an unfinished run made with other flags ({details}). "
-                          f"Resume it with --flagfile={flags_path}, or choose a new --model_dir "
-                          "(nothing was overwritten).")
-    return True
-
-
 def _log(config, message):
     if config.verbose:
         print(message, flush=True)
-
-
-def _checkpoint_epoch(path):
-    """The epoch number of a checkpoints/epoch_NNN.weights.h5 path."""
-    return int(os.path.basename(path)[len("epoch_"):].split(".")[0])
-
-
-def _remove_backup(backup_dir):
-    """Deletes backup/ after final.keras is complete (the metadata first, so a kill midway
-    leaves no backup that names missing weights)."""
-    metadata = os.path.join(backup_dir, BACKUP_METADATA)
-    if os.path.exists(metadata):
-        os.remove(metadata)
-    shutil.rmtree(backup_dir, ignore_errors=True)
 
 
 def _warn_small_images(config):
@@ -614,14 +288,9 @@ def _warn_small_images(config):
         except (ValueError, OSError):
             continue  # unreadable datasets are reported where they are loaded
         if small:
-            _warn(f"{small} of {total} {what} images of {spec} are smaller than --patch_size="
+            progress.warn(f"{small} of {total} {what} images of {spec} are smaller than --patch_size="
                   f"{config.patch_size} on a side and are padded by mirroring to fill their "
                   "patches; use a smaller --patch_size or larger images.")
-
-
-def _warn(message):
-    """One warning line on stderr (shown whatever --verbose says)."""
-    print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
 def _png_size(data):
@@ -693,28 +362,10 @@ def train(config, strategy=None, extra_callbacks=()):
         strategy = make_strategy(config.strategy)
     config = resolve_config(config)
     if config.deterministic:
-        # oneDNN's CPU kernels ignore TensorFlow's determinism switch (measured: 1 of 3 runs
-        # differed with oneDNN on, 0 of 3 with it off), and it can only be disabled before
-        # TensorFlow starts.
-        if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
-            raise ConfigError("--deterministic needs oneDNN disabled before TensorFlow starts: "
-                              "run TF_ENABLE_ONEDNN_OPTS=0 tools/train ... --deterministic.")
-        # Process-wide and irreversible; some speed cost.
-        tf.config.experimental.enable_op_determinism()
+        _enable_determinism()
     keras.utils.set_random_seed(config.seed)
-    chief = _is_chief(strategy)
-    backup_dir = os.path.join(config.model_dir, BACKUP_DIR)
-    resuming = chief and _check_model_dir(config) and os.path.isdir(backup_dir)
-    if chief:
-        _remove_stale_partials(config.model_dir)
-    # Resume the training stream where the backup's epoch ended, so that a killed and resumed
-    # run sees the same batches as an uninterrupted one (bit-identical with --deterministic).
-    skip_epochs = backup_epoch(backup_dir) if resuming else 0
-    # A run whose backup is gone but whose last checkpoint is its final epoch (killed while
-    # final.keras was written by an older version) only needs final.keras.
-    last_checkpoint = model_lib.latest_checkpoint(config.model_dir) if chief else None
-    finish_from = (last_checkpoint if chief and not resuming and last_checkpoint and
-                   _checkpoint_epoch(last_checkpoint) >= config.epochs else None)
+    chief = is_chief(strategy)
+    resuming, skip_epochs, finish_from = (run_dir.resume_state(config) if chief else (False, 0, None))
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
@@ -722,62 +373,26 @@ def train(config, strategy=None, extra_callbacks=()):
     if skip_epochs:
         train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
     _warn_small_images(config)
-    images = None
-    if config.num_images:
-        # Fixed validation patches; without validation, a copy of the training pipeline (its
-        # own iterator, so the training stream itself is untouched).
-        what = "validation" if val_ds is not None else "training"
-        dark, bright = (_first_batch(val_ds, what) if val_ds is not None else
-                        _first_batch(make_datasets(config)[0], what))
-        images = (dark[:config.num_images], bright[:config.num_images])
-        if len(images[0]) < config.num_images:
-            _warn(f"TensorBoard shows {len(images[0])} example image(s), not --num_images="
-                  f"{config.num_images}: they come from the first {what} batch, which holds "
-                  f"{len(dark)} patch(es) (a batch holds at most --batch_size="
-                  f"{config.batch_size}"
-                  + (", and the validation set has fewer patches" if len(dark) <
-                     config.batch_size else "") + ").")
+    images = _example_images(config, val_ds)
 
     # Seeded again: building the sample datasets or the pipelines above may draw random
     # numbers, and the initial weights must not depend on whether they already existed.
     keras.utils.set_random_seed(config.seed)
     model, trainable, frozen = create_model(config, strategy)
 
-    os.makedirs(out_dir, exist_ok=True)
-    files.write_text(os.path.join(out_dir, FLAGS_NAME),
-                     "# Effective flags of this run; replay with tools/train --flagfile=THIS_FILE\n"
-                     + "\n".join(config_lib.to_flag_lines(config)) + "\n")
-    files.write_text(os.path.join(out_dir, model_lib.ARCHITECTURE_NAME),
-                     json.dumps(model_lib.architecture(model)) + "\n")
+    _write_run_files(out_dir, config, model)
     if finish_from:
-        with strategy.scope():  # the checkpoint holds the optimizer's state too
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(finish_from)
-        final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
-        files.save_model(model, final_path)
-        _log(config, f"All {config.epochs} epochs were already trained: wrote {final_path} "
-                     f"from {finish_from}.")
-        return TrainResult(final_model_path=final_path, history={},
-                           last_epoch=_checkpoint_epoch(finish_from),
-                           initial_epoch=_checkpoint_epoch(finish_from),
-                           model_dir=config.model_dir)
+        return _finish_from_checkpoint(config, model, strategy, finish_from, out_dir)
 
-    guard = _NanGuard()
-    backup = _GuardedBackup(guard, backup_dir=os.path.join(out_dir, BACKUP_DIR))
-    checkpoint = _EpochCheckpoint(os.path.join(out_dir, model_lib.CHECKPOINT_DIR), guard)
-    monitor = _Monitor(config.batch_size, images, os.path.join(out_dir, "validation"), guard)
+    guard = NanGuard()
+    backup = GuardedBackup(guard, backup_dir=os.path.join(out_dir, BACKUP_DIR))
+    checkpoint = EpochCheckpoint(os.path.join(out_dir, model_lib.CHECKPOINT_DIR), guard)
+    monitor = Monitor(config.batch_size, images, os.path.join(out_dir, "validation"), guard)
     tensorboard = keras.callbacks.TensorBoard(log_dir=out_dir, write_graph=False,
                                               update_freq="epoch", profile_batch=0)
 
-    _log(config, "\n".join([
-        f"Stage {config.stage}: U-Net base_filters={config.base_filters} depth={config.depth}, "
-        f"trainable blocks {config.trainable_blocks} ({trainable:,} trainable / {frozen:,} frozen "
-        "parameters)",
-        *description,
-        f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch "
-        f"{config.batch_size}, patch {config.patch_size}, lr {config.learning_rate:g} "
-        f"({config.lr_schedule}), model_dir {config.model_dir}"
-        + (f", resuming from {os.path.join(out_dir, BACKUP_DIR)}" if resuming else "")]))
+    _log(config, _start_message(config, strategy, (trainable, frozen), description,
+                                resuming and os.path.join(out_dir, BACKUP_DIR)))
 
     started = time.perf_counter()
     try:
@@ -801,18 +416,11 @@ def train(config, strategy=None, extra_callbacks=()):
         _log(config, f"Resumed after epoch {initial_epoch} from {backup.backup_dir}.")
 
     if guard.bad is not None:
-        epoch, step, loss = guard.bad
-        last_good = checkpoint.last_path or model_lib.latest_checkpoint(out_dir)
-        raise TrainingDivergedError(
-            f"The loss became {loss} at epoch {epoch}, step {step}; training stopped and that "
-            "epoch was not saved. Last good checkpoint: "
-            f"{last_good or 'none (diverged in the first epoch)'}. "
-            "Lower --learning_rate or set --clipnorm, and restart in a new --model_dir"
-            + (f" with --init_from={last_good}." if last_good else "."))
+        raise _diverged(guard, checkpoint.last_path or model_lib.latest_checkpoint(out_dir))
 
     final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
     files.save_model(model, final_path)  # atomic: a kill leaves the backup to resume from
-    _remove_backup(os.path.join(out_dir, BACKUP_DIR))
+    run_dir.remove_backup(os.path.join(out_dir, BACKUP_DIR))
     last_epoch = initial_epoch + len(history.history.get("loss", []))
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}
     if not chief:
@@ -825,6 +433,88 @@ def train(config, strategy=None, extra_callbacks=()):
     return TrainResult(final_model_path=final_path if chief else "", history=hist,
                        last_epoch=last_epoch, initial_epoch=initial_epoch,
                        model_dir=config.model_dir)
+
+
+def _enable_determinism():
+    """Make every TensorFlow op deterministic (process-wide and irreversible; some speed cost).
+
+    oneDNN's CPU kernels ignore TensorFlow's determinism switch (measured: 1 of 3 runs differed
+    with oneDNN on, 0 of 3 with it off), and it can only be disabled before TensorFlow starts.
+    """
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+        raise ConfigError("--deterministic needs oneDNN disabled before TensorFlow starts: "
+                          "run TF_ENABLE_ONEDNN_OPTS=0 tools/train ... --deterministic.")
+    tf.config.experimental.enable_op_determinism()
+
+
+def _example_images(config, val_ds):
+    """(dark, bright) NumPy patches shown in TensorBoard every epoch, or None (--num_images=0).
+
+    Fixed validation patches; without validation, a copy of the training pipeline (its own
+    iterator, so the training stream itself is untouched).
+    """
+    if not config.num_images:
+        return None
+    what = "validation" if val_ds is not None else "training"
+    dark, bright = (_first_batch(val_ds, what) if val_ds is not None else
+                    _first_batch(make_datasets(config)[0], what))
+    images = (dark[:config.num_images], bright[:config.num_images])
+    if len(images[0]) < config.num_images:
+        progress.warn(f"TensorBoard shows {len(images[0])} example image(s), not --num_images="
+              f"{config.num_images}: they come from the first {what} batch, which holds "
+              f"{len(dark)} patch(es) (a batch holds at most --batch_size={config.batch_size}"
+              + (", and the validation set has fewer patches" if len(dark) <
+                 config.batch_size else "") + ").")
+    return images
+
+
+def _write_run_files(out_dir, config, model):
+    """flags.txt (the replayable effective flags) and model.json (the architecture)."""
+    os.makedirs(out_dir, exist_ok=True)
+    files.write_text(os.path.join(out_dir, FLAGS_NAME),
+                     "# Effective flags of this run; replay with tools/train --flagfile=THIS_FILE\n"
+                     + "\n".join(config_lib.to_flag_lines(config)) + "\n")
+    files.write_text(os.path.join(out_dir, model_lib.ARCHITECTURE_NAME),
+                     json.dumps(model_lib.architecture(model)) + "\n")
+
+
+def _finish_from_checkpoint(config, model, strategy, checkpoint, out_dir):
+    """Write final.keras from the last epoch's checkpoint of a run that trained every epoch."""
+    with strategy.scope():  # the checkpoint holds the optimizer's state too
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(checkpoint)
+    final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
+    files.save_model(model, final_path)
+    _log(config, f"All {config.epochs} epochs were already trained: wrote {final_path} "
+                 f"from {checkpoint}.")
+    epoch = run_dir.checkpoint_epoch(checkpoint)
+    return TrainResult(final_model_path=final_path, history={}, last_epoch=epoch,
+                       initial_epoch=epoch, model_dir=config.model_dir)
+
+
+def _start_message(config, strategy, params, description, resuming_from):
+    """The lines printed when training starts: model, data, distribution, where it writes."""
+    trainable, frozen = params
+    return "\n".join([
+        f"Stage {config.stage}: U-Net base_filters={config.base_filters} depth={config.depth}, "
+        f"trainable blocks {config.trainable_blocks} ({trainable:,} trainable / {frozen:,} frozen "
+        "parameters)",
+        *description,
+        f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch "
+        f"{config.batch_size}, patch {config.patch_size}, lr {config.learning_rate:g} "
+        f"({config.lr_schedule}), model_dir {config.model_dir}"
+        + (f", resuming from {resuming_from}" if resuming_from else "")])
+
+
+def _diverged(guard, last_good):
+    """The TrainingDivergedError for a NanGuard that stopped training."""
+    epoch, step, loss = guard.bad
+    return TrainingDivergedError(
+        f"The loss became {loss} at epoch {epoch}, step {step}; training stopped and that "
+        "epoch was not saved. Last good checkpoint: "
+        f"{last_good or 'none (diverged in the first epoch)'}. "
+        "Lower --learning_rate or set --clipnorm, and restart in a new --model_dir"
+        + (f" with --init_from={last_good}." if last_good else "."))
 
 
 def _summary(config, history, last_epoch, initial_epoch, elapsed, final_path):
