@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lowlight_tf import simulation  # noqa: E402
+from lowlight_tf import poisson, simulation  # noqa: E402
 
 PATCH = 64
 
@@ -27,7 +27,7 @@ def composite_exact(bright, params, seed, noise_peak):
     dark = simulation.black_level(bright, params[:, 0])
     dark = simulation.colour_distortion(dark, params[:, 1:4])
     peak = noise_peak
-    dark = simulation.sample_poisson_exact(dark / 255.0 * peak, seed) / peak * 255.0
+    dark = poisson.sample_poisson_exact(dark / 255.0 * peak, seed) / peak * 255.0
     dark = simulation.gamma_correction(dark, params[:, 4])
     return tf.clip_by_value(dark, 0.0, 255.0)
 
