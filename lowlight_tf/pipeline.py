@@ -10,7 +10,8 @@ with parameters sampled per patch.
     select_fraction   a deterministic subset by a hash of `id` (e.g. the paper's 10% of pairs)
     _prepare          keep dark/bright, stack them into one [H, W, 6] tensor, extend small images,
                       store as uint16 codes (value * 257)
-    cache             in memory, after the deterministic work, before any randomness
+    cache             in memory, on disk or not at all (`cache_mode`), after the deterministic
+                      work, before any randomness
     shuffle, repeat   seeded; a new order every epoch
     _random_patch     ONE stateless random draw per element: crop offsets, left-right flip and a
                       90-degree rotation, applied to the stacked pair (dark and bright aligned)
@@ -33,6 +34,7 @@ and for 16-bit sources (data.load maps uint16 to [0, 255] by dividing by 257), a
 memory of float32.
 """
 import numbers
+import os
 
 from absl import logging
 import numpy as np
@@ -271,6 +273,56 @@ def _to_pair(patches, paired, preset, steps, seed, dim_fraction=0.0, dim_seed=No
 
 
 # ---------------------------------------------------------------------------------------------
+# Cache.
+# ---------------------------------------------------------------------------------------------
+def cache_mode(mode, source, *, count, budget_mb, patch_size=0):
+    """Resolve a --cache value: "auto" becomes "memory" or "none"; others are checked and kept.
+
+    "auto" estimates the decoded cache as `count` times the first example's size (uint16 codes,
+    dark and bright for pairs; images smaller than `patch_size` extended to it) and caches in
+    memory only when that fits `budget_mb`.
+
+    Args:
+      mode: "auto", "memory", "none" or "disk:PATH".
+      source: the dataset `train_dataset` will read (dicts from `data.load`).
+      count: number of examples it holds.
+      budget_mb: the largest decoded size (MiB) "auto" caches in memory.
+    Returns:
+      (mode, estimated_megabytes or None).
+    Raises:
+      ValueError: an unknown mode, or a disk cache whose folder does not exist.
+    """
+    if mode in ("memory", "none"):
+        return mode, None
+    if mode.startswith("disk:"):
+        folder = os.path.dirname(os.path.abspath(mode[len("disk:"):]))
+        if not mode[len("disk:"):] or not os.path.isdir(folder):
+            raise ValueError(f"--cache={mode}: the cache's folder {folder} does not exist; "
+                             "create it, or use memory, none or auto.")
+        return mode, None
+    if mode != "auto":
+        raise ValueError(f"--cache={mode} is not one of auto, memory, none, disk:PATH.")
+    for example in source.take(1):
+        height, width = (max(int(d), patch_size) for d in example["bright"].shape[:2])
+        channels = 6 if "dark" in example else 3
+        megabytes = count * height * width * channels * 2 / 2**20
+        return ("memory" if megabytes <= budget_mb else "none"), megabytes
+    return "memory", 0.0
+
+
+def _cache(dataset, cache):
+    """Apply the cache choice of `train_dataset` (see its docstring)."""
+    if cache is True or cache == "memory":
+        return dataset.cache()
+    if cache is False or cache == "none":
+        return dataset
+    if isinstance(cache, str) and cache.startswith("disk:"):
+        return dataset.cache(cache[len("disk:"):])
+    raise ValueError(f"cache={cache!r}: use memory, none or disk:PATH (resolve auto with "
+                     "cache_mode).")
+
+
+# ---------------------------------------------------------------------------------------------
 # Factories.
 # ---------------------------------------------------------------------------------------------
 def _check_not_empty(dataset, what):
@@ -297,7 +349,10 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
         simulation_steps: sub-task steps of the §3.1 simulation, see `simulation.simulate`.
         train_fraction: fraction in (0, 1] of the examples to use, chosen by `select_fraction`
             with the same seed.
-        cache: cache the decoded images in memory (uint16, 2 bytes per value).
+        cache: where the decoded images are cached (uint16, 2 bytes per value): True or
+            "memory" (RAM), "disk:PATH" (TensorFlow's file cache at PATH, whose folder must
+            exist; one pipeline per PATH at a time), False or "none" (decode every epoch:
+            bounded memory for datasets larger than RAM). See `cache_mode` for "auto".
         shuffle_buffer: images in the shuffle buffer.
         dim_fraction: in [0, 1], bright-only data only: the fraction of simulated dark patches
             replaced by clean dim ones (`dim_exposure.mix_dim`, beyond the paper).
@@ -328,8 +383,7 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
         _check_not_empty(dataset, "training")
     dataset = dataset.map(lambda example: _prepare(example, paired, patch_size),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        dataset = dataset.cache()  # deterministic work above, randomness below
+    dataset = _cache(dataset, cache)  # deterministic work above, randomness below
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat()
     crop_seed = _stream_seed(seed, _STREAM_CROP)

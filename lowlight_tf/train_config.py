@@ -106,6 +106,14 @@ class TrainConfig:
         "clean dim ones, the bright patch darkened 0-3.5 stops in linear light, so an "
         "exposure-normalising model does not blow out dim photos (lowlight_tf.dim_exposure; "
         "beyond the paper).", lower=0.0, upper=1.0)
+    cache: str = option(
+        "auto", "Where the training pipeline keeps decoded images between epochs: memory, none "
+        "(decode every epoch: bounded memory for datasets larger than RAM), disk:PATH "
+        "(TensorFlow's file cache; PATH's folder must exist) or auto (memory when the decoded "
+        "set fits --cache_budget_mb, else none).")
+    cache_budget_mb: int = option(
+        4096, "The largest decoded training set (MiB) that --cache=auto keeps in memory.",
+        lower=0)
     seed: int = option(0, "Seed for weights, patches and simulation.", lower=0)
     strategy: str = option(
         "mirrored", "Distribution: mirrored (all GPUs of this machine, the CPU when there is "

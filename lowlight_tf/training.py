@@ -237,16 +237,23 @@ def make_datasets(config):
         raise ConfigError(f"--simulation_params={config.simulation_params}: {e}") from e
     source, kind, count = _load_source(train_spec, "train", "train_data")
     try:
+        cache, megabytes = pipeline.cache_mode(
+            config.cache, source, count=count, budget_mb=config.cache_budget_mb,
+            patch_size=config.patch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    try:
         train_ds = pipeline.train_dataset(
             source, patch_size=config.patch_size, batch_size=config.batch_size,
             seed=config.seed, simulation=preset if kind == "images" else None,
-            simulation_steps=steps, train_fraction=config.train_fraction,
+            simulation_steps=steps, train_fraction=config.train_fraction, cache=cache,
             dim_fraction=config.dim_fraction if kind == "images" else 0.0)
     except ValueError as e:
         raise ConfigError(f"--train_data={train_spec}: {e}") from e
     simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
+    estimate = f", about {megabytes:,.0f} MiB decoded" if megabytes is not None else ""
     description = [f"train: {train_spec} ({kind}, {count} examples, fraction "
-                   f"{config.train_fraction:g}{simulated})"]
+                   f"{config.train_fraction:g}{simulated}; cache {cache}{estimate})"]
     val_ds = None
     if val_spec:
         val_source, val_kind, val_count = _load_source(val_spec, "val", "val_data")
