@@ -6,7 +6,9 @@ Runs `lowlight_tf.pipeline.train_dataset` without any model on in-memory sources
 patches/s for each configuration, all measured in the same run:
 
     bright-only images with on-the-fly simulation (paper preset) at 64x64 batch 16,
-    128x128 batch 16 and 128x128 batch 8, and stored pairs at 64x64 batch 16.
+    128x128 batch 16 and 128x128 batch 8 (also with a quarter of the patches dim,
+    --dim_fraction=0.25, and with --cache=none: decoding the source every epoch), and stored
+    pairs at 64x64 batch 16.
 
 Usage: python benchmarks/pipeline.py [--source=sample|synthetic] [--seconds=10]
 """
@@ -32,8 +34,10 @@ flags.DEFINE_float("seconds", 10.0, "Measuring time per configuration, in second
 flags.DEFINE_integer("warmup_batches", 20, "Batches read before timing starts (fills the cache "
                      "and the prefetch buffers).", lower_bound=1)
 
-# (patch_size, batch_size, simulate)
-CONFIGURATIONS = ((64, 16, True), (128, 16, True), (128, 8, True), (64, 16, False))
+# (patch_size, batch_size, simulate, dim_fraction, cache)
+CONFIGURATIONS = ((64, 16, True, 0.0, "memory"), (128, 16, True, 0.0, "memory"),
+                  (128, 8, True, 0.0, "memory"), (128, 8, True, 0.25, "memory"),
+                  (128, 8, True, 0.0, "none"), (64, 16, False, 0.0, "memory"))
 
 
 def _sample_images():
@@ -93,12 +97,14 @@ def main(argv):
           f"({', '.join(f'{im.shape[0]}x{im.shape[1]}' for im in images)}); "
           f"{os.cpu_count()} CPUs; TensorFlow {tf.__version__}")
     rows = []
-    for patch_size, batch_size, simulate in CONFIGURATIONS:
+    for patch_size, batch_size, simulate, dim_fraction, cache in CONFIGURATIONS:
         dataset = pipeline.train_dataset(
             _source(images, paired=not simulate), patch_size=patch_size, batch_size=batch_size,
-            simulation=preset if simulate else None)
+            simulation=preset if simulate else None, dim_fraction=dim_fraction, cache=cache)
         rate = _measure(dataset, batch_size, FLAGS.seconds, FLAGS.warmup_batches)
         what = "images + simulation (paper preset)" if simulate else "stored pairs"
+        what += f", {dim_fraction:.0%} dim" if dim_fraction else ""
+        what += f", cache {cache}" if cache != "memory" else ""
         rows.append((f"{patch_size}x{patch_size}", batch_size, what, rate))
         print(f"  {patch_size}x{patch_size} batch {batch_size:2d} {what}: {rate:8.1f} patches/s",
               flush=True)
