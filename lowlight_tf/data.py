@@ -112,6 +112,14 @@ def num_examples(output_dir, name, split):
     return int(builder.info.splits[split].num_examples)
 
 
+def num_shards(output_dir, name, split):
+    """Return the number of TFRecord files of a split (int; a slice counts its whole split)."""
+    builder = _builder(output_dir, name)
+    _check_split(builder, output_dir, name, split)
+    base = re.split(r"[\[+]", str(split), maxsplit=1)[0]
+    return int(builder.info.splits[base].num_shards)
+
+
 def splits(output_dir, name):
     """Return {split name: number of examples}."""
     info = _builder(output_dir, name).info
@@ -127,14 +135,22 @@ def read_summary(output_dir, name):
         return json.load(f)
 
 
-def load_stored(output_dir, name, split):
+def load_stored(output_dir, name, split, *, file_shard=None):
     """Return a tf.data.Dataset of examples exactly as stored (uint8/uint16 images).
 
-    Deterministic order (files not shuffled). Raises DatasetError for a missing dataset/split.
+    Deterministic order (files not shuffled). `file_shard=(index, count)` reads only the
+    index-th of `count` disjoint sets of the split's files (one input pipeline of several
+    workers; the split needs at least `count` files, `num_shards`). Raises DatasetError for a
+    missing dataset/split.
     """
     builder = _builder(output_dir, name)
     _check_split(builder, output_dir, name, split)
-    return builder.as_dataset(split=split, shuffle_files=False)
+    read_config = None
+    if file_shard is not None:
+        index, count = file_shard
+        read_config = tfds.ReadConfig(input_context=tf.distribute.InputContext(
+            num_input_pipelines=count, input_pipeline_id=index))
+    return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
 
 
 def to_float_image(image):
@@ -153,13 +169,15 @@ def _to_float(example):
     return example
 
 
-def load(output_dir, name, split):
+def load(output_dir, name, split, *, file_shard=None):
     """Return a tf.data.Dataset of decoded example dicts.
 
     Args:
         output_dir: the --output_dir given to make_tfrecords.
         name: the dataset NAME.
         split: e.g. "train", "test" (TFDS slices like "train[:10]" work too).
+        file_shard: None, or (index, count): read only that set of the split's files (see
+            `load_stored`).
 
     Returns:
         tf.data.Dataset of dicts: `bright` (and `dark` for pairs and simulated) float32
@@ -169,7 +187,7 @@ def load(output_dir, name, split):
     Raises:
         DatasetError: missing dataset or split, with the path and what to do.
     """
-    return load_stored(output_dir, name, split).map(
+    return load_stored(output_dir, name, split, file_shard=file_shard).map(
         _to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 

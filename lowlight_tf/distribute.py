@@ -82,3 +82,44 @@ def patch_keras_for_multi_worker(model):
             self._symbolic_build(data_batch=data_batch)
 
     model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+
+
+def num_workers(strategy):
+    """Machines taking part in `strategy` (1 without a multi-worker cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
+def worker_index(strategy):
+    """This machine's index among `num_workers(strategy)` (the chief first, then the workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if has_chief else 0)
+
+
+def shard_policy(files, workers):
+    """How a multi-worker input pipeline is split: "FILE" (each worker reads its own TFRecord
+    files) when there is at least one file per worker, else "DATA" (every worker reads every file
+    and keeps its share of the elements)."""
+    return "FILE" if files >= workers else "DATA"
+
+
+def shard_input(dataset, policy):
+    """`dataset` with tf.distribute's auto-sharding set for `policy`.
+
+    "DATA": tf.distribute keeps every worker's share of the elements. "FILE": the dataset was
+    read from this worker's own files already (`data.load(..., file_shard=...)`; tf.data's own
+    FILE auto-shard cannot see through TFDS readers and enumerate()), so auto-sharding is off.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA if policy == "DATA"
+        else tf.data.experimental.AutoShardPolicy.OFF)
+    return dataset.with_options(options)

@@ -34,6 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from lowlight_tf import config as config_lib
+from lowlight_tf import distribute
 from lowlight_tf import files
 from lowlight_tf import model as model_lib
 from lowlight_tf import progress
@@ -199,12 +200,16 @@ def _data_specs(config):
     return train_spec, (None if val_spec == NO_VALIDATION else val_spec)
 
 
-def _load_source(spec, default_split, what):
-    """Loads a dataset spec; returns (dataset, kind, count). Raises ConfigError when empty."""
+def _load_source(spec, default_split, what, file_shard=None):
+    """Loads a dataset spec; returns (dataset, kind, count). Raises ConfigError when empty.
+
+    `file_shard` (index, count) reads only that set of the files (`data.load`); `count` is the
+    whole split's number of examples.
+    """
     from lowlight_tf import data
     try:
         parsed = data.parse_dataset_spec(spec, default_split=default_split)
-        source = data.load(parsed.output_dir, parsed.name, parsed.split)
+        source = data.load(parsed.output_dir, parsed.name, parsed.split, file_shard=file_shard)
         kind = data.dataset_kind(parsed.output_dir, parsed.name)
         count = data.num_examples(parsed.output_dir, parsed.name, parsed.split)
     except (ValueError, OSError) as e:
@@ -215,18 +220,50 @@ def _load_source(spec, default_split, what):
     return source, kind, count
 
 
-def _shard_by_data(dataset):
-    """Multi-worker input: every worker reads all files and keeps its share of the elements."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
+def _train_dataset(config, spec, preset, steps, worker):
+    """The training pipeline of `spec` and its description line (cache, sharding).
+
+    `worker` is (this worker's index, number of workers).
+    """
+    from lowlight_tf import data, pipeline
+    index, workers = worker
+    try:
+        parsed = data.parse_dataset_spec(spec, default_split="train")
+        files = data.num_shards(parsed.output_dir, parsed.name, parsed.split)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--train_data={spec}: {e}") from e
+    policy = distribute.shard_policy(files, workers)
+    source, kind, count = _load_source(
+        spec, "train", "train_data",
+        file_shard=(index, workers) if workers > 1 and policy == "FILE" else None)
+    try:
+        cache, megabytes = pipeline.cache_mode(
+            config.cache, source, count=count, budget_mb=config.cache_budget_mb,
+            patch_size=config.patch_size)
+        dataset = pipeline.train_dataset(
+            source, patch_size=config.patch_size, batch_size=config.batch_size,
+            seed=config.seed, simulation=preset if kind == "images" else None,
+            simulation_steps=steps, train_fraction=config.train_fraction, cache=cache,
+            dim_fraction=config.dim_fraction if kind == "images" else 0.0)
+    except ValueError as e:
+        raise ConfigError(f"--train_data={spec}: {e}") from e
+    dataset = distribute.shard_input(dataset, policy)
+    simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
+    estimate = f", about {megabytes:,.0f} MiB decoded" if megabytes is not None else ""
+    sharding = (f"; {files} file(s) split between {workers} workers by {policy}"
+                if workers > 1 else "")
+    return dataset, (f"train: {spec} ({kind}, {count} examples, fraction "
+                     f"{config.train_fraction:g}{simulated}; cache {cache}{estimate}{sharding})")
 
 
-def make_datasets(config):
+def make_datasets(config, worker=(0, 1)):
     """Returns (train_ds, val_ds or None, description) for a resolved config.
 
     Both yield (dark, bright) float32 [batch_size, patch_size, patch_size, 3] in [0, 1];
-    bright-only data gets its dark patches simulated with --simulation_params.
+    bright-only data gets its dark patches simulated with --simulation_params. `worker` is (this
+    worker's index, number of workers): with several workers, each reads its own training files when there is at least one per worker (FILE
+    sharding), else every worker reads all and keeps its share (DATA); validation, finite and
+    identical every epoch, is always split by DATA.
     """
     from lowlight_tf import pipeline, simulation
     train_spec, val_spec = _data_specs(config)
@@ -235,25 +272,8 @@ def make_datasets(config):
         preset = simulation.load_preset(config.simulation_params)
     except (ValueError, OSError) as e:
         raise ConfigError(f"--simulation_params={config.simulation_params}: {e}") from e
-    source, kind, count = _load_source(train_spec, "train", "train_data")
-    try:
-        cache, megabytes = pipeline.cache_mode(
-            config.cache, source, count=count, budget_mb=config.cache_budget_mb,
-            patch_size=config.patch_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    try:
-        train_ds = pipeline.train_dataset(
-            source, patch_size=config.patch_size, batch_size=config.batch_size,
-            seed=config.seed, simulation=preset if kind == "images" else None,
-            simulation_steps=steps, train_fraction=config.train_fraction, cache=cache,
-            dim_fraction=config.dim_fraction if kind == "images" else 0.0)
-    except ValueError as e:
-        raise ConfigError(f"--train_data={train_spec}: {e}") from e
-    simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
-    estimate = f", about {megabytes:,.0f} MiB decoded" if megabytes is not None else ""
-    description = [f"train: {train_spec} ({kind}, {count} examples, fraction "
-                   f"{config.train_fraction:g}{simulated}; cache {cache}{estimate})"]
+    train_ds, line = _train_dataset(config, train_spec, preset, steps, worker)
+    description = [line]
     val_ds = None
     if val_spec:
         val_source, val_kind, val_count = _load_source(val_spec, "val", "val_data")
@@ -265,10 +285,9 @@ def make_datasets(config):
                 max_patches=config.validation_steps * config.batch_size or None)
         except ValueError as e:
             raise ConfigError(f"--val_data={val_spec}: {e}") from e
+        val_ds = distribute.shard_input(val_ds, "DATA")
         description.append(f"validation: {val_spec} ({val_kind}, {val_count} examples)")
-    if val_ds is not None:
-        val_ds = _shard_by_data(val_ds)
-    return _shard_by_data(train_ds), val_ds, description
+    return train_ds, val_ds, description
 
 
 def _first_batch(dataset, what):
@@ -376,7 +395,8 @@ def train(config, strategy=None, extra_callbacks=()):
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
-    train_ds, val_ds, description = make_datasets(config)
+    train_ds, val_ds, description = make_datasets(
+        config, (distribute.worker_index(strategy), distribute.num_workers(strategy)))
     if skip_epochs:
         train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
     _warn_small_images(config)
