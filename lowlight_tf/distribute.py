@@ -104,6 +104,11 @@ def worker_index(strategy):
     return int(resolver.task_id) + (1 if has_chief else 0)
 
 
+def worker(strategy):
+    """(this machine's index, number of machines) of `strategy`."""
+    return worker_index(strategy), num_workers(strategy)
+
+
 def shard_policy(files, workers):
     """How a multi-worker input pipeline is split: "FILE" (each worker reads its own TFRecord
     files) when there is at least one file per worker, else "DATA" (every worker reads every file

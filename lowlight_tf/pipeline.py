@@ -310,6 +310,19 @@ def cache_mode(mode, source, *, count, budget_mb, patch_size=0):
     return "memory", 0.0
 
 
+def through_data_service(dataset, address):
+    """Run `dataset`'s work on tf.data service workers (the batches arrive in the same order).
+
+    The whole pipeline (decode, cache, patches, simulation) is sent to the dispatcher at
+    `address` (grpc://HOST:PORT or HOST:PORT) and processed by its workers, so the trainer's
+    CPUs only feed the model; with one service worker the elements are exactly the local ones.
+    """
+    target = address if "://" in address else f"grpc://{address}"
+    dataset = dataset.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.OFF, service=target))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def _cache(dataset, cache):
     """Apply the cache choice of `train_dataset` (see its docstring)."""
     if cache is True or cache == "memory":

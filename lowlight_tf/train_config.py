@@ -114,6 +114,11 @@ class TrainConfig:
     cache_budget_mb: int = option(
         4096, "The largest decoded training set (MiB) that --cache=auto keeps in memory.",
         lower=0)
+    data_service: str = option(
+        "", "Address (grpc://HOST:PORT) of a tf.data service dispatcher: the training input "
+        "pipeline (decoding, patches, on-the-fly simulation) runs on the service's workers "
+        "instead of this machine's CPUs, with the same batches. Empty: the local pipeline. One "
+        "trainer only (not with --strategy=multi_worker).")
     seed: int = option(0, "Seed for weights, patches and simulation.", lower=0)
     strategy: str = option(
         "mirrored", "Distribution: mirrored (all GPUs of this machine, the CPU when there is "

@@ -92,6 +92,9 @@ def resolve_config(config):
     # Exclusive bounds the options cannot express.
     if not c.learning_rate > 0:
         raise ConfigError(f"--learning_rate={c.learning_rate} must be positive (paper: 1e-3).")
+    if c.data_service and c.strategy == "multi_worker":
+        raise ConfigError("--data_service feeds one trainer; with --strategy=multi_worker every "
+                          "worker would read the whole stream. Use one of the two.")
     if not c.train_fraction > 0:
         raise ConfigError(f"--train_fraction={c.train_fraction} must be in (0, 1] (paper: 0.1 "
                           "for transfer).")
@@ -108,17 +111,7 @@ def resolve_config(config):
         raise ConfigError("--stage=scratch trains from random weights; drop --init_from or use "
                           "--stage=finetune_all.")
     if c.init_from:
-        c.init_from = os.path.abspath(c.init_from)
-        try:
-            arch = model_lib.architecture(model_lib.load_model(c.init_from))
-        except model_lib.ModelLoadError as e:
-            raise ConfigError(f"--init_from: {e}") from e
-        if c.base_filters is None:
-            c.base_filters = arch["base_filters"]
-        if c.depth is None:
-            c.depth = arch["depth"]
-        if c.exposure_normalization is None:
-            c.exposure_normalization = arch.get("exposure_normalization", 0.0)
+        _take_architecture(c)
     c.exposure_normalization = float(c.exposure_normalization or 0.0)
     if not 0.0 <= c.exposure_normalization < 1.0:
         raise ConfigError(f"--exposure_normalization={c.exposure_normalization} must be 0 (off) "
@@ -144,6 +137,21 @@ def resolve_config(config):
     if not c.val_data:
         c.val_data = SAMPLE if c.train_data == SAMPLE else _resolve_split(c.train_data, "val")
     return c
+
+
+def _take_architecture(c):
+    """Fill the unset architecture options of config `c` from its --init_from model (in place)."""
+    c.init_from = os.path.abspath(c.init_from)
+    try:
+        arch = model_lib.architecture(model_lib.load_model(c.init_from))
+    except model_lib.ModelLoadError as e:
+        raise ConfigError(f"--init_from: {e}") from e
+    if c.base_filters is None:
+        c.base_filters = arch["base_filters"]
+    if c.depth is None:
+        c.depth = arch["depth"]
+    if c.exposure_normalization is None:
+        c.exposure_normalization = arch.get("exposure_normalization", 0.0)
 
 
 def learning_rate_schedule(config):
@@ -248,10 +256,13 @@ def _train_dataset(config, spec, preset, steps, worker):
     except ValueError as e:
         raise ConfigError(f"--train_data={spec}: {e}") from e
     dataset = distribute.shard_input(dataset, policy)
+    if config.data_service:
+        dataset = pipeline.through_data_service(dataset, config.data_service)
     simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
     estimate = f", about {megabytes:,.0f} MiB decoded" if megabytes is not None else ""
     sharding = (f"; {files} file(s) split between {workers} workers by {policy}"
                 if workers > 1 else "")
+    sharding += f"; tf.data service {config.data_service}" if config.data_service else ""
     return dataset, (f"train: {spec} ({kind}, {count} examples, fraction "
                      f"{config.train_fraction:g}{simulated}; cache {cache}{estimate}{sharding})")
 
@@ -395,8 +406,7 @@ def train(config, strategy=None, extra_callbacks=()):
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
-    train_ds, val_ds, description = make_datasets(
-        config, (distribute.worker_index(strategy), distribute.num_workers(strategy)))
+    train_ds, val_ds, description = make_datasets(config, distribute.worker(strategy))
     if skip_epochs:
         train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
     _warn_small_images(config)
