@@ -12,7 +12,8 @@ with parameters sampled per patch.
                       store as uint16 codes (value * 257)
     cache             in memory, on disk or not at all (`cache_mode`), after the deterministic
                       work, before any randomness
-    shuffle, repeat   seeded; a new order every epoch
+    shuffle, repeat   seeded; a new order every epoch (streaming, --cache=none: repeat, cut
+                      the patch, then shuffle patches: memory bounded by the patch buffer)
     _random_patch     ONE stateless random draw per element: crop offsets, left-right flip and a
                       90-degree rotation, applied to the stacked pair (dark and bright aligned)
     batch             drop_remainder=True (static shapes)
@@ -364,9 +365,11 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
             with the same seed.
         cache: where the decoded images are cached (uint16, 2 bytes per value): True or
             "memory" (RAM), "disk:PATH" (TensorFlow's file cache at PATH, whose folder must
-            exist; one pipeline per PATH at a time), False or "none" (decode every epoch:
-            bounded memory for datasets larger than RAM). See `cache_mode` for "auto".
-        shuffle_buffer: images in the shuffle buffer.
+            exist; one pipeline per PATH at a time), False or "none" (streaming: decode every
+            epoch, cut each image to its patch at once and shuffle patches, not images: bounded
+            memory for datasets larger than RAM; other batches than the cached modes, which
+            give identical ones). See `cache_mode` for "auto".
+        shuffle_buffer: images (cached modes) or patches (streaming) in the shuffle buffer.
         dim_fraction: in [0, 1], bright-only data only: the fraction of simulated dark patches
             replaced by clean dim ones (`dim_exposure.mix_dim`, beyond the paper).
 
@@ -396,14 +399,19 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
         _check_not_empty(dataset, "training")
     dataset = dataset.map(lambda example: _prepare(example, paired, patch_size),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = _cache(dataset, cache)  # deterministic work above, randomness below
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat()
     crop_seed = _stream_seed(seed, _STREAM_CROP)
-    dataset = dataset.enumerate().map(
-        lambda index, images: _random_patch(
-            images, patch_size, tf.random.experimental.stateless_fold_in(crop_seed, index)),
-        num_parallel_calls=tf.data.AUTOTUNE)
+    crop = lambda index, images: _random_patch(  # noqa: E731
+        images, patch_size, tf.random.experimental.stateless_fold_in(crop_seed, index))
+    if cache is False or cache == "none":
+        # Streaming: each decoded image is cut to its patch at once and the shuffle buffer holds
+        # patches, so memory does not grow with the images' size or number. Images come in file
+        # order every epoch; only patches within the buffer are shuffled.
+        dataset = dataset.repeat().enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    else:
+        dataset = _cache(dataset, cache)  # deterministic work above, randomness below
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat().enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     simulation_seed = _stream_seed(seed, _STREAM_SIMULATION)
     dim_seed = _stream_seed(seed, _STREAM_DIM)
