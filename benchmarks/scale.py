@@ -97,7 +97,7 @@ def _run_json(code, *args):
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
+        raise RuntimeError(f"exit status {done.returncode}: {done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
