@@ -56,7 +56,7 @@ def decode_image_task(task):
     path, example_id, dtype, max_side, half_size, no_auto_bright, max_pixels = task
     try:
         image, meta = decode.decode_any(path, half_size=half_size,
-                                          no_auto_bright=no_auto_bright, max_pixels=max_pixels)
+                                        no_auto_bright=no_auto_bright, max_pixels=max_pixels)
         image = formats.to_dtype(formats.downscale(image, max_side), np.dtype(dtype))
     except decode.DecodeError as error:
         return ("skip", str(error), error.reason)
@@ -83,7 +83,7 @@ def _decode_bright(path, half_size, max_pixels):
     if key not in _BRIGHT_CACHE:
         _BRIGHT_CACHE.clear()
         _BRIGHT_CACHE[key] = decode.decode_any(path, half_size=half_size, no_auto_bright=True,
-                                                 max_pixels=max_pixels)
+                                               max_pixels=max_pixels)
     return _BRIGHT_CACHE[key]
 
 
@@ -103,7 +103,7 @@ def decode_pair_task(task):
     try:
         try:
             dark, dark_meta = decode.decode_any(dark_path, half_size=half_size,
-                                                  no_auto_bright=True, max_pixels=max_pixels)
+                                                no_auto_bright=True, max_pixels=max_pixels)
         except decode.DecodeError as error:
             return ("skip", f"dark image: {error}", error.reason)
         try:
