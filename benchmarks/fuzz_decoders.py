@@ -9,7 +9,7 @@ recomputed so decoders get past the checksum). Input i depends only on (--seed, 
 failure is replayed with --replay_index.
 
 Every input is fed to every entry point, each in a worker process:
-  decode_any    data_prep.decoding.decode_any (tools/make_tfrecords); expected skip: DecodeError
+  decode_any    lowlight_tf.media.decode.decode_any (tools/make_tfrecords); expected skip: DecodeError
   decode_input  lowlight_tf.inference.decode_input (tools/enhance: an rgb model's reader, and
                 for DNGs also a bayer model's packing); UnreadableImageError
   load_pairs    lowlight_tf.calibration.load_pairs on a low/ + high/ folder whose low/ image is
@@ -127,14 +127,14 @@ def _dng_bytes(folder):
 def make_seeds(folder):
     """[(name, extension, bytes)] of small valid files of every format the decoders read."""
     import tifffile
-    from data_prep import decoding
+    from lowlight_tf.media import png
     rgb8 = _gradient(16, 24, 255, np.uint8)
     rgb16 = _gradient(16, 24, 65535, np.uint16)
     seeds = [
         ("png8", ".png", _pillow_bytes(rgb8, "PNG")),
         ("png8_gray", ".png", _pillow_bytes(rgb8[..., 0], "PNG")),
         ("png8_palette", ".png", _pillow_palette(rgb8)),
-        ("png16", ".png", decoding.encode_png(rgb16)),
+        ("png16", ".png", png.encode_png(rgb16)),
         ("jpeg", ".jpg", _pillow_bytes(rgb8, "JPEG", quality=90)),
         ("jpeg_progressive", ".jpg", _pillow_bytes(rgb8, "JPEG", quality=90, progressive=True)),
         ("bmp", ".bmp", _pillow_bytes(rgb8, "BMP")),
@@ -317,9 +317,9 @@ def run_entry(entry, data, ext, original, workdir):
     status: "ok" (decoded), "skip" (the entry's named exception), "escape" (anything else),
     "bad" (a result of the wrong shape). detail: the shape, the reason or the traceback's tail.
     """
-    from data_prep import decoding
     from lowlight_tf import calibration, inference
-    expected = {"decode_any": decoding.DecodeError,
+    from lowlight_tf.media import decode
+    expected = {"decode_any": decode.DecodeError,
                 "decode_input": inference.UnreadableImageError,
                 "load_pairs": calibration.CalibrationError}[entry]
     shutil.rmtree(workdir, ignore_errors=True)
@@ -337,7 +337,7 @@ def run_entry(entry, data, ext, original, workdir):
             with open(path, "wb") as f:
                 f.write(data)
             if entry == "decode_any":
-                arrays = [decoding.decode_any(path)[0]]
+                arrays = [decode.decode_any(path)[0]]
             else:  # an rgb model's reader; raw files also through a bayer model's packing
                 arrays = [inference.decode_input(path).model_input]
                 if ext == ".dng":
@@ -361,11 +361,11 @@ def _worker(conn, memory_mb, workdir):
     warnings.simplefilter("ignore")
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # it logs every bad tag it meets
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from data_prep import decoding  # noqa: F401  (import cost paid before the limit)
-    from lowlight_tf import calibration, inference  # noqa: F401
+    from lowlight_tf import calibration, inference  # noqa: F401  (import cost paid first)
+    from lowlight_tf.media import png
     import tensorflow as tf
     # Initialise TF's kernels and thread pools before the limit (16-bit PNGs decode with TF).
-    tf.io.decode_png(decoding.encode_png(np.zeros((1, 1, 3), np.uint16)), dtype=tf.uint16)
+    tf.io.decode_png(png.encode_png(np.zeros((1, 1, 3), np.uint16)), dtype=tf.uint16)
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     conn.send("ready")  # the per-input time limit starts only now

@@ -31,7 +31,7 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data_prep import decoding  # pylint: disable=wrong-import-position
+from lowlight_tf.media import decode  # pylint: disable=wrong-import-position
 from data_prep import workers  # pylint: disable=wrong-import-position
 
 SHARED_RAW_DIR = os.path.join(ROOT, "..", "shared", "data", "raw", "imx296")
@@ -49,7 +49,7 @@ flags.DEFINE_integer("synthetic_files", 4, "DNGs to generate when the shared raw
 def render_only(task):
     """Decode and render one raw file; return its shape (the render-only workload)."""
     path, half_size = task
-    image, _ = decoding.decode_raw(path, half_size=half_size)
+    image, _ = decode.decode_raw(path, half_size=half_size)
     return image.shape
 
 
@@ -114,7 +114,7 @@ def main(argv):
         else:
             paths = write_synthetic_dngs(scratch, FLAGS.synthetic_files)
             source = f"{len(paths)} synthetic pidng DNGs (shared raw folder absent)"
-        shape = decoding.decode_raw(paths[0], half_size=FLAGS.half_size)[0].shape
+        shape = decode.decode_raw(paths[0], half_size=FLAGS.half_size)[0].shape
         cycle = [paths[i % len(paths)] for i in range(FLAGS.decodes)]
         workloads = {
             "render": (render_only, [(p, FLAGS.half_size) for p in cycle]),

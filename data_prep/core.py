@@ -26,10 +26,10 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
 import data_prep
-from data_prep import decoding
 from data_prep import summary as summary_lib
 from data_prep import workers
 from lowlight_tf import progress
+from lowlight_tf.media import formats
 
 VERSION = "1.0.0"
 KINDS = data_prep.KINDS
@@ -146,7 +146,7 @@ def iter_input_files(input_dir, skips):
             if file_name.startswith("."):
                 continue
             path = os.path.join(root, file_name)
-            if not decoding.is_image_path(path):
+            if not formats.is_image_path(path):
                 skips.ignored_files += 1
                 continue
             yield path, os.path.relpath(path, input_dir).replace(os.sep, "/")

@@ -14,9 +14,9 @@ import os
 import numpy as np
 
 from data_prep import core
-from data_prep import decoding
 from data_prep import splitting
 from lowlight_tf import files
+from lowlight_tf.media import decode
 
 DTYPE_RULE = "auto: uint16 if any input is raw or 16-bit, else uint8; 8-bit v kept as 257*v"
 
@@ -31,7 +31,7 @@ def resolve_dtype(bit_depth, paths):
     if str(bit_depth) == "16":
         return np.dtype(np.uint16), "forced 16-bit (8-bit inputs stored as 257*v)"
     for path in paths:
-        if decoding.probe_bit_depth(path) == 16:
+        if decode.probe_bit_depth(path) == 16:
             return np.dtype(np.uint16), DTYPE_RULE
     return np.dtype(np.uint8), DTYPE_RULE
 

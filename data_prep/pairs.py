@@ -14,21 +14,32 @@ exposure) always land in the same split.
 """
 import collections
 import os
+import re
 
 from data_prep import core
-from data_prep import decoding
 from data_prep import images
 from data_prep import splitting
 from lowlight_tf import files
 
+# SID file names carry the exposure time: 00001_00_0.04s.ARW, 00001_00_10s.ARW.
+_EXPOSURE_RE = re.compile(r"_(\d+(?:\.\d+)?)s\.[A-Za-z0-9]+$")
 LOW_NAMES = ("low",)
 HIGH_NAMES = ("high", "normal")
 
 
+def exposure_time_from_name(path):
+    """Return the exposure time in seconds parsed from a SID-style name, or None.
+
+    Example: `00001_00_0.04s.ARW` -> 0.04, `00001_00_10s.ARW` -> 10.0.
+    """
+    match = _EXPOSURE_RE.search(os.path.basename(path))
+    return float(match.group(1)) if match else None
+
+
 def exposure_ratio(dark_path, bright_path):
     """Return bright / dark exposure time from SID-style names, or 0.0 when either is unknown."""
-    dark_time = decoding.exposure_time_from_name(dark_path)
-    bright_time = decoding.exposure_time_from_name(bright_path)
+    dark_time = exposure_time_from_name(dark_path)
+    bright_time = exposure_time_from_name(bright_path)
     if not dark_time or not bright_time:
         return 0.0
     return float(bright_time) / float(dark_time)

@@ -14,8 +14,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_prep import core
-from data_prep import decoding
 from data_prep import splitting
+from lowlight_tf.media import formats
+from lowlight_tf.media import png
 
 
 def example_seed(seed, example_id):
@@ -39,7 +40,7 @@ def simulate_example(bright, example_id, preset, seed):
     param_seed, noise_seed = tf.unstack(
         tf.random.experimental.stateless_split(example_seed(seed, example_id), 2))
     bright = np.asarray(bright)
-    scale = 257.0 if bright.dtype == np.uint16 else 1.0
+    scale = float(formats.UINT16_PER_UINT8) if bright.dtype == np.uint16 else 1.0
     bright_float = tf.convert_to_tensor(bright.astype(np.float32) / scale)[None]
     params = simulation.sample_params(1, preset.mean, preset.cov, seed=param_seed)
     dark = simulation.simulate(bright_float, params, seed=noise_seed,
@@ -124,7 +125,7 @@ class SimulatedBuilder(core.LowlightBuilder, skip_registration=True):
                                  "simulation_failed")
                     continue
                 # The bright image is stored with the source's PNG bytes, unchanged.
-                yield item, ("ok", {"dark": decoding.encode_png(dark), "bright": encoded_bright,
+                yield item, ("ok", {"dark": png.encode_png(dark), "bright": encoded_bright,
                                     "id": example_id,
                                     "params": params, "noise_peak": noise_peak})
 

@@ -8,6 +8,8 @@ import collections
 import hashlib
 import re
 
+from lowlight_tf.media import ids
+
 _SPLIT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -79,14 +81,6 @@ def assign_split(key, splits):
     return name  # Rounding at the top end: the last split.
 
 
-_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
-
-
-def _stem(example_id):
-    """Return the file name of an id without folders and extension (`a/12.png` -> `12`)."""
-    return example_id.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-
-
 def parse_split_ids(values):
     """Parse explicit assignments like `calib:4-5,29,38` into [(split, numbers, names)].
 
@@ -108,10 +102,9 @@ def parse_split_ids(values):
         for item in (part.strip() for part in listed.split(",")):
             if not item:
                 continue
-            match = _RANGE_RE.match(item)
-            if match:
-                first = int(match.group(1))
-                last = int(match.group(2) or first)
+            bounds = ids.parse_id_range(item)
+            if bounds:
+                first, last = bounds
                 if last < first:
                     raise ValueError(f"bad range {item!r} in --split_ids value {value!r}")
                 numbers.update(range(first, last + 1))
@@ -123,7 +116,7 @@ def parse_split_ids(values):
 
 def explicit_split(example_id, rules):
     """Return the split that `rules` (from parse_split_ids) give `example_id`, or None."""
-    stem = _stem(example_id)
+    stem = ids.id_stem(example_id)
     for name, numbers, names in rules:
         if stem in names or example_id in names or (stem.isdigit() and int(stem) in numbers):
             return name
@@ -144,7 +137,7 @@ def unmatched_split_ids(values, example_ids):
     stems = set()
     numbers = set()
     for example_id in example_ids:
-        stem = _stem(example_id)
+        stem = ids.id_stem(example_id)
         stems.update((stem, example_id))
         if stem.isdigit():
             numbers.add(int(stem))
@@ -154,46 +147,15 @@ def unmatched_split_ids(values, example_ids):
         for item in (part.strip() for part in listed.split(",")):
             if not item:
                 continue
-            match = _RANGE_RE.match(item)
-            if match:
-                first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+            bounds = ids.parse_id_range(item)
+            if bounds:
+                first, last = bounds
                 found = any(first <= number <= last for number in numbers)
             else:
                 found = item in stems
             if not found:
                 unmatched.append(f"{name.strip()}:{item}")
     return unmatched
-
-
-def index_run_keys(example_ids):
-    """Map ids to scene keys: runs of consecutive integer file stems form one scene.
-
-    Datasets such as ELIEI number their captures so that consecutive indices are the same scene
-    (often the same bright reference); splitting by scene keeps near-duplicates out of the test
-    split. Ids in different folders never share a run; ids whose stem is not an integer are
-    their own scene.
-
-    Returns:
-        dict id -> key such as `run:low/4` (folder and first index of the run).
-    """
-    by_folder = collections.defaultdict(list)
-    keys = {}
-    for example_id in example_ids:
-        stem = _stem(example_id)
-        folder = example_id.rsplit("/", 1)[0] if "/" in example_id else ""
-        if stem.isdigit():
-            by_folder[folder].append((int(stem), example_id))
-        else:
-            keys[example_id] = example_id
-    for folder, numbered in by_folder.items():
-        numbered.sort()
-        start = previous = None
-        for number, example_id in numbered:
-            if previous is None or number != previous + 1:
-                start = number
-            previous = number
-            keys[example_id] = f"run:{folder}/{start}"
-    return keys
 
 
 def choose_splits(examples, splits, *, split_by="id", split_ids=None, overrides=None):
@@ -203,7 +165,8 @@ def choose_splits(examples, splits, *, split_by="id", split_ids=None, overrides=
         examples: list of (example_id, group_key): the group key is what the hash sees by default
             (the id itself, or the bright image shared by several pairs).
         splits: ordered mapping name -> fraction.
-        split_by: "id" (hash the group key) or "index_run" (hash the scene: see index_run_keys).
+        split_by: "id" (hash the group key) or "index_run" (hash the scene, a run of consecutive
+            integer file stems: `lowlight_tf.media.ids.index_run_keys`).
         split_ids: rules from parse_split_ids; they take precedence over the hash.
         overrides: optional {id: split}, taking precedence over everything.
 
@@ -212,7 +175,7 @@ def choose_splits(examples, splits, *, split_by="id", split_ids=None, overrides=
     """
     if split_by not in ("id", "index_run"):
         raise ValueError(f"split_by={split_by!r} must be 'id' or 'index_run'")
-    run_keys = index_run_keys([i for i, _ in examples]) if split_by == "index_run" else {}
+    run_keys = ids.index_run_keys([i for i, _ in examples]) if split_by == "index_run" else {}
     overrides = overrides or {}
     chosen = []
     for example_id, group_key in examples:

@@ -12,7 +12,9 @@ import time
 
 import numpy as np
 
-from data_prep import decoding
+from lowlight_tf.media import decode
+from lowlight_tf.media import formats
+from lowlight_tf.media import png
 
 # Seconds between two checks of a worker's parent process.
 PARENT_CHECK_INTERVAL = 0.25
@@ -53,10 +55,10 @@ def decode_image_task(task):
     """
     path, example_id, dtype, max_side, half_size, no_auto_bright, max_pixels = task
     try:
-        image, meta = decoding.decode_any(path, half_size=half_size,
-                                          no_auto_bright=no_auto_bright, max_pixels=max_pixels)
-        image = decoding.to_dtype(decoding.downscale(image, max_side), np.dtype(dtype))
-    except decoding.DecodeError as error:
+        image, meta = decode.decode_any(path, half_size=half_size,
+                                        no_auto_bright=no_auto_bright, max_pixels=max_pixels)
+        image = formats.to_dtype(formats.downscale(image, max_side), np.dtype(dtype))
+    except decode.DecodeError as error:
         return ("skip", str(error), error.reason)
     except MemoryError:
         return ("skip", "out of memory while decoding", "too_large")
@@ -64,7 +66,7 @@ def decode_image_task(task):
         # A decoder bug or an exotic file must not stop the job: name it in the summary.
         return ("skip", f"unexpected error ({type(error).__name__}: {error})", "decoder_error")
     return ("ok", {
-        "bright": decoding.encode_png(image),
+        "bright": png.encode_png(image),
         "id": example_id,
         "source_format": meta["source_format"],
         "is_raw": bool(meta["is_raw"]),
@@ -80,8 +82,8 @@ def _decode_bright(path, half_size, max_pixels):
     key = (path, half_size, max_pixels)
     if key not in _BRIGHT_CACHE:
         _BRIGHT_CACHE.clear()
-        _BRIGHT_CACHE[key] = decoding.decode_any(path, half_size=half_size, no_auto_bright=True,
-                                                 max_pixels=max_pixels)
+        _BRIGHT_CACHE[key] = decode.decode_any(path, half_size=half_size, no_auto_bright=True,
+                                               max_pixels=max_pixels)
     return _BRIGHT_CACHE[key]
 
 
@@ -100,27 +102,27 @@ def decode_pair_task(task):
     dtype = np.dtype(dtype)
     try:
         try:
-            dark, dark_meta = decoding.decode_any(dark_path, half_size=half_size,
-                                                  no_auto_bright=True, max_pixels=max_pixels)
-        except decoding.DecodeError as error:
+            dark, dark_meta = decode.decode_any(dark_path, half_size=half_size,
+                                                no_auto_bright=True, max_pixels=max_pixels)
+        except decode.DecodeError as error:
             return ("skip", f"dark image: {error}", error.reason)
         try:
             bright, _ = _decode_bright(bright_path, half_size, max_pixels)
-        except decoding.DecodeError as error:
+        except decode.DecodeError as error:
             return ("skip", f"bright image {os.path.basename(bright_path)}: {error}",
                     error.reason)
         if dark.shape != bright.shape:
             return ("skip", f"size mismatch (dark {dark.shape[0]}x{dark.shape[1]}, "
                             f"bright {bright.shape[0]}x{bright.shape[1]})", "size_mismatch")
-        dark = decoding.to_dtype(decoding.downscale(dark, max_side), dtype)
-        bright = decoding.to_dtype(decoding.downscale(bright, max_side), dtype)
+        dark = formats.to_dtype(formats.downscale(dark, max_side), dtype)
+        bright = formats.to_dtype(formats.downscale(bright, max_side), dtype)
     except MemoryError:
         return ("skip", "out of memory while decoding", "too_large")
     except Exception as error:  # pylint: disable=broad-except
         return ("skip", f"unexpected error ({type(error).__name__}: {error})", "decoder_error")
     return ("ok", {
-        "dark": decoding.encode_png(dark),
-        "bright": decoding.encode_png(bright),
+        "dark": png.encode_png(dark),
+        "bright": png.encode_png(bright),
         "id": example_id,
         "source_format": dark_meta["source_format"],
         "exposure_ratio": np.float32(ratio),

@@ -8,7 +8,7 @@ independent. `paired_difference` takes two evaluations of the same images (`per_
 lowlight_tf.evaluation), pairs them by image, and bootstraps whole scenes (resampling scenes with
 replacement, the mean over their images each time) for a percentile confidence interval of the
 mean difference. Scenes are runs of consecutive integer ids, as the splits were made
-(data_prep.splitting.index_run_keys); an id that is not an integer is its own scene. With few
+(lowlight_tf.media.ids.index_run_keys); an id that is not an integer is its own scene. With few
 scenes the interval is coarse (3 scenes allow only 10 distinct resamples): read it with the scene
 count beside it.
 """
@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from data_prep import splitting
+from lowlight_tf.media import ids
 
 METRICS = ("psnr", "psnr_gt_mean", "ssim")
 METRIC_NAMES = {"psnr": "PSNR", "psnr_gt_mean": "GT-mean PSNR", "ssim": "SSIM"}
@@ -111,7 +111,7 @@ def scene_keys(keys):
     by_dataset = {}
     for dataset, image_id in keys:
         by_dataset.setdefault(dataset, []).append(image_id)
-    runs = {dataset: splitting.index_run_keys(ids) for dataset, ids in by_dataset.items()}
+    runs = {dataset: ids.index_run_keys(image_ids) for dataset, image_ids in by_dataset.items()}
     return {(dataset, image_id): (dataset, runs[dataset][image_id])
             for dataset, image_id in keys}
 

@@ -13,6 +13,8 @@ import re
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from lowlight_tf.media import formats
+
 KINDS = ("images", "pairs", "simulated")
 IMAGE_KEYS = ("bright", "dark")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -156,7 +158,7 @@ def load_stored(output_dir, name, split, *, file_shard=None):
 def to_float_image(image):
     """Map a uint8 [0, 255] or uint16 [0, 65535] image to float32 in [0, 255] (uint16 / 257)."""
     if image.dtype == tf.uint16:
-        return tf.cast(image, tf.float32) / 257.0
+        return tf.cast(image, tf.float32) / float(formats.UINT16_PER_UINT8)
     return tf.cast(image, tf.float32)
 
 

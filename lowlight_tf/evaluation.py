@@ -44,6 +44,7 @@ from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
 from lowlight_tf import progress as progress_lib
+from lowlight_tf.media import formats
 
 DEFAULT_SPLIT = "test"
 DEFAULT_GAINS = (1.0,)
@@ -712,9 +713,9 @@ def _unpaired_inputs(folder):
                               "photos (PNG, JPEG, TIFF, ...) or raw files.")
     paths = [p for p in inference.expand_inputs([folder]) if os.path.isfile(p)]
     if not paths:
-        raise EvaluationError(
-            f"--unpaired {folder} holds no image or raw file (by extension: "
-            f"{', '.join(inference.IMAGE_EXTENSIONS)}, camera raw); add photos or fix the path.")
+        listed = ", ".join(sorted(formats.IMAGE_EXTENSIONS))
+        raise EvaluationError(f"--unpaired {folder} holds no image or raw file (by extension: "
+                              f"{listed}, camera raw); add photos or fix the path.")
     return paths
 
 

@@ -9,23 +9,25 @@ equals whole-image inference wherever that margin covers the receptive field, an
 seams elsewhere. The paper's non-overlapping stitching stays available (`stitch="paper"`) for
 comparison.
 
-`enhance_file` / `enhance_paths` apply a model to camera raw files (every LibRaw format, via
-rawpy, rendered as data_prep renders them) and ordinary images, with bounded memory.
+`enhance_file` / `enhance_paths` apply a model to camera raw files (every LibRaw format, decoded
+by `lowlight_tf.media` as data_prep decodes them) and ordinary images, with bounded memory.
 """
 import dataclasses
 import os
-import struct
 import time
 import weakref
-import zlib
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from lowlight_tf import files
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
 from lowlight_tf import progress as progress_lib
+from lowlight_tf.media import decode
+from lowlight_tf.media import formats
+from lowlight_tf.media import png
 
 STITCH_MODES = ("blend", "paper")
 OUTPUT_FORMATS = ("png", "jpg", "png16")
@@ -38,16 +40,6 @@ MAX_BATCH_PIXELS = 1 << 20
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32
 JPEG_QUALITY = 95
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm")
-# File extensions of the raw formats LibRaw reads (https://www.libraw.org/supported-cameras);
-# used only to pick files out of a folder: a file named explicitly is always tried.
-RAW_EXTENSIONS = (
-    ".3fr", ".ari", ".arw", ".bay", ".braw", ".cap", ".cr2", ".cr3", ".crw", ".cs1", ".dcr",
-    ".dcs", ".dng", ".drf", ".eip", ".erf", ".fff", ".gpr", ".iiq", ".k25", ".kdc", ".mdc", ".mef",
-    ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".ptx", ".pxn", ".qtk", ".r3d", ".raf", ".raw",
-    ".rdc", ".rw2", ".rwl", ".rwz", ".sr2", ".srf", ".srw", ".sti", ".x3f")
-
 
 class UnreadableImageError(ValueError):
     """A file that is neither a decodable camera raw nor an ordinary image, or one larger than
@@ -344,65 +336,12 @@ def amplify(image, ratio, *, curve="srgb"):
     return out
 
 
-def pack_bayer(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
-    """Packs a Bayer raw file as SID does: float32 [H/2, W/2, 4] in [0, 1], channels R G B G.
-
-    The black level is subtracted per CFA channel and the result divided by (white - black);
-    the channel order is R, G (same row as R), B, G (same row as B) whatever the CFA layout.
-    `max_pixels` (None/0: none) is checked on LibRaw's header sizes before unpacking.
-
-    Raises:
-      UnreadableImageError: not a raw file, over the pixel limit, or not a 2x2 RGB Bayer mosaic
-        (X-Trans, Foveon).
-    """
-    import rawpy
-    from data_prep import decoding
-    try:
-        with rawpy.imread(path) as raw:  # parses the header; unpacks on raw_image_visible
-            sizes = raw.sizes
-            decoding.check_pixels(max(sizes.width, sizes.raw_width),
-                                  max(sizes.height, sizes.raw_height), max_pixels, "raw picture")
-            mosaic = raw.raw_image_visible.astype(np.float32)
-            colors = raw.raw_colors_visible
-            black = np.asarray(raw.black_level_per_channel, np.float32)
-            white = float(raw.white_level)
-            description = raw.color_desc.decode("ascii", "replace")
-            pattern = np.asarray(raw.raw_pattern) if raw.raw_pattern is not None else None
-    except decoding.DecodeError as e:
-        raise UnreadableImageError(str(e)) from None
-    except MemoryError:
-        raise UnreadableImageError("not enough memory to unpack this raw file") from None
-    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError) as e:
-        raise UnreadableImageError(f"camera raw file LibRaw cannot decode ({e})") from e
-    if pattern is None or pattern.shape != (2, 2) or mosaic.ndim != 2:
-        raise UnreadableImageError("not a 2x2 Bayer mosaic; a bayer model cannot read it (use "
-                                   "an rgb model)")
-    try:
-        letters = [description[int(pattern[dy, dx])] for dy in (0, 1) for dx in (0, 1)]
-    except IndexError:
-        letters = []
-    if "R" not in letters or "B" not in letters:
-        raise UnreadableImageError(f"not an RGB Bayer mosaic (colours {description!r}); a bayer "
-                                   "model cannot read it (use an rgb model)")
-    height, width = mosaic.shape[0] // 2 * 2, mosaic.shape[1] // 2 * 2
-    mosaic, colors = mosaic[:height, :width], colors[:height, :width]
-    mosaic -= black[np.clip(colors, 0, len(black) - 1)]
-    mosaic /= np.maximum(white - black[np.clip(colors, 0, len(black) - 1)], 1.0)
-    np.clip(mosaic, 0.0, 1.0, out=mosaic)
-    offsets = [(dy, dx) for dy in (0, 1) for dx in (0, 1)]
-    red = offsets[letters.index("R")]
-    blue = offsets[letters.index("B")]
-    green_with_red = (red[0], 1 - red[1])
-    green_with_blue = (blue[0], 1 - blue[1])
-    return np.stack([mosaic[dy::2, dx::2] for dy, dx in
-                     (red, green_with_red, blue, green_with_blue)], axis=-1)
-
-
 def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT_MAX_PIXELS):
     """Decodes a user's file into what the model consumes.
 
-    Raw files are rendered by data_prep's decoder (camera white balance, 16-bit sRGB) with
-    LibRaw's auto-brightening off, so a dark frame reaches the model dark, as in training.
+    Raw files are rendered by `media.decode` (camera white balance, 16-bit sRGB; the decoder
+    tools/make_tfrecords uses) with LibRaw's auto-brightening off, so a dark frame reaches the
+    model dark, as in training; a bayer model gets the packed mosaic (`decode.pack_bayer`).
 
     Args:
       path: a camera raw file (any LibRaw format) or an ordinary image (PNG, JPEG, TIFF, BMP).
@@ -410,7 +349,7 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
       ratio: exposure ratio (> 0) applied to the linear signal before the model, as in SID;
         None leaves the input as it is.
       max_pixels: largest width x height accepted, checked on the header before any pixel is
-        decoded (`data_prep.decoding`'s limit, shared by every tool); None or 0 for no limit.
+        decoded (`media.decode`'s limit, shared by every tool); None or 0 for no limit.
 
     Returns:
       DecodedInput.
@@ -419,23 +358,25 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
       UnreadableImageError: the file cannot be decoded, is over the pixel limit, or a bayer
         model got a non-raw image. No other exception escapes for a bad file.
     """
-    from data_prep import decoding
     if not os.path.isfile(path):
         raise UnreadableImageError("no such file")
-    is_raw = decoding.is_raw_path(path)
+    is_raw = formats.is_raw_path(path)
     if input_channels == 4:
         if not is_raw:
             raise UnreadableImageError("this bayer model needs camera raw files; this is not "
                                        "one (use an rgb model for ordinary images)")
-        packed = pack_bayer(path, max_pixels=max_pixels)
+        try:
+            packed = decode.pack_bayer(path, max_pixels=max_pixels)
+        except decode.DecodeError as e:
+            raise UnreadableImageError(str(e)) from None
         if ratio:
             packed *= np.float32(ratio)
             np.clip(packed, 0.0, 1.0, out=packed)
         return DecodedInput(packed, 1.0, True, f"raw {packed.shape[1] * 2}x"
                             f"{packed.shape[0] * 2} packed bayer")
     try:
-        array, _ = decoding.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
-    except decoding.DecodeError as e:
+        array, _ = decode.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
+    except decode.DecodeError as e:
         hint = ("; raise --max_pixels if the file is genuine"
                 if getattr(e, "reason", "") == "too_large" and "--max_pixels" not in str(e)
                 else "")
@@ -709,38 +650,9 @@ def no_reference_stats(image):
 # ----------------------------------------------------------------------------------------------
 # Writing.
 
-def write_png16(path, image):
-    """Writes uint16 [H, W, 3] as a 16-bit RGB PNG, row by row (Pillow cannot write 48-bit PNG),
-    atomically (a temporary file renamed over `path` when complete)."""
-    image = np.asarray(image)
-    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"write_png16 expects uint16 [H, W, 3], got {image.dtype} {image.shape}")
-    height, width = image.shape[:2]
-
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    compressor = zlib.compressobj(6)
-    parts = []
-    for begin in range(0, height, 256):
-        band = np.ascontiguousarray(image[begin:begin + 256], dtype=">u2")
-        rows = band.reshape(-1, width * 3).view(np.uint8)
-        raw = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), rows], axis=1)
-        parts.append(compressor.compress(raw.tobytes()))
-    parts.append(compressor.flush())
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    with files.atomic_write(path, "wb") as f:  # complete or absent, never truncated
-        f.write(b"\x89PNG\r\n\x1a\n")
-        f.write(chunk(b"IHDR", header))
-        f.write(chunk(b"IDAT", b"".join(parts)))
-        f.write(chunk(b"IEND", b""))
-
-
 def write_image(path, image, fmt):
     """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit),
     atomically: `path` holds the complete image or is left as it was."""
-    from PIL import Image
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
     peak, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
@@ -750,7 +662,7 @@ def write_image(path, image, fmt):
         band = np.clip(image[begin:begin + 256], 0.0, 1.0) * peak
         pixels[begin:begin + 256] = np.round(band)
     if fmt == "png16":
-        write_png16(path, pixels)
+        png.write_png(path, pixels)
         return
     with files.atomic_path(path) as temporary:
         if fmt == "jpg":
@@ -922,8 +834,7 @@ def expand_inputs(inputs):
         if os.path.isdir(item):
             for name in sorted(os.listdir(item)):
                 candidate = os.path.join(item, name)
-                if (os.path.isfile(candidate)
-                        and name.lower().endswith(IMAGE_EXTENSIONS + RAW_EXTENSIONS)):
+                if os.path.isfile(candidate) and formats.is_image_path(name):
                     found.append(candidate)
         else:
             found.append(item)
@@ -943,9 +854,10 @@ def check_inputs(inputs):
         raise ValueError(f"Input not found: {', '.join(missing[:5])}. Check the path(s).")
     for item in inputs:
         if os.path.isdir(item) and not expand_inputs([item]):
+            listed = ", ".join(sorted(formats.IMAGE_EXTENSIONS))
             raise ValueError(f"The folder {item} holds no image or raw file (by extension: "
-                             f"{', '.join(IMAGE_EXTENSIONS)}, or a camera raw extension); "
-                             "folders are not searched recursively.")
+                             f"{listed}, or a camera raw extension); folders are not searched "
+                             "recursively.")
     return expand_inputs(inputs)
 
 

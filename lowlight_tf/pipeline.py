@@ -43,10 +43,11 @@ import tensorflow as tf
 
 from lowlight_tf import dim_exposure
 from lowlight_tf import simulation as simulation_lib
+from lowlight_tf.media import formats
 
 DEFAULT_SHUFFLE_BUFFER = 256
 # data.load maps uint16 to [0, 255] by dividing by 257 (docs/interfaces.md); v * 257 is exact.
-_CODE_SCALE = 257.0
+_CODE_SCALE = float(formats.UINT16_PER_UINT8)
 # Hash range of select_fraction; 2^62 makes ties between different ids practically impossible.
 _HASH_BUCKETS = 1 << 62
 # Stateless seed streams, one per random stage, so changing one stage never shifts another.

@@ -22,10 +22,13 @@ import tifffile
 from PIL import Image
 
 from data_prep import core
-from data_prep import decoding
+from data_prep import pairs
 from data_prep import prepare
 from data_prep import splitting
 from lowlight_tf import data
+from lowlight_tf.media import decode
+from lowlight_tf.media import formats
+from lowlight_tf.media import png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "make_tfrecords")
@@ -150,28 +153,28 @@ def test_split_assignment_matches_sha256_and_fractions():
 
 def test_encode_png_round_trip_8_and_16_bit():
     image8 = _rng(1).integers(0, 256, (9, 13, 3), dtype=np.uint8)
-    decoded = np.asarray(Image.open(io.BytesIO(decoding.encode_png(image8))))
+    decoded = np.asarray(Image.open(io.BytesIO(png.encode_png(image8))))
     np.testing.assert_array_equal(decoded, image8)
     image16 = _rng(2).integers(0, 65536, (9, 13, 3), dtype=np.uint16)
-    decoded16 = tf.io.decode_png(decoding.encode_png(image16), dtype=tf.uint16).numpy()
+    decoded16 = tf.io.decode_png(png.encode_png(image16), dtype=tf.uint16).numpy()
     np.testing.assert_array_equal(decoded16, image16)
 
 
 def test_downscale_matches_block_mean():
     image = _rng(3).integers(0, 65536, (16, 24, 3), dtype=np.uint16)
-    small = decoding.downscale(image, 12)
+    small = formats.downscale(image, 12)
     reference = image.astype(np.float64).reshape(8, 2, 12, 2, 3).mean(axis=(1, 3))
     assert small.shape == (8, 12, 3) and small.dtype == np.uint16
     np.testing.assert_array_equal(small, np.round(reference).astype(np.uint16))
-    assert decoding.downscale(image, 24) is image
+    assert formats.downscale(image, 24) is image
 
 
 def test_exposure_time_and_cfa_names():
-    assert decoding.exposure_time_from_name("Sony/short/00001_00_0.04s.ARW") == 0.04
-    assert decoding.exposure_time_from_name("00001_00_10s.ARW") == 10.0
-    assert decoding.exposure_time_from_name("100.png") is None
-    assert decoding.cfa_pattern_name(np.array([[2, 3], [1, 0]]), b"RGBG") == "BGGR"
-    assert decoding.cfa_pattern_name(None, b"RGBG") == ""
+    assert pairs.exposure_time_from_name("Sony/short/00001_00_0.04s.ARW") == 0.04
+    assert pairs.exposure_time_from_name("00001_00_10s.ARW") == 10.0
+    assert pairs.exposure_time_from_name("100.png") is None
+    assert decode.cfa_pattern_name(np.array([[2, 3], [1, 0]]), b"RGBG") == "BGGR"
+    assert decode.cfa_pattern_name(None, b"RGBG") == ""
 
 
 # ------------------------------------------------------------------------------------------------

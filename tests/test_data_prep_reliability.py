@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import decoding
 from data_prep import prepare
 from data_prep import summary as summary_lib
 from lowlight_tf import data
+from lowlight_tf.media import decode
+from lowlight_tf.media import png
 from test_data_prep import ROOT, TOOL, build, write_dng, write_png8  # pylint: disable=import-error
 
 
@@ -42,25 +43,25 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
     bomb = tmp_path / "bomb.png"
     write_bomb_png(str(bomb))
     assert os.path.getsize(bomb) < 2000
-    with pytest.raises(decoding.DecodeError, match="exceeds the pixel limit") as error:
-        decoding.decode_any(str(bomb))
+    with pytest.raises(decode.DecodeError, match="exceeds the pixel limit") as error:
+        decode.decode_any(str(bomb))
     assert error.value.reason == "too_large"
     # The limit follows max_pixels, for ordinary images (8 and 16 bit) and raw files alike.
     write_png8(str(tmp_path / "small.png"), shape=(20, 28))
-    assert decoding.decode_any(str(tmp_path / "small.png"), max_pixels=560)[0].shape == (20, 28, 3)
-    with pytest.raises(decoding.DecodeError) as error:
-        decoding.decode_any(str(tmp_path / "small.png"), max_pixels=559)
+    assert decode.decode_any(str(tmp_path / "small.png"), max_pixels=560)[0].shape == (20, 28, 3)
+    with pytest.raises(decode.DecodeError) as error:
+        decode.decode_any(str(tmp_path / "small.png"), max_pixels=559)
     assert error.value.reason == "too_large"
     png16 = tmp_path / "deep.png"
-    png16.write_bytes(decoding.encode_png(np.zeros((10, 12, 3), np.uint16)))
-    with pytest.raises(decoding.DecodeError) as error:
-        decoding.decode_any(str(png16), max_pixels=100)
+    png16.write_bytes(png.encode_png(np.zeros((10, 12, 3), np.uint16)))
+    with pytest.raises(decode.DecodeError) as error:
+        decode.decode_any(str(png16), max_pixels=100)
     assert error.value.reason == "too_large"
     write_dng(str(tmp_path / "raw.dng"), shape=(32, 48))
-    with pytest.raises(decoding.DecodeError, match="raw picture of 48x32") as error:
-        decoding.decode_any(str(tmp_path / "raw.dng"), max_pixels=1000)
+    with pytest.raises(decode.DecodeError, match="raw picture of 48x32") as error:
+        decode.decode_any(str(tmp_path / "raw.dng"), max_pixels=1000)
     assert error.value.reason == "too_large"
-    assert decoding.decode_any(str(tmp_path / "raw.dng"))[0].shape[:2] == (32, 48)
+    assert decode.decode_any(str(tmp_path / "raw.dng"))[0].shape[:2] == (32, 48)
 
 
 def test_every_bad_input_gets_a_named_skip_reason(tmp_path):

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import decoding
 from lowlight_tf import calibration
 from lowlight_tf import inference
+from lowlight_tf.media import decode
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_corpus")
 # Files on which decode_any hung (tifffile.imread walked a corrupt page chain without end);
@@ -39,8 +39,8 @@ def _is_image(array):
 def test_every_reader_decodes_or_names_the_skip(name, tmp_path):
     path = os.path.join(CORPUS, name)
     try:
-        assert _is_image(decoding.decode_any(path)[0])
-    except decoding.DecodeError as error:
+        assert _is_image(decode.decode_any(path)[0])
+    except decode.DecodeError as error:
         assert str(error) and error.reason
     try:
         assert _is_image(inference.decode_input(path).model_input)
@@ -65,8 +65,8 @@ def test_every_reader_decodes_or_names_the_skip(name, tmp_path):
 
 @pytest.mark.parametrize("name", HANGS)
 def test_no_decoder_hangs(name):
-    code = ("import sys\nfrom data_prep import decoding\ntry:\n"
-            "    decoding.decode_any(sys.argv[1])\nexcept decoding.DecodeError:\n    pass\n")
+    code = ("import sys\nfrom lowlight_tf.media import decode\ntry:\n"
+            "    decode.decode_any(sys.argv[1])\nexcept decode.DecodeError:\n    pass\n")
     try:
         subprocess.run([sys.executable, "-c", code, os.path.join(CORPUS, name)],
                        capture_output=True, timeout=HANG_SECONDS, check=True)

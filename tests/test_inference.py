@@ -4,6 +4,7 @@ import stat
 import struct
 import subprocess
 import sys
+import types
 import zlib
 
 import keras
@@ -11,10 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep import core
 from lowlight_tf import files
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
+from lowlight_tf.media import decode
+from lowlight_tf.media import formats
+from lowlight_tf.media import png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,7 +157,7 @@ def _write_dng(path_no_ext, mosaic, cfa="RGGB", black=64, white=1023):
 def test_pack_bayer_against_mosaic(tmp_path, cfa, red_offset, blue_offset):
     mosaic = np.random.default_rng(4).integers(64, 1024, (32, 48)).astype(np.uint16)
     path = _write_dng(tmp_path / "frame", mosaic, cfa=cfa)
-    packed = inference.pack_bayer(path)
+    packed = decode.pack_bayer(path)
     assert packed.shape == (16, 24, 4)
     normalised = (mosaic.astype(np.float32) - 64) / (1023 - 64)
     ry, rx = red_offset
@@ -172,11 +177,10 @@ def test_amplify_in_linear_light():
 
 
 def test_write_png16_round_trip(tmp_path):
-    from data_prep import decoding
     image = np.random.default_rng(5).integers(0, 65536, (13, 17, 3)).astype(np.uint16)
     path = str(tmp_path / "x.png")
-    inference.write_png16(path, image)
-    decoded, _ = decoding.decode_image(path)
+    png.write_png(path, image)
+    decoded, _ = decode.decode_image(path)
     assert decoded.dtype == np.uint16
     np.testing.assert_array_equal(decoded, image)
 
@@ -232,8 +236,7 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
                                       fmt="png", tile=16, overlap=4)
     as_jpeg = inference.enhance_file(identity_model, png, str(tmp_path / "c"), fmt="jpg")
     assert plain.endswith("dark_enhanced.png") and as_jpeg.endswith("dark_enhanced.jpg")
-    from data_prep import decoding
-    decoded16, _ = decoding.decode_image(plain)
+    decoded16, _ = decode.decode_image(plain)
     assert decoded16.dtype == np.uint16 and decoded16.shape == (30, 45, 3)
     np.testing.assert_allclose(decoded16 / 257.0, dark, atol=0.01)
     # --ratio multiplies the linear light by 8 before the model: sRGB value 20 (linear 0.00699)
@@ -440,8 +443,7 @@ def test_output_images_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     inference.write_image(str(target), image, "png16")
     assert os.listdir(tmp_path) == ["a_enhanced.png"]
-    from data_prep import decoding
-    assert decoding.decode_image(str(target))[0].dtype == np.uint16
+    assert decode.decode_image(str(target))[0].dtype == np.uint16
 
 
 def test_a_decompression_bomb_is_skipped_and_the_batch_goes_on(identity_model, tmp_path):
@@ -622,3 +624,15 @@ def test_enhance_cli_overwrite_brightness_and_bad_inputs(photo_folder, tmp_path)
     assert missing.returncode == 2 and "nope.png" in missing.stderr
     bad = _run_tool(args + ["--brightness=2"], cwd=str(tmp_path))
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+
+
+def test_enhance_and_data_prep_pick_files_by_the_one_extension_table(tmp_path):
+    names = [f"a{ext}" for ext in sorted(formats.RAW_EXTENSIONS | formats.IMAGE_EXTENSIONS)]
+    names += ["UPPER.NEF", "Photo.JPG", "notes.txt", "clip.braw", "archive.eip"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    picked = {os.path.basename(p) for p in inference.expand_inputs([str(tmp_path)])}
+    skips = types.SimpleNamespace(ignored_files=0)
+    prepared = {i for _, i in core.iter_input_files(str(tmp_path), skips)}
+    assert picked == prepared == set(names) - {"notes.txt", "clip.braw", "archive.eip"}
+    assert skips.ignored_files == 3

@@ -1,20 +1,12 @@
-"""Scene-disjoint splits: index runs and explicit split assignments (data_prep.splitting)."""
+"""Scene-disjoint splits: index runs and explicit split assignments (data_prep.splitting).
+
+The scene keys themselves are tested in test_media.py (lowlight_tf.media.ids)."""
 import collections
 
 import pytest
 
 from data_prep import splitting
-
-
-def test_index_runs_group_consecutive_stems_per_folder():
-    ids = ["low/4.png", "low/5.png", "low/29.png", "low/30.png", "low/38.png", "other/5.png",
-           "low/sky.png"]
-    keys = splitting.index_run_keys(ids)
-    assert keys["low/4.png"] == keys["low/5.png"] == "run:low/4"
-    assert keys["low/29.png"] == keys["low/30.png"] == "run:low/29"
-    assert keys["low/38.png"] == "run:low/38"
-    assert keys["other/5.png"] == "run:other/5"  # another folder never joins the run
-    assert keys["low/sky.png"] == "low/sky.png"
+from lowlight_tf.media import ids as media_ids
 
 
 def test_index_run_split_never_separates_a_scene():
@@ -23,7 +15,7 @@ def test_index_run_split_never_separates_a_scene():
     chosen = splitting.choose_splits([(i, i) for i in ids], splits, split_by="index_run")
     by_run = collections.defaultdict(set)
     for example_id, split in zip(ids, chosen):
-        by_run[splitting.index_run_keys(ids)[example_id]].add(split)
+        by_run[media_ids.index_run_keys(ids)[example_id]].add(split)
     assert len(by_run) == 3
     assert all(len(s) == 1 for s in by_run.values())
     # Hashing ids one by one would have scattered each run over both splits.

@@ -1,0 +1,118 @@
+"""The TensorFlow-free media package: extension tables, PNG writer, 8/16-bit scale, ids."""
+import ast
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowlight_tf.media import decode
+from lowlight_tf.media import formats
+from lowlight_tf.media import ids
+from lowlight_tf.media import png
+
+
+def test_media_imports_no_tensorflow():
+    code = ("import sys\n"
+            "import lowlight_tf.media\n"
+            "from lowlight_tf.media import decode, formats, ids, png\n"
+            "from data_prep import splitting, workers\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')\n"
+            "print(loaded)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# Modules of lowlight_tf that still import data_prep, to be switched by their owners (then
+# remove them here): calibration (data_prep.decoding), training and reproduce (prepare,
+# sample_photos).
+_NOT_YET_ONE_WAY = {"calibration.py", "training.py", "reproduce.py"}
+
+
+def test_lowlight_tf_never_imports_data_prep():
+    package = os.path.dirname(os.path.dirname(os.path.abspath(decode.__file__)))
+    offenders = []
+    for folder, _, names in os.walk(package):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            if name in _NOT_YET_ONE_WAY and folder == package:
+                continue
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                           [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(m.split(".")[0] == "data_prep" for m in modules):
+                    offenders.append(f"{os.path.relpath(os.path.join(folder, name), package)}:"
+                                     f"{node.lineno}")
+    assert not offenders, f"lowlight_tf must not import data_prep: {offenders}"
+
+
+def test_extension_tables_are_lowercase_disjoint_and_cover_both_old_lists():
+    for table in (formats.RAW_EXTENSIONS, formats.IMAGE_EXTENSIONS):
+        assert all(ext.startswith(".") and ext == ext.lower() for ext in table)
+    assert not formats.RAW_EXTENSIONS & formats.IMAGE_EXTENSIONS
+    # The raw formats enhance picked but data_prep sent to Pillow, now raw everywhere.
+    assert {".rdc", ".cs1", ".qtk", ".pxn", ".drf"} <= formats.RAW_EXTENSIONS
+    assert {".webp", ".ppm", ".pgm"} <= formats.IMAGE_EXTENSIONS
+    assert formats.is_raw_path("A/B.NEF") and not formats.is_raw_path("a/b.png")
+    assert formats.is_image_path("x.Tif") and formats.is_image_path("x.rdc")
+    assert not formats.is_image_path("notes.txt") and not formats.is_image_path("clip.braw")
+    assert [formats.format_name(p) for p in ("a.JPG", "b.tiff", "c.nef")] == ["jpeg", "tiff",
+                                                                              "nef"]
+
+
+def test_a_raw_extension_goes_to_libraw_not_pillow(tmp_path):
+    # Garbage under a raw extension is LibRaw's to refuse ("unsupported"); Pillow would have
+    # called it "not an image".
+    path = tmp_path / "frame.rdc"
+    path.write_bytes(b"not a raw file at all" * 10)
+    with pytest.raises(decode.DecodeError) as error:
+        decode.decode_any(str(path))
+    assert error.value.reason == "unsupported" and "LibRaw" in str(error.value)
+
+
+def test_the_8_16_bit_scale():
+    assert formats.UINT16_PER_UINT8 * 255 == 65535
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    wide = formats.to_dtype(values, np.uint16)
+    np.testing.assert_array_equal(wide, values.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(formats.to_dtype(wide, np.uint8), values)
+
+
+@pytest.mark.parametrize("dtype, peak", [(np.uint8, 255), (np.uint16, 65535)])
+def test_png_round_trip_across_row_bands(tmp_path, dtype, peak):
+    # 300 rows: more than one band of the band-wise encoder.
+    image = np.random.default_rng(3).integers(0, peak + 1, (300, 7, 3)).astype(dtype)
+    path = str(tmp_path / "x.png")
+    png.write_png(path, image)
+    decoded, meta = decode.decode_image(path)
+    assert decoded.dtype == dtype and meta["source_format"] == "png"
+    np.testing.assert_array_equal(decoded, image)
+    if dtype == np.uint8:
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.encode_png(image)))),
+                                      image)
+    with pytest.raises(ValueError, match="uint8/uint16"):
+        png.encode_png(image.astype(np.float32))
+
+
+def test_index_runs_group_consecutive_stems_per_folder():
+    example_ids = ["low/4.png", "low/5.png", "low/29.png", "low/30.png", "low/38.png",
+                   "other/5.png", "low/sky.png"]
+    keys = ids.index_run_keys(example_ids)
+    assert keys["low/4.png"] == keys["low/5.png"] == "run:low/4"
+    assert keys["low/29.png"] == keys["low/30.png"] == "run:low/29"
+    assert keys["low/38.png"] == "run:low/38"
+    assert keys["other/5.png"] == "run:other/5"  # another folder never joins the run
+    assert keys["low/sky.png"] == "low/sky.png"
+
+
+def test_id_ranges_and_stems():
+    assert ids.parse_id_range("7") == (7, 7)
+    assert ids.parse_id_range("4-5") == (4, 5)
+    assert ids.parse_id_range("9-3") == (9, 3)  # the caller refuses it with its own context
+    assert ids.parse_id_range("sky") is None and ids.parse_id_range("4-") is None
+    assert ids.id_stem("a/b/12.png") == "12" and ids.id_stem("x") == "x"
