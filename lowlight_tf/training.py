@@ -274,12 +274,20 @@ def create_model(config, strategy):
     return model, trainable, frozen
 
 
-def _data_specs(config):
-    """Returns (train_spec, val_spec or None), building the sample datasets when asked to."""
+def _data_specs(config, sample_datasets=None):
+    """Returns (train_spec, val_spec or None), building the sample datasets when asked to.
+
+    `sample_datasets(root)` builds (or reuses) them and returns {split: spec}; the caller hands
+    it in (tools/train: data_prep.sample_photos.ensure_sample_datasets), since this package
+    never imports data_prep.
+    """
     train_spec, val_spec = config.train_data, config.val_data
     if SAMPLE in (train_spec, val_spec):
-        from data_prep import sample_photos
-        specs = sample_photos.ensure_sample_datasets(config.sample_root)
+        if sample_datasets is None:
+            raise ConfigError(f"--train_data={SAMPLE} needs the builder of the embedded sample "
+                              "datasets: run tools/train, pass sample_datasets= to train(), or "
+                              "give dataset specs for --train_data and --val_data.")
+        specs = sample_datasets(config.sample_root)
         train_spec = specs["train"] if train_spec == SAMPLE else train_spec
         val_spec = specs["val"] if val_spec == SAMPLE else val_spec
     return train_spec, (None if val_spec == NO_VALIDATION else val_spec)
@@ -308,14 +316,14 @@ def _shard_by_data(dataset):
     return dataset.with_options(options)
 
 
-def make_datasets(config):
+def make_datasets(config, sample_datasets=None):
     """Returns (train_ds, val_ds or None, description) for a resolved config.
 
     Both yield (dark, bright) float32 [batch_size, patch_size, patch_size, 3] in [0, 1];
     bright-only data gets its dark patches simulated with --simulation_params.
     """
     from lowlight_tf import pipeline, simulation
-    train_spec, val_spec = _data_specs(config)
+    train_spec, val_spec = _data_specs(config, sample_datasets)
     steps = tuple(s for s in config.simulation_steps.replace("+", ",").split(",") if s)
     try:
         preset = simulation.load_preset(config.simulation_params)
@@ -603,9 +611,9 @@ def _remove_backup(backup_dir):
     shutil.rmtree(backup_dir, ignore_errors=True)
 
 
-def _warn_small_images(config):
+def _warn_small_images(config, sample_datasets=None):
     """Warns once when training or validation images are smaller than --patch_size."""
-    train_spec, val_spec = _data_specs(config)
+    train_spec, val_spec = _data_specs(config, sample_datasets)
     for what, spec, split in (("training", train_spec, "train"), ("validation", val_spec, "val")):
         if not spec:
             continue
@@ -671,13 +679,16 @@ def _set_threads(config):
         logging.warning("thread settings ignored (TensorFlow already started): %s", error)
 
 
-def train(config, strategy=None, extra_callbacks=()):
+def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     """Runs one training stage; see the module docstring for stages and the model_dir layout.
 
     Args:
       config: a TrainConfig (defaults are resolved by `resolve_config`).
       strategy: optional tf.distribute strategy (else made from config.strategy).
       extra_callbacks: more Keras callbacks, run after the built-in ones.
+      sample_datasets: callable(root) -> {split: spec} that builds the embedded sample datasets
+        for --train_data/--val_data=sample (tools/train passes
+        data_prep.sample_photos.ensure_sample_datasets).
 
     Returns:
       TrainResult.
@@ -718,17 +729,17 @@ def train(config, strategy=None, extra_callbacks=()):
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
-    train_ds, val_ds, description = make_datasets(config)
+    train_ds, val_ds, description = make_datasets(config, sample_datasets)
     if skip_epochs:
         train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
-    _warn_small_images(config)
+    _warn_small_images(config, sample_datasets)
     images = None
     if config.num_images:
         # Fixed validation patches; without validation, a copy of the training pipeline (its
         # own iterator, so the training stream itself is untouched).
         what = "validation" if val_ds is not None else "training"
         dark, bright = (_first_batch(val_ds, what) if val_ds is not None else
-                        _first_batch(make_datasets(config)[0], what))
+                        _first_batch(make_datasets(config, sample_datasets)[0], what))
         images = (dark[:config.num_images], bright[:config.num_images])
         if len(images[0]) < config.num_images:
             _warn(f"TensorBoard shows {len(images[0])} example image(s), not --num_images="
