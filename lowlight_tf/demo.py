@@ -5,12 +5,22 @@ Builds TFRecords from the sample photos, simulates dark versions with a calibrat
 pretrains a small U-Net briefly to show the training path (§3.2-3.3) and scores it too, and
 enhances the simulated dark test images with the shipped model as a user would enhance their
 photos. Minutes on 2 CPU cores; it uses lowlight_tf.reproduce's stages, so a second run reuses
-what the first one finished.
+what the first one finished. The caller (tools/demo) hands in the dataset builders
+(`reproduce.DatasetBuilders`, data_prep's): this package never imports data_prep.
+
+Reads: the sample photos (through the builders), the shipped model. Writes into OUTPUT_DIR:
+what tools/reproduce writes (tfrecords, models, evaluations, stages, report.md, ...), plus
+dark_inputs/ (the simulated dark test images as PNGs) and enhanced/ (their enhanced versions).
 """
 import os
 
 import numpy as np
+from PIL import Image
 
+from lowlight_tf import data
+from lowlight_tf import inference
+from lowlight_tf import model as model_lib
+from lowlight_tf import pretrained
 from lowlight_tf import reproduce
 
 # The small model trains for a few minutes on 2 CPU cores: it shows the training path, not the
@@ -31,8 +41,6 @@ def demo_config(output_dir, **overrides):
 
 def _write_dark_inputs(simulated_spec, folder, limit):
     """Write the simulated dark test images as 8-bit PNGs: the demo's 'user photos'."""
-    from PIL import Image
-    from lowlight_tf import data
     os.makedirs(folder, exist_ok=True)
     paths = []
     for example in data.load_spec(simulated_spec).take(limit).as_numpy_iterator():
@@ -45,8 +53,6 @@ def _write_dark_inputs(simulated_spec, folder, limit):
 
 def _enhancing_model(work_dir, progress):
     """The shipped model, else (an install without it) the demo's own small model."""
-    from lowlight_tf import model as model_lib
-    from lowlight_tf import pretrained
     try:
         path = pretrained.model_path()
         progress(f"Enhancing with the shipped pretrained model {path}")
@@ -56,11 +62,21 @@ def _enhancing_model(work_dir, progress):
     return model_lib.load_model(path)
 
 
-def run_demo(output_dir="demo_output", progress=print, enhance_images=3, **overrides):
-    """Run the demo; returns the reproduce report dict plus the enhanced files."""
-    from lowlight_tf import inference
+def run_demo(output_dir, builders, progress=print, enhance_images=3, **overrides):
+    """Run the demo; returns the reproduce report dict plus the enhanced files.
+
+    Args:
+      output_dir: the demo's folder (its work_dir); a second run reuses its finished stages.
+      builders: reproduce.DatasetBuilders (tools/demo passes data_prep's).
+      progress: callable(str) for progress lines.
+      enhance_images: how many simulated dark test images to enhance.
+      **overrides: ReproduceConfig settings that replace DEMO_SETTINGS (tests shrink the run).
+
+    Raises:
+      reproduce.ReproduceError: bad settings or inputs.
+    """
     config = demo_config(output_dir, **overrides)
-    report = reproduce.run_reproduce(config, progress=progress)
+    report = reproduce.run_reproduce(config, builders, progress=progress)
     work_dir = os.path.abspath(output_dir)
     simulated = report["datasets"]["simulated_test"]
     inputs = _write_dark_inputs(simulated, os.path.join(work_dir, "dark_inputs"), enhance_images)

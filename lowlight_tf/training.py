@@ -197,12 +197,20 @@ def create_model(config, strategy):
     return model, trainable, frozen
 
 
-def _data_specs(config):
-    """Returns (train_spec, val_spec or None), building the sample datasets when asked to."""
+def _data_specs(config, sample_datasets=None):
+    """Returns (train_spec, val_spec or None), building the sample datasets when asked to.
+
+    `sample_datasets(root)` builds (or reuses) them and returns {split: spec}; the caller hands
+    it in (tools/train: data_prep.sample_photos.ensure_sample_datasets), since this package
+    never imports data_prep.
+    """
     train_spec, val_spec = config.train_data, config.val_data
     if SAMPLE in (train_spec, val_spec):
-        from data_prep import sample_photos
-        specs = sample_photos.ensure_sample_datasets(config.sample_root)
+        if sample_datasets is None:
+            raise ConfigError(f"--train_data={SAMPLE} needs the builder of the embedded sample "
+                              "datasets: run tools/train, pass sample_datasets= to train(), or "
+                              "give dataset specs for --train_data and --val_data.")
+        specs = sample_datasets(config.sample_root)
         train_spec = specs["train"] if train_spec == SAMPLE else train_spec
         val_spec = specs["val"] if val_spec == SAMPLE else val_spec
     return train_spec, (None if val_spec == NO_VALIDATION else val_spec)
@@ -267,17 +275,18 @@ def _train_dataset(config, spec, preset, steps, worker):
                      f"{config.train_fraction:g}{simulated}; cache {cache}{estimate}{sharding})")
 
 
-def make_datasets(config, worker=(0, 1)):
+def make_datasets(config, worker=(0, 1), sample_datasets=None):
     """Returns (train_ds, val_ds or None, description) for a resolved config.
 
     Both yield (dark, bright) float32 [batch_size, patch_size, patch_size, 3] in [0, 1];
     bright-only data gets its dark patches simulated with --simulation_params. `worker` is (this
-    worker's index, number of workers): with several workers, each reads its own training files when there is at least one per worker (FILE
-    sharding), else every worker reads all and keeps its share (DATA); validation, finite and
-    identical every epoch, is always split by DATA.
+    worker's index, number of workers): with several workers, each reads its own training
+    files when there is at least one per worker (FILE sharding), else every worker reads all
+    and keeps its share (DATA); validation, finite and identical every epoch, is always split
+    by DATA. `sample_datasets` builds the embedded sample data (see `train`).
     """
     from lowlight_tf import pipeline, simulation
-    train_spec, val_spec = _data_specs(config)
+    train_spec, val_spec = _data_specs(config, sample_datasets)
     steps = tuple(s for s in config.simulation_steps.replace("+", ",").split(",") if s)
     try:
         preset = simulation.load_preset(config.simulation_params)
@@ -314,9 +323,9 @@ def _log(config, message):
         print(message, flush=True)
 
 
-def _warn_small_images(config):
+def _warn_small_images(config, sample_datasets=None):
     """Warns once when training or validation images are smaller than --patch_size."""
-    train_spec, val_spec = _data_specs(config)
+    train_spec, val_spec = _data_specs(config, sample_datasets)
     for what, spec, split in (("training", train_spec, "train"), ("validation", val_spec, "val")):
         if not spec:
             continue
@@ -377,13 +386,16 @@ def _set_threads(config):
         logging.warning("thread settings ignored (TensorFlow already started): %s", error)
 
 
-def train(config, strategy=None, extra_callbacks=()):
+def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     """Runs one training stage; see the module docstring for stages and the model_dir layout.
 
     Args:
       config: a TrainConfig (defaults are resolved by `resolve_config`).
       strategy: optional tf.distribute strategy (else made from config.strategy).
       extra_callbacks: more Keras callbacks, run after the built-in ones.
+      sample_datasets: callable(root) -> {split: spec} that builds the embedded sample datasets
+        for --train_data/--val_data=sample (tools/train passes
+        data_prep.sample_photos.ensure_sample_datasets).
 
     Returns:
       TrainResult.
@@ -406,11 +418,12 @@ def train(config, strategy=None, extra_callbacks=()):
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
-    train_ds, val_ds, description = make_datasets(config, distribute.worker(strategy))
+    train_ds, val_ds, description = make_datasets(config, distribute.worker(strategy),
+                                                  sample_datasets)
     if skip_epochs:
         train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
-    _warn_small_images(config)
-    images = _example_images(config, val_ds)
+    _warn_small_images(config, sample_datasets)
+    images = _example_images(config, val_ds, sample_datasets)
 
     # Seeded again: building the sample datasets or the pipelines above may draw random
     # numbers, and the initial weights must not depend on whether they already existed.
@@ -484,7 +497,7 @@ def _enable_determinism():
     tf.config.experimental.enable_op_determinism()
 
 
-def _example_images(config, val_ds):
+def _example_images(config, val_ds, sample_datasets):
     """(dark, bright) NumPy patches shown in TensorBoard every epoch, or None (--num_images=0).
 
     Fixed validation patches; without validation, a copy of the training pipeline (its own
@@ -494,7 +507,8 @@ def _example_images(config, val_ds):
         return None
     what = "validation" if val_ds is not None else "training"
     dark, bright = (_first_batch(val_ds, what) if val_ds is not None else
-                    _first_batch(make_datasets(config)[0], what))
+                    _first_batch(make_datasets(config, sample_datasets=sample_datasets)[0],
+                                 what))
     images = (dark[:config.num_images], bright[:config.num_images])
     if len(images[0]) < config.num_images:
         progress.warn(f"TensorBoard shows {len(images[0])} example image(s), not --num_images="

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data_prep import sample_photos
 from lowlight_tf import pipeline, training
 from lowlight_tf.train_config import TrainConfig
 
@@ -36,7 +37,7 @@ def test_training_runs_through_the_service(service, tmp_path, capsys):
                          base_filters=4, depth=2, patch_size=16, batch_size=4, epochs=1,
                          steps_per_epoch=3, validation_steps=1, num_images=0,
                          data_service=f"grpc://{service}", strategy="default")
-    result = training.train(config)
+    result = training.train(config, sample_datasets=sample_photos.ensure_sample_datasets)
     assert result.last_epoch == 1
     assert f"tf.data service grpc://{service}" in capsys.readouterr().out
     with pytest.raises(training.ConfigError, match="data_service"):

@@ -1,0 +1,241 @@
+"""The reproduce run's report (lowlight_tf.reproduce): Table 1 in Markdown, paired differences,
+the device-subset draws, the simulation's fidelity, training curves and panel folders.
+
+`build_report` turns the stage results into the report dict (`summary.json`); `write_report`
+writes `report.md`, `summary.json` and `curves.png` into the work_dir.
+"""
+import dataclasses
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lowlight_tf import comparison
+from lowlight_tf import evaluation
+from lowlight_tf.reproduce_run import model_row, write_json
+
+# Table 1 of the paper, for context only (their data: RAISE 6k and SID Sony; not comparable).
+PAPER_ROWS = (
+    ("Paper: ours (simulated)", "RAISE 6k (simulated)", "6000", "100 / -", 15.73),
+    ("Paper: ours, zero-shot", "SID", "0", "100 / 0", 6.33),
+    ("Paper: ours, transfer", "SID", "200", "100 / 250", 10.19),
+    ("Paper: SID model (Chen et al.)", "SID", "2000", "4000 / -", 28.88),
+)
+
+
+def _table_rows(results):
+    """Model rows in stage order, then each dataset's baselines once per input gain."""
+    rows, baselines, seen = [], [], set()
+    for name in [k for k in results if "rows" in results[k]]:
+        for row in results[name]["rows"]:
+            if row.get("kind") == "baseline":
+                key = (row["method"], row["dataset"], row.get("gain", 1.0))
+                if key not in seen:
+                    seen.add(key)
+                    baselines.append(row)
+            else:
+                rows.append(row)
+    return rows + baselines
+
+
+# Paired comparisons in the report, (A, B) by training stage: each on the images both stages'
+# evaluations share, with a scene-bootstrap 95% interval (lowlight_tf.comparison).
+COMPARISONS = (
+    ("transfer_target", "pretrain"),  # issue 6 target 2: same-camera transfer vs zero-shot
+    ("transfer_device", "full_device"),  # the paper's 10% transfer vs full supervision
+    ("transfer_device", "scratch_device"),  # ... vs scratch on the same 10%
+    ("finetune_all_device", "scratch_device"),
+    ("full_device", "scratch_device"),
+)
+
+
+def _comparisons(results):
+    """[{a, b, dataset(s), metric, mean, low, high, ...}] for the COMPARISONS both evaluated."""
+    found = []
+    for stage_a, stage_b in COMPARISONS:
+        evals = [results.get(f"eval_{stage}", {}).get("output_dir")
+                 for stage in (stage_a, stage_b)]
+        if not all(evals):
+            continue
+        (label_a, a), (label_b, b) = (comparison.read_per_image(e) for e in evals)
+        result = comparison.paired_difference(a, b)
+        found.append({"a": label_a, "b": label_b,
+                      "datasets": sorted({d for d, _ in set(a) & set(b)}),
+                      **dataclasses.asdict(result)})
+    return found
+
+
+def format_comparisons(comparisons):
+    """Markdown bullet lines of _comparisons' results."""
+    return [f"- {', '.join(c['datasets'])}: " + comparison.format_difference(
+        c["a"], c["b"], comparison.PairedDifference(
+            **{f.name: c[f.name] for f in dataclasses.fields(comparison.PairedDifference)}))
+        for c in comparisons]
+
+
+def _subset_summary(results, config):
+    """Draw 0 (the main rows) and the extra draws of the device subset, with each draw's paired
+    transfer - scratch margin and the mean and standard deviation over draws; {} without draws."""
+    extra = results.get("device_subsets", {}).get("draws", [])
+    main = [results.get(f"eval_{stage}") for stage in ("transfer_device", "scratch_device")]
+    if not extra or not all(main):
+        return {}
+    first = {"draw": 0, "seed": config.train.seed,
+             "output_dirs": {"transfer": main[0]["output_dir"], "scratch": main[1]["output_dir"]}}
+    for kind, evaluated in zip(("transfer", "scratch"), main):
+        first[kind] = model_row(evaluated)
+    draws = []
+    for entry in [first, *extra]:
+        a, b = (comparison.read_per_image(entry["output_dirs"][k])[1]
+                for k in ("transfer", "scratch"))
+        margin = comparison.paired_difference(a, b)
+        draws.append({"draw": entry["draw"], "seed": entry["seed"],
+                      "transfer": {k: entry["transfer"][k] for k in ("psnr", "ssim")},
+                      "scratch": {k: entry["scratch"][k] for k in ("psnr", "ssim")},
+                      "margin": dataclasses.asdict(margin)})
+
+    def spread(values):
+        values = np.asarray(values, np.float64)
+        return {"mean": float(values.mean()), "std": float(values.std(ddof=1)),
+                "min": float(values.min()), "max": float(values.max())}
+    return {"fraction": config.device_fraction, "draws": draws,
+            "transfer_psnr": spread([d["transfer"]["psnr"] for d in draws]),
+            "scratch_psnr": spread([d["scratch"]["psnr"] for d in draws]),
+            "margin_psnr": spread([d["margin"]["mean"] for d in draws])}
+
+
+def format_subsets(subsets):
+    """Markdown lines of _subset_summary: a row per draw, then mean ± standard deviation."""
+    if not subsets:
+        return []
+    fraction = f"{subsets['fraction']:.0%}"
+    lines = [f"| draw (seed) | transfer, last two blocks, {fraction}: PSNR / SSIM | scratch, "
+             f"{fraction}: PSNR / SSIM | transfer - scratch, PSNR (95% CI over scenes) |",
+             "|---|---|---|---|"]
+    for d in subsets["draws"]:
+        m = d["margin"]
+        lines.append(f"| {d['draw']} ({d['seed']}) | {d['transfer']['psnr']:.2f} / "
+                     f"{d['transfer']['ssim']:.3f} | {d['scratch']['psnr']:.2f} / "
+                     f"{d['scratch']['ssim']:.3f} | {m['mean']:+.2f} ({m['low']:+.2f} to "
+                     f"{m['high']:+.2f}) |")
+    t, c, m = (subsets[k] for k in ("transfer_psnr", "scratch_psnr", "margin_psnr"))
+    lines += ["", f"Over {len(subsets['draws'])} draws (mean ± standard deviation, min to max): "
+              f"transfer {t['mean']:.2f} ± {t['std']:.2f} dB ({t['min']:.2f} to {t['max']:.2f}), "
+              f"scratch {c['mean']:.2f} ± {c['std']:.2f} dB ({c['min']:.2f} to {c['max']:.2f}), "
+              f"transfer - scratch {m['mean']:+.2f} ± {m['std']:.2f} dB "
+              f"({m['min']:+.2f} to {m['max']:+.2f})."]
+    return lines
+
+
+def build_report(run, results, specs):
+    """The report dict: rows (models then baselines), paired comparisons, the device subset
+    draws, calibration, curves, panel folders."""
+    return {
+        "work_dir": run.work_dir,
+        "rows": _table_rows(results),
+        "comparisons": _comparisons(results),
+        "device_subsets": _subset_summary(results, run.config),
+        "calibration": results.get("calibrate", {}),
+        "device_calibration": results.get("calibrate_device", {}),
+        "histories": {k: v["history"] for k, v in results.items() if "history" in v},
+        "panels": [v["output_dir"] + "/panels" for k, v in results.items()
+                   if k.startswith("eval_")],
+        "datasets": specs,
+    }
+
+
+def format_table(rows, with_paper=True):
+    """The Table 1 form of lowlight_tf.evaluation, plus the paper's own rows for context."""
+    lines = [evaluation.format_table(rows)]
+    if with_paper:
+        lines += [f"| {method} | {dataset} | {images} | {epochs} | {psnr:.2f} | n/a | n/a | 1 "
+                  "| n/a |" for method, dataset, images, epochs, psnr in PAPER_ROWS]
+    return "\n".join(lines)
+
+
+def format_fidelity(calibration):
+    """Markdown table of the calibration's fidelity summary next to the `paper` preset's."""
+    lines = ["| parameters | condition | PSNR (dB) | abs. error of channel means | "
+             "abs. error of channel stds | noise simulated / real |", "|---|---|---|---|---|---|"]
+    for label, key in (("calibrated", "fidelity"), ("paper preset", "fidelity_paper_preset")):
+        for condition, row in sorted((calibration.get(key) or {}).items()):
+            lines.append(f"| {label} | {condition} | {row['psnr']:.2f} | "
+                         f"{row['mean_abs_error']:.2f} | {row['std_abs_error']:.2f} | "
+                         f"{row['noise_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(histories, path):
+    """Training (and validation) loss per epoch of every stage (MAE, plus the SSIM term when
+    --ssim_weight > 0), one panel each; returns path."""
+    names = [n for n, h in histories.items() if h.get("loss")]
+    if not names:
+        return None
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    # A Figure without pyplot: no global backend or figure registry (Agg renders the PNG).
+    fig = Figure(figsize=(4.5 * columns, 3.2 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat[len(names):]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, names):
+        history = histories[name]
+        epochs = np.arange(1, len(history["loss"]) + 1)
+        axis.plot(epochs, history["loss"], label="train loss")
+        if history.get("val_loss"):
+            axis.plot(epochs[:len(history["val_loss"])], history["val_loss"], label="val loss")
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def write_report(run, report):
+    """Write report.md, summary.json and curves.png into the work_dir; print the table."""
+    curves = plot_curves(report["histories"], os.path.join(run.work_dir, "curves.png"))
+    table = format_table(report["rows"])
+    calibration = report["calibration"]
+    lines = ["# Reproduction report", "",
+             "PSNR is the paper's 8-bit formula 20·log10(255/√MSE) on full images; GT-mean PSNR "
+             "scales the prediction's mean to the reference's first and is reported beside it, "
+             "never instead of it.", "", table, ""]
+    comparisons = format_comparisons(report.get("comparisons", []))
+    if comparisons:
+        lines += ["## Paired differences", "",
+                  "Mean difference of per-image PSNR over the images both rows evaluated, with a "
+                  "95% interval from resampling whole scenes (index runs; images of one scene "
+                  "are not independent). An interval that contains 0 does not separate the "
+                  "two rows (lowlight_tf.comparison).", "", *comparisons, ""]
+    subsets = report.get("device_subsets")
+    if subsets:
+        lines += [f"## The device's {subsets['fraction']:.0%} subset, drawn "
+                  f"{len(subsets['draws'])} times (--device_subsets)", "",
+                  "Draw 0 is the table's rows; draw k trains on the subset of seed --seed + k "
+                  "(the same fraction, other pairs).", "", *format_subsets(subsets), ""]
+    if calibration:
+        lines += ["## Simulation", "",
+                  f"Calibrated with `{calibration.get('method')}` on "
+                  f"{calibration.get('fit_pairs', 'n/a')} pairs; parameters in "
+                  f"`{calibration.get('params')}`. Fidelity on "
+                  f"{calibration.get('holdout_pairs', 'n/a')} held-out pairs (real dark image "
+                  "against the simulated one):", "", format_fidelity(calibration), ""]
+    device = report.get("device_calibration")
+    if device:
+        lines += ["## Device simulation (--device_calibration)", "",
+                  f"Calibrated with `{device.get('method')}` on the device's "
+                  f"{device.get('fit_pairs', 'n/a')} transfer pairs; parameters in "
+                  f"`{device.get('params')}`. Fidelity on {device.get('holdout_pairs', 'n/a')} "
+                  "device test pairs:", "", format_fidelity(device), ""]
+    if curves:
+        lines += ["## Training curves", "", "![curves](curves.png)", ""]
+    lines += ["## Example panels (input | prediction | reference)", ""]
+    lines += [f"- `{os.path.relpath(p, run.work_dir)}`" for p in report["panels"]]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(run.work_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    write_json(os.path.join(run.work_dir, "summary.json"), report)
+    run.say("\n" + "\n".join([table, "", *comparisons])
+         + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")
+
