@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import shutil
-import struct
 import tempfile
 import time
 
@@ -36,14 +35,16 @@ from absl import logging
 from lowlight_tf import config as config_lib
 from lowlight_tf import distribute
 from lowlight_tf import files
+from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
-from lowlight_tf import progress
 from lowlight_tf import run_dir
+from lowlight_tf import train_data
 from lowlight_tf.run_dir import BACKUP_DIR, FLAGS_NAME
 from lowlight_tf.callbacks import EpochCheckpoint, GuardedBackup, Monitor, NanGuard
 from lowlight_tf.distribute import (is_chief, is_multi_worker, make_strategy,
                                     patch_keras_for_multi_worker)
-from lowlight_tf.train_config import NO_VALIDATION, SAMPLE, ConfigError
+from lowlight_tf import data
+from lowlight_tf.train_config import SAMPLE, ConfigError
 # Callers name these through this module (TODO after the refactor branches merge: import them
 # from their modules).
 from lowlight_tf.callbacks import backup_epoch  # noqa: F401
@@ -66,7 +67,6 @@ class TrainResult:
 
 def _resolve_split(spec, split):
     """`OUTPUT_DIR/NAME[:split]` with its split replaced by `split`."""
-    from lowlight_tf import data
     parsed = data.parse_dataset_spec(spec)
     return f"{parsed.output_dir}/{parsed.name}:{split}"
 
@@ -178,7 +178,6 @@ def create_model(config, strategy):
       ArchitectureMismatchError: --init_from's weights do not fit (the message names the layer).
       ValueError: an unknown --trainable_blocks name.
     """
-    from lowlight_tf import metrics
     source = model_lib.load_model(config.init_from) if config.init_from else None
     with strategy.scope():
         model = model_lib.build_unet("rgb", config.base_filters, config.depth,
@@ -197,178 +196,9 @@ def create_model(config, strategy):
     return model, trainable, frozen
 
 
-def _data_specs(config, sample_datasets=None):
-    """Returns (train_spec, val_spec or None), building the sample datasets when asked to.
-
-    `sample_datasets(root)` builds (or reuses) them and returns {split: spec}; the caller hands
-    it in (tools/train: data_prep.sample_photos.ensure_sample_datasets), since this package
-    never imports data_prep.
-    """
-    train_spec, val_spec = config.train_data, config.val_data
-    if SAMPLE in (train_spec, val_spec):
-        if sample_datasets is None:
-            raise ConfigError(f"--train_data={SAMPLE} needs the builder of the embedded sample "
-                              "datasets: run tools/train, pass sample_datasets= to train(), or "
-                              "give dataset specs for --train_data and --val_data.")
-        specs = sample_datasets(config.sample_root)
-        train_spec = specs["train"] if train_spec == SAMPLE else train_spec
-        val_spec = specs["val"] if val_spec == SAMPLE else val_spec
-    return train_spec, (None if val_spec == NO_VALIDATION else val_spec)
-
-
-def _load_source(spec, default_split, what, file_shard=None):
-    """Loads a dataset spec; returns (dataset, kind, count). Raises ConfigError when empty.
-
-    `file_shard` (index, count) reads only that set of the files (`data.load`); `count` is the
-    whole split's number of examples.
-    """
-    from lowlight_tf import data
-    try:
-        parsed = data.parse_dataset_spec(spec, default_split=default_split)
-        source = data.load(parsed.output_dir, parsed.name, parsed.split, file_shard=file_shard)
-        kind = data.dataset_kind(parsed.output_dir, parsed.name)
-        count = data.num_examples(parsed.output_dir, parsed.name, parsed.split)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"--{what}={spec}: {e}") from e
-    if count == 0:
-        raise ConfigError(f"--{what}={spec} holds no examples; check the split name or rebuild "
-                          "it with tools/make_tfrecords.")
-    return source, kind, count
-
-
-def _train_dataset(config, spec, preset, steps, worker):
-    """The training pipeline of `spec` and its description line (cache, sharding).
-
-    `worker` is (this worker's index, number of workers).
-    """
-    from lowlight_tf import data, pipeline
-    index, workers = worker
-    try:
-        parsed = data.parse_dataset_spec(spec, default_split="train")
-        files = data.num_shards(parsed.output_dir, parsed.name, parsed.split)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"--train_data={spec}: {e}") from e
-    policy = distribute.shard_policy(files, workers)
-    source, kind, count = _load_source(
-        spec, "train", "train_data",
-        file_shard=(index, workers) if workers > 1 and policy == "FILE" else None)
-    try:
-        cache, megabytes = pipeline.cache_mode(
-            config.cache, source, count=count, budget_mb=config.cache_budget_mb,
-            patch_size=config.patch_size)
-        dataset = pipeline.train_dataset(
-            source, patch_size=config.patch_size, batch_size=config.batch_size,
-            seed=config.seed, simulation=preset if kind == "images" else None,
-            simulation_steps=steps, train_fraction=config.train_fraction, cache=cache,
-            dim_fraction=config.dim_fraction if kind == "images" else 0.0)
-    except ValueError as e:
-        raise ConfigError(f"--train_data={spec}: {e}") from e
-    dataset = distribute.shard_input(dataset, policy)
-    if config.data_service:
-        dataset = pipeline.through_data_service(dataset, config.data_service)
-    simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
-    estimate = f", about {megabytes:,.0f} MiB decoded" if megabytes is not None else ""
-    sharding = (f"; {files} file(s) split between {workers} workers by {policy}"
-                if workers > 1 else "")
-    sharding += f"; tf.data service {config.data_service}" if config.data_service else ""
-    return dataset, (f"train: {spec} ({kind}, {count} examples, fraction "
-                     f"{config.train_fraction:g}{simulated}; cache {cache}{estimate}{sharding})")
-
-
-def make_datasets(config, worker=(0, 1), sample_datasets=None):
-    """Returns (train_ds, val_ds or None, description) for a resolved config.
-
-    Both yield (dark, bright) float32 [batch_size, patch_size, patch_size, 3] in [0, 1];
-    bright-only data gets its dark patches simulated with --simulation_params. `worker` is (this
-    worker's index, number of workers): with several workers, each reads its own training
-    files when there is at least one per worker (FILE sharding), else every worker reads all
-    and keeps its share (DATA); validation, finite and identical every epoch, is always split
-    by DATA. `sample_datasets` builds the embedded sample data (see `train`).
-    """
-    from lowlight_tf import pipeline, simulation
-    train_spec, val_spec = _data_specs(config, sample_datasets)
-    steps = tuple(s for s in config.simulation_steps.replace("+", ",").split(",") if s)
-    try:
-        preset = simulation.load_preset(config.simulation_params)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"--simulation_params={config.simulation_params}: {e}") from e
-    train_ds, line = _train_dataset(config, train_spec, preset, steps, worker)
-    description = [line]
-    val_ds = None
-    if val_spec:
-        val_source, val_kind, val_count = _load_source(val_spec, "val", "val_data")
-        try:
-            val_ds = pipeline.validation_dataset(
-                val_source, patch_size=config.patch_size, batch_size=config.batch_size,
-                seed=config.seed, simulation=preset if val_kind == "images" else None,
-                simulation_steps=steps,
-                max_patches=config.validation_steps * config.batch_size or None)
-        except ValueError as e:
-            raise ConfigError(f"--val_data={val_spec}: {e}") from e
-        val_ds = distribute.shard_input(val_ds, "DATA")
-        description.append(f"validation: {val_spec} ({val_kind}, {val_count} examples)")
-    return train_ds, val_ds, description
-
-
-def _first_batch(dataset, what):
-    """The first (dark, bright) batch as NumPy; ConfigError when the dataset yields nothing."""
-    for dark, bright in dataset.take(1):
-        return dark.numpy(), bright.numpy()
-    raise ConfigError(f"The {what} dataset yields no patches (empty after --train_fraction or "
-                      "smaller than --patch_size?); use more data or a larger fraction.")
-
-
 def _log(config, message):
     if config.verbose:
         print(message, flush=True)
-
-
-def _warn_small_images(config, sample_datasets=None):
-    """Warns once when training or validation images are smaller than --patch_size."""
-    train_spec, val_spec = _data_specs(config, sample_datasets)
-    for what, spec, split in (("training", train_spec, "train"), ("validation", val_spec, "val")):
-        if not spec:
-            continue
-        try:
-            small, total = count_small_images(spec, config.patch_size, split)
-        except (ValueError, OSError):
-            continue  # unreadable datasets are reported where they are loaded
-        if small:
-            progress.warn(f"{small} of {total} {what} images of {spec} are smaller than --patch_size="
-                  f"{config.patch_size} on a side and are padded by mirroring to fill their "
-                  "patches; use a smaller --patch_size or larger images.")
-
-
-def _png_size(data):
-    """(height, width) from a PNG's IHDR chunk, or None for other bytes."""
-    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n":
-        width, height = struct.unpack(">II", data[16:24])
-        return height, width
-    return None
-
-
-def count_small_images(spec, patch_size, default_split="train"):
-    """How many images of a dataset are smaller than `patch_size` on a side (they get padded).
-
-    Reads only the stored PNG headers (no decoding), so it is cheap on large datasets.
-
-    Returns:
-      (small, total) ints.
-    """
-    import tensorflow_datasets as tfds
-    from lowlight_tf import data
-    parsed = data.parse_dataset_spec(spec, default_split=default_split)
-    builder = tfds.builder_from_directory(data.dataset_dir(parsed.output_dir, parsed.name))
-    stored = builder.as_dataset(split=parsed.split, shuffle_files=False,
-                                decoders={"bright": tfds.decode.SkipDecoding()})
-    small = total = 0
-    for example in stored.as_numpy_iterator():
-        size = _png_size(example["bright"])
-        if size is None:
-            size = tuple(tf.io.decode_image(example["bright"], channels=3).shape[:2])
-        total += 1
-        small += min(size) < patch_size
-    return small, total
 
 
 def _set_threads(config):
@@ -418,12 +248,12 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
-    train_ds, val_ds, description = make_datasets(config, distribute.worker(strategy),
+    train_ds, val_ds, description = train_data.make_datasets(config, distribute.worker(strategy),
                                                   sample_datasets)
     if skip_epochs:
         train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
-    _warn_small_images(config, sample_datasets)
-    images = _example_images(config, val_ds, sample_datasets)
+    train_data.warn_small_images(config, sample_datasets)
+    images = train_data.example_images(config, val_ds, sample_datasets)
 
     # Seeded again: building the sample datasets or the pipelines above may draw random
     # numbers, and the initial weights must not depend on whether they already existed.
@@ -495,28 +325,6 @@ def _enable_determinism():
         raise ConfigError("--deterministic needs oneDNN disabled before TensorFlow starts: "
                           "run TF_ENABLE_ONEDNN_OPTS=0 tools/train ... --deterministic.")
     tf.config.experimental.enable_op_determinism()
-
-
-def _example_images(config, val_ds, sample_datasets):
-    """(dark, bright) NumPy patches shown in TensorBoard every epoch, or None (--num_images=0).
-
-    Fixed validation patches; without validation, a copy of the training pipeline (its own
-    iterator, so the training stream itself is untouched).
-    """
-    if not config.num_images:
-        return None
-    what = "validation" if val_ds is not None else "training"
-    dark, bright = (_first_batch(val_ds, what) if val_ds is not None else
-                    _first_batch(make_datasets(config, sample_datasets=sample_datasets)[0],
-                                 what))
-    images = (dark[:config.num_images], bright[:config.num_images])
-    if len(images[0]) < config.num_images:
-        progress.warn(f"TensorBoard shows {len(images[0])} example image(s), not --num_images="
-              f"{config.num_images}: they come from the first {what} batch, which holds "
-              f"{len(dark)} patch(es) (a batch holds at most --batch_size={config.batch_size}"
-              + (", and the validation set has fewer patches" if len(dark) <
-                 config.batch_size else "") + ").")
-    return images
 
 
 def _write_run_files(out_dir, config, model):
