@@ -4,9 +4,9 @@
 For each channel, the mean bright value of every 8-bit dark value is pooled over the calibration
 pairs (the same pairs the simulation is calibrated on), interpolated over dark values no pixel
 had, and applied to the held-out dark images as a lookup table, optionally after a Gaussian blur
-(a classical denoiser): lowlight_tf.baselines.fit_dark_to_bright_curve / apply_curve, which
-tools/reproduce reports as the `calibrated curve` row with the 1-pixel blur. It needs the same
-8 pairs as our zero-shot model and no training, so it is the bar a model pretrained on
+(a classical denoiser): lowlight_tf.curves.fit_dark_to_bright_curve and baselines.apply_curve,
+which tools/reproduce reports as the `calibrated curve` row with the 1-pixel blur. It needs the
+same 8 pairs as our zero-shot model and no training, so it is the bar a model pretrained on
 simulated pairs has to clear on the same camera.
 
   python benchmarks/curve_baseline.py --pairs=../shared/data/eliei/rgb_dev \
@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lowlight_tf import baselines, calibration, metrics  # noqa: E402  pylint: disable=C0413
+from lowlight_tf import baselines, calibration, curves, metrics  # noqa: E402  pylint: disable=C0413
 
 _PAIRS = flags.DEFINE_string("pairs", "../shared/data/eliei/rgb_dev",
                              "Folder with low/ and high/ real pairs.")
@@ -58,7 +58,7 @@ def main(argv):
     print(f"{'method':<46} {'PSNR':>6} {'SSIM':>6} {'GT-mean PSNR':>13}")
     for label, source in (("calibration-pair curve", fit), ("oracle: held-out pairs' own curve",
                                                             held_out)):
-        curve = baselines.fit_dark_to_bright_curve(source)
+        curve = curves.fit_dark_to_bright_curve(source)
         for blur in (float(b) for b in _BLURS.value):
             psnr, ssim, gt_mean = scores(curve, held_out, blur)
             name = label + (f" + blur {blur:g}" if blur else "")

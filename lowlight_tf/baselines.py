@@ -12,9 +12,11 @@ dark image, float32 [H, W, 3] in [0, 255], to an enhanced one in [0, 255]:
 - `auto_gain`: one global gain that moves the image mean to 0.45 * 255.
 
 One more needs real pairs, so it is not in `apply`: `calibrated_curve` pools the camera's mean
-bright value per 8-bit dark value and channel over a few pairs (`fit_dark_to_bright_curve`; the
-same pairs the simulation is calibrated on) and applies it as a lookup table after a 1-pixel
-Gaussian blur (`apply_curve`). It is the classical bar for a zero-shot model of that camera.
+bright value per 8-bit dark value and channel over a few pairs
+(`lowlight_tf.curves.fit_dark_to_bright_curve`, also reachable as `fit_dark_to_bright_curve`
+here; the same pairs the simulation is calibrated on) and applies it as a lookup table after a
+1-pixel Gaussian blur (`apply_curve`). It is the classical bar for a zero-shot model of that
+camera. No TensorFlow: this module imports only NumPy, SciPy and `lowlight_tf.curves`.
 
 With the metrics of lowlight_tf.metrics on 8-bit quantised outputs these reproduce the figures
 measured on eliei/rgb_dev in ../shared/data/README.md (PSNR 7.38, 12.33, 13.18, 14.73).
@@ -22,12 +24,14 @@ measured on eliei/rgb_dev in ../shared/data/README.md (PSNR 7.38, 12.33, 13.18, 
 import numpy as np
 from scipy import ndimage
 
-from lowlight_tf import calibration
+from lowlight_tf import curves
 
 GAMMA_EXPONENT = 0.4
 AUTO_GAIN_TARGET_MEAN = 0.45 * 255.0
 HISTOGRAM_BINS = 256
 CURVE_BLUR_SIGMA = 1.0  # pixels: the best of 0, 1 and 1.5 in benchmarks/curve_baseline.py
+# The calibrated-curve baseline's fit, kept under this module's name for its callers.
+fit_dark_to_bright_curve = curves.fit_dark_to_bright_curve
 
 
 def identity(dark):
@@ -104,42 +108,16 @@ def apply(name, dark):
     return BASELINES[name](dark)
 
 
-def fit_dark_to_bright_curve(pairs):
-    """Mean bright value per 8-bit dark value, per channel, pooled over real pairs.
-
-    Args:
-      pairs: iterable of objects with `dark` and `bright` float [H, W, 3] in [0, 255]
-        (lowlight_tf.calibration.Pair).
-    Returns:
-      float64 [3, 256] in [0, 255]; dark values no pixel had are linearly interpolated.
-    Raises:
-      ValueError: no pairs.
-    """
-    pairs = list(pairs)
-    if not pairs:
-        raise ValueError("fit_dark_to_bright_curve needs at least one pair.")
-    curve = np.zeros((3, 256))
-    for c in range(3):
-        total, count = np.zeros(256), np.zeros(256)
-        for pair in pairs:
-            index = np.clip(np.round(pair.dark[..., c]), 0, 255).astype(np.int64).ravel()
-            total += np.bincount(index, np.asarray(pair.bright[..., c], np.float64).ravel(), 256)
-            count += np.bincount(index, minlength=256)
-        seen = np.flatnonzero(count)
-        curve[c] = np.interp(np.arange(256), seen, total[seen] / count[seen])
-    return curve
-
-
 def apply_curve(dark, curve, blur=CURVE_BLUR_SIGMA):
     """Blur dark (Gaussian, `blur` pixels; 0 skips it), then map each channel through `curve`.
 
     Args:
       dark: float [H, W, 3] in [0, 255].
-      curve: float [3, 256] from `fit_dark_to_bright_curve`.
+      curve: float [3, 256] from `curves.fit_dark_to_bright_curve`.
     Returns:
       float32 [H, W, 3] in [0, 255].
     """
     dark = np.asarray(dark, np.float64)
     if blur > 0:
         dark = ndimage.gaussian_filter(dark, (blur, blur, 0))
-    return calibration.tone_map(dark, curve).astype(np.float32)  # the same per-channel lookup
+    return curves.tone_map(dark, curve).astype(np.float32)

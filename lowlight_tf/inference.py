@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from lowlight_tf import curves
 from lowlight_tf import files
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
@@ -428,24 +429,10 @@ def _predict_decoded(model, decoded, tile, overlap):
 def expected_brightness(dark, exposure_curve):
     """Mean over pixels and channels of the camera's expected bright value for `dark`.
 
-    Args:
-      dark: float [H, W, 3] in [0, 1] (an 8-bit sRGB dark image of the calibrated camera).
-      exposure_curve: float [3, 256] in [0, 255], the mean bright value per 8-bit dark value
-        (`SimulationPreset.exposure_curve`, `baselines.fit_dark_to_bright_curve`).
-    Returns:
-      float in [0, 1]. Computed from per-channel histograms: no full-size temporaries.
+    `curves.expected_brightness`: dark float [H, W, 3] in [0, 1], exposure_curve float
+    [3, 256] in [0, 255]; returns a float in [0, 1].
     """
-    curve = np.asarray(exposure_curve, np.float64)
-    if curve.shape != (3, 256):
-        raise ValueError(f"exposure_curve must be [3, 256], got {curve.shape}.")
-    total, count = 0.0, 0
-    for begin in range(0, dark.shape[0], 256):
-        band = np.clip(np.round(np.asarray(dark[begin:begin + 256], np.float32) * 255.0), 0, 255)
-        band = band.astype(np.int64)
-        for c in range(3):
-            total += float(np.bincount(band[..., c].ravel(), minlength=256) @ curve[c])
-        count += band[..., 0].size * 3
-    return total / max(count, 1) / 255.0
+    return curves.expected_brightness(dark, exposure_curve)
 
 
 def anchor_exposure(prediction, dark, exposure_curve, out=None):

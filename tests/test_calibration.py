@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from lowlight_tf import baselines, calibration, simulation
+from lowlight_tf import calibration, curves, simulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE_PARAMS = np.asarray([20.0, 0.30, 0.22, 0.35, 1.0])
@@ -98,7 +98,7 @@ def test_fit_tone_curve_recovers_curve_and_gains():
     pairs = []
     for index, gains in enumerate(true_gains):
         bright = synthetic_bright(30 + index, shape=(64, 80))
-        pairs.append(calibration.Pair(str(index), calibration.tone_map(bright, curve) * gains,
+        pairs.append(calibration.Pair(str(index), curves.tone_map(bright, curve) * gains,
                                       bright))
     fitted, gains = calibration.fit_tone_curve(pairs, min_pixels=5)
     # The curve is identifiable only up to a scale per channel (the gains absorb it): compare
@@ -120,7 +120,7 @@ def test_calibrate_with_tone_curve_models_a_curved_camera():
     for index in range(4):
         bright = synthetic_bright(40 + index, shape=(64, 80))
         params = TRUE_PARAMS + [0, 0.05 * index, 0.05 * index, 0.05 * index, 0]
-        dark = synthetic_dark(calibration.tone_map(bright, curve), params, noise_peak=400.0,
+        dark = synthetic_dark(curves.tone_map(bright, curve), params, noise_peak=400.0,
                               seed=index)  # noise lets the joint fit choose the exponent
         pairs.append(calibration.Pair(str(index), dark, bright))
     scores = {}
@@ -134,7 +134,7 @@ def test_calibrate_with_tone_curve_models_a_curved_camera():
         scores[tone_curve] = [row["psnr"] for row in rows if row["condition"] == "own_clean"][0]
         # The exposure curve is the fit pairs' own dark->bright curve (not tone-mapped ones).
         np.testing.assert_allclose(preset.exposure_curve,
-                                   baselines.fit_dark_to_bright_curve(pairs[:3]))
+                                   curves.fit_dark_to_bright_curve(pairs[:3]))
     # The composite alone cannot bend like the camera; with the fitted curve it fits closely.
     assert scores[True] > 38 and scores[True] > scores[False] + 1.5, scores
 
