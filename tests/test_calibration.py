@@ -1,17 +1,15 @@
 """Tests of lowlight_tf.calibration and tools/calibrate_simulation on synthetic pairs."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
 
+from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import baselines, calibration, simulation
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE_PARAMS = np.asarray([20.0, 0.30, 0.22, 0.35, 1.0])
 
 
@@ -198,18 +196,12 @@ def test_scale_exposure_spread_shrinks_only_the_common_gain():
         calibration.scale_exposure_spread(mean, cov, -0.5)
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "calibrate_simulation"),
-                           *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-
-
 def test_cli_joint_with_comparison(tmp_path):
     write_pair_folder(str(tmp_path / "pairs"))
     output = tmp_path / "joint.json"
-    result = run_tool(f"--pairs={tmp_path / 'pairs'}", "--fit_first=2", "--method=joint",
-                      f"--output={output}", "--compare=paper", "--draws=1", "--tone_curve",
-                      "--exposure_spread=0")
+    result = run_tool("calibrate_simulation", f"--pairs={tmp_path / 'pairs'}", "--fit_first=2",
+                      "--method=joint", f"--output={output}", "--compare=paper", "--draws=1",
+                      "--tone_curve", "--exposure_spread=0")
     assert result.returncode == 0, result.stderr
     assert "Summary" in result.stdout and "preset paper" in result.stdout
     data = json.loads(output.read_text())
@@ -226,10 +218,12 @@ def test_cli_joint_with_comparison(tmp_path):
 
 
 def test_cli_user_errors_exit_2(tmp_path):
-    result = run_tool(f"--pairs={tmp_path / 'nothing'}", f"--output={tmp_path / 'x.json'}")
+    result = run_tool("calibrate_simulation", f"--pairs={tmp_path / 'nothing'}",
+                      f"--output={tmp_path / 'x.json'}")
     assert result.returncode == 2
     assert "nothing" in result.stderr
-    result = run_tool(f"--pairs={tmp_path}", "--method=preset", "--preset=unknown_name")
+    result = run_tool("calibrate_simulation", f"--pairs={tmp_path}", "--method=preset",
+                      "--preset=unknown_name")
     assert result.returncode == 2 and "Unknown simulation preset" in result.stderr
 
 

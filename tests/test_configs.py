@@ -13,9 +13,9 @@ import sys
 from absl import flags
 import pytest
 
+from conftest import ROOT  # pylint: disable=import-error
 from lowlight_tf import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags")))
 NAMES = [os.path.basename(path)[:-len(".flags")] for path in CONFIGS]
 

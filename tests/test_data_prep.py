@@ -11,8 +11,6 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,14 +19,13 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
+from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
 from data_prep import decoding
 from data_prep import prepare
 from data_prep import splitting
 from lowlight_tf import data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "make_tfrecords")
 BLACK_LEVEL = 64
 WHITE_LEVEL = 1023
 
@@ -497,12 +494,6 @@ def test_sample_photos_dataset_is_built_once_and_reused(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The command line, end to end.
 # ------------------------------------------------------------------------------------------------
-def _run_tool(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=ROOT, check=False)
-
-
 def test_cli_end_to_end_and_exit_codes(tmp_path):
     source = tmp_path / "in"
     for i in range(5):
@@ -511,8 +502,9 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     (source / "low" / "9.png").write_bytes(b"")
     (source / "high" / "9.png").write_bytes(b"")
     out = tmp_path / "out"
-    result = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
-                       "--name=cli_pairs", "--splits=train:0.6,test:0.4", "--num_workers=2")
+    result = run_tool("make_tfrecords", "--kind=pairs", f"--input_dir={source}",
+                      f"--output_dir={out}", "--name=cli_pairs", "--splits=train:0.6,test:0.4",
+                      "--num_workers=2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "cli_pairs" in result.stdout and "skipped 1 inputs" in result.stdout
     # Progress through lowlight_tf.progress (plain lines without a terminal); TFDS's INFO quiet.
@@ -525,18 +517,19 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     assert "--kind=pairs" in (version_dir / "flags.txt").read_text()
     assert sum(data.splits(str(out), "cli_pairs").values()) == 5
 
-    changed = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
-                        "--name=cli_pairs", "--splits=train:0.6,test:0.4", "--max_side=8")
+    changed = run_tool("make_tfrecords", "--kind=pairs", f"--input_dir={source}",
+                       f"--output_dir={out}", "--name=cli_pairs", "--splits=train:0.6,test:0.4",
+                       "--max_side=8")
     assert changed.returncode == 2, changed.stderr[-2000:]
     assert "max_side: stored None, now 8" in changed.stderr and "--overwrite" in changed.stderr
-    no_ids = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
-                       "--name=other", "--split_ids=calib:9999,nosuch")
+    no_ids = run_tool("make_tfrecords", "--kind=pairs", f"--input_dir={source}",
+                      f"--output_dir={out}", "--name=other", "--split_ids=calib:9999,nosuch")
     assert no_ids.returncode == 2 and "calib:9999, calib:nosuch" in no_ids.stderr
-    missing = _run_tool("--kind=images", f"--input_dir={tmp_path / 'nowhere'}",
-                        f"--output_dir={out}", "--name=x")
+    missing = run_tool("make_tfrecords", "--kind=images", f"--input_dir={tmp_path / 'nowhere'}",
+                       f"--output_dir={out}", "--name=x")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    bad_flag = _run_tool("--kind=images", f"--input_dir={source}", f"--output_dir={out}",
-                         "--name=x", "--splits=train:0.5")
+    bad_flag = run_tool("make_tfrecords", "--kind=images", f"--input_dir={source}",
+                        f"--output_dir={out}", "--name=x", "--splits=train:0.5")
     assert bad_flag.returncode == 2 and "--splits" in bad_flag.stderr
 
 

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
+from conftest import ROOT  # pylint: disable=import-error
 from lowlight_tf import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = sorted(name for name in os.listdir(os.path.join(ROOT, "tools"))
                if "." not in name and os.path.isfile(os.path.join(ROOT, "tools", name)))
 # Bare names that clash with other programs on a user's PATH (ImageMagick's `compare`, ...).

@@ -3,16 +3,13 @@ import csv
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import data, demo, pipeline, reproduce, simulation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny U-Net and a handful of steps: every stage runs, none learns much.
 TINY = dict(base_filters=4, depth=2, patch_size=32, batch_size=4, pretrain_epochs=1,
@@ -208,9 +205,7 @@ def test_resuming_with_other_settings_is_refused_before_any_work(inputs, tmp_pat
 
 
 def test_reproduce_cli_rejects_unknown_flags_with_status_2(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "reproduce"),
-                             f"--work_dir={tmp_path}", "--no_such_flag=1"],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_tool("reproduce", f"--work_dir={tmp_path}", "--no_such_flag=1")
     assert result.returncode == 2
     assert "no_such_flag" in result.stderr
 

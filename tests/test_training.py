@@ -10,37 +10,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from conftest import ROOT, run_tool, start_tool  # pylint: disable=import-error
 from lowlight_tf import model as model_lib
 from lowlight_tf import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "tools", "train")
 SMOKE = os.path.join(ROOT, "configs", "smoke.flags")
-
-
-def make_tiny_dataset(root):
-    """Writes 8 random 48x64 PNGs and builds the images dataset root/tfrecords/tiny (6 train,
-    2 val); returns its OUTPUT_DIR/NAME."""
-    from data_prep import prepare
-    photos = os.path.join(root, "photos")
-    os.makedirs(photos, exist_ok=True)
-    rng = np.random.default_rng(0)
-    overrides = {}
-    for i in range(8):
-        image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-        Image.fromarray(image).save(os.path.join(photos, f"p{i}.png"))
-        overrides[f"p{i}.png"] = "val" if i >= 6 else "train"
-    prepare.make_tfrecords("images", output_dir=os.path.join(root, "tfrecords"), name="tiny",
-                           input_dir=photos, splits="train:0.75,val:0.25",
-                           split_overrides=overrides)
-    return os.path.join(root, "tfrecords", "tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_tiny_dataset(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +33,6 @@ def tiny_config(model_dir, data, **overrides):
                   steps_per_epoch=3, validation_steps=1, num_images=2, verbose=0)
     values.update(overrides)
     return training.TrainConfig(**values)
-
-
-def run_train(*args, timeout=240, **env_vars):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **env_vars)
-    return subprocess.run([sys.executable, TRAIN, *args], cwd=ROOT, env=env, timeout=timeout,
-                          capture_output=True, text=True)
 
 
 def summary_tags(log_dir):
@@ -84,8 +53,8 @@ def final_weights(model_dir):
 
 def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
     pretrain_dir, transfer_dir = str(tmp_path / "pretrain"), str(tmp_path / "transfer")
-    result = run_train(f"--flagfile={SMOKE}", f"--model_dir={pretrain_dir}",
-                       f"--sample_root={sample_root}")
+    result = run_tool("train", f"--flagfile={SMOKE}", f"--model_dir={pretrain_dir}",
+                      f"--sample_root={sample_root}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pretrain finished" in result.stdout
     for epoch in (1, 2):
@@ -100,9 +69,9 @@ def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
         assert val_tags.get(tag) == "scalars", (tag, val_tags)
     assert val_tags.get("dark | prediction | bright") == "images", val_tags
 
-    result = run_train(f"--flagfile={SMOKE}", "--stage=transfer", f"--init_from={pretrain_dir}",
-                       f"--model_dir={transfer_dir}", f"--sample_root={sample_root}",
-                       "--epochs=1")
+    result = run_tool("train", f"--flagfile={SMOKE}", "--stage=transfer",
+                      f"--init_from={pretrain_dir}", f"--model_dir={transfer_dir}",
+                      f"--sample_root={sample_root}", "--epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(os.path.join(transfer_dir, "checkpoints", "epoch_001.weights.h5"))
     # The replayable flagfile holds the resolved defaults: the smoke model is depth 3.
@@ -121,7 +90,8 @@ def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
 
 def test_cli_unknown_flag_exits_2_and_writes_nothing(tmp_path):
     model_dir = tmp_path / "run"
-    result = run_train(f"--flagfile={SMOKE}", f"--model_dir={model_dir}", "--bogus_flag=1")
+    result = run_tool("train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
+                      "--bogus_flag=1")
     assert result.returncode == 2 and "bogus_flag" in result.stderr
     assert not model_dir.exists()
 
@@ -180,7 +150,8 @@ def test_same_seed_same_weights(tmp_path, tiny_data):
             "--steps_per_epoch=4", "--num_images=0", "--seed=7", "--deterministic",
             "--strategy=default"]
     for name in ("a", "b"):
-        result = run_train(*args, f"--model_dir={tmp_path / name}", TF_ENABLE_ONEDNN_OPTS="0")
+        result = run_tool("train", *args, f"--model_dir={tmp_path / name}",
+                          env={"TF_ENABLE_ONEDNN_OPTS": "0"})
         assert result.returncode == 0, result.stderr[-3000:]
     first, second = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert first.keys() == second.keys()
@@ -222,9 +193,7 @@ def test_kill_and_resume(tmp_path, tiny_data):
             f"--model_dir={model_dir}", "--base_filters=4", "--depth=2", "--patch_size=16",
             "--batch_size=4", "--epochs=6", "--steps_per_epoch=5", "--validation_steps=1",
             "--num_images=2", "--strategy=default"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    process = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_tool("train", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = model_dir / "checkpoints" / "epoch_001.weights.h5"
     deadline = time.time() + 600  # a CPU shared with other jobs can take minutes to start
     try:
@@ -241,7 +210,7 @@ def test_kill_and_resume(tmp_path, tiny_data):
     finished = len(glob.glob(str(model_dir / "checkpoints" / "epoch_*.weights.h5")))
     stamp = os.path.getmtime(first)
 
-    result = run_train(*args)
+    result = run_tool("train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed after epoch" in result.stdout
     resumed_epochs = result.stdout.count("Epoch ")
