@@ -1,7 +1,7 @@
 """Shared test settings and helpers: quiet TensorFlow, keep tests on the CPU and off ../shared.
 
 Also the repository root, one way to run a tool of tools/ in a child process, and the tiny
-dataset and model that several test files use (built once per test run).
+images dataset that several test files train on (built once per test run).
 """
 import os
 import subprocess
@@ -12,13 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 # pylint: disable=wrong-import-position
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from data_prep import prepare  # noqa: E402
-from lowlight_tf import model as model_lib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,13 +65,3 @@ def tiny_data(tmp_path_factory):
                            input_dir=str(photos), splits="train:0.75,val:0.25",
                            split_overrides=overrides)
     return str(root / "tfrecords" / "tiny")
-
-
-@pytest.fixture(scope="session")
-def tiny_model():
-    """An untrained rgb U-Net (4 filters, depth 1: size multiple 4, receptive radius ~16 px).
-
-    Shared by every test that asks for it: use it, save it, never change its weights.
-    """
-    keras.utils.set_random_seed(0)
-    return model_lib.build_unet("rgb", base_filters=4, depth=1)

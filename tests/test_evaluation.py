@@ -315,6 +315,13 @@ def test_evaluate_cli_exit_codes(pairs_dataset, model_dirs, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Damaged datasets, the report folder, the exposure sweep and the unpaired check.
 
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A real, untrained U-Net (4 filters, depth 2), as tools/train builds them."""
+    keras.utils.set_random_seed(0)
+    return model_lib.build_unet("rgb", base_filters=4, depth=2)
+
+
 def _damaged_copy(pairs_dataset, tmp_path):
     """A copy of the toy dataset whose test shard is cut to half its bytes."""
     import shutil

@@ -17,6 +17,13 @@ from lowlight_tf import simulation
 
 
 @pytest.fixture(scope="module")
+def tiny_model():
+    """Depth-1 rgb U-Net (size multiple 4, receptive radius ~16 px) with random weights."""
+    keras.utils.set_random_seed(0)
+    return model_lib.build_unet("rgb", base_filters=4, depth=1)
+
+
+@pytest.fixture(scope="module")
 def identity_model():
     """A model whose output equals its input (SpaceToDepth then DepthToSpace), multiple 2."""
     inputs = keras.Input(shape=(None, None, 3))
