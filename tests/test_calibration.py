@@ -49,6 +49,7 @@ def test_paper_estimators_by_hand():
     assert np.all(linear == dark[0, 1])
 
 
+@pytest.mark.slow
 def test_fit_composite_recovers_parameters_noise_free():
     bright = synthetic_bright(1)
     dark = synthetic_dark(bright, TRUE_PARAMS)
@@ -57,6 +58,7 @@ def test_fit_composite_recovers_parameters_noise_free():
     assert rms < 0.01
 
 
+@pytest.mark.slow
 def test_joint_fit_recovers_parameters_and_noise_peak_noisy():
     bright = synthetic_bright(2)
     peak = 400.0
@@ -67,6 +69,7 @@ def test_joint_fit_recovers_parameters_and_noise_peak_noisy():
     assert peak / 1.5 < fit["noise_peak"] < peak * 1.5
 
 
+@pytest.mark.slow
 def test_calibrate_distribution_and_fidelity():
     pairs = []
     for index in range(4):
@@ -110,6 +113,7 @@ def test_fit_tone_curve_recovers_curve_and_gains():
         calibration.fit_tone_curve([])
 
 
+@pytest.mark.slow
 def test_calibrate_with_tone_curve_models_a_curved_camera():
     grid = np.arange(256.0)  # a highlight knee, which no single power law follows
     curve = np.tile(np.where(grid <= 160, 0.25 * grid, 40.0 + (grid - 160.0) * 215.0 / 95.0),
@@ -196,6 +200,7 @@ def test_scale_exposure_spread_shrinks_only_the_common_gain():
         calibration.scale_exposure_spread(mean, cov, -0.5)
 
 
+@pytest.mark.slow
 def test_cli_joint_with_comparison(tmp_path):
     write_pair_folder(str(tmp_path / "pairs"))
     output = tmp_path / "joint.json"
@@ -217,6 +222,7 @@ def test_cli_joint_with_comparison(tmp_path):
     assert unit @ preset.cov[1:4, 1:4] @ unit < 1e-12
 
 
+@pytest.mark.slow
 def test_cli_user_errors_exit_2(tmp_path):
     result = run_tool("calibrate_simulation", f"--pairs={tmp_path / 'nothing'}",
                       f"--output={tmp_path / 'x.json'}")

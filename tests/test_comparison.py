@@ -100,6 +100,7 @@ def test_format_difference_states_interval_and_counts():
         "higher on 36)")
 
 
+@pytest.mark.slow
 def test_compare_cli(tmp_path):
     a = _write_evaluation(tmp_path / "a", {1: 21.0, 2: 23.0, 7: 20.0})
     b = _write_evaluation(tmp_path / "b", {1: 20.0, 2: 20.0, 7: 20.0, 9: 3.0})

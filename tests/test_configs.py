@@ -43,6 +43,7 @@ def _parse(tool, values, cwd=ROOT):
                            *values], capture_output=True, text=True, cwd=cwd, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["reproduce", "train"])
 def test_flagfiles_parse_with_their_tool_by_name_from_anywhere(tool, tmp_path):
     names = [name for name, path in zip(NAMES, CONFIGS) if _tool_of(path) == tool]
@@ -52,6 +53,7 @@ def test_flagfiles_parse_with_their_tool_by_name_from_anywhere(tool, tmp_path):
     assert done.stdout.count("parsed") == len(names)
 
 
+@pytest.mark.slow
 def test_a_bad_flag_in_a_flagfile_fails_the_parse(tmp_path):
     bad = tmp_path / "bad.flags"
     bad.write_text("--work_dir=x\n--no_such_flag=1\n")

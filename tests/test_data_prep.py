@@ -174,6 +174,7 @@ def test_exposure_time_and_cfa_names():
 # ------------------------------------------------------------------------------------------------
 # Builders over fixture trees.
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_images_round_trip_pixel_identical_with_raw_metadata(tmp_path):
     source = tmp_path / "in"
     png8 = write_png8(str(source / "a.png"), seed=1)
@@ -233,6 +234,7 @@ def test_several_shards_when_shard_size_is_small(tmp_path):
     assert len(stored_examples(str(tmp_path / "out"), "sharded", "train")) == 12
 
 
+@pytest.mark.slow
 def test_splits_are_deterministic_and_stable_when_data_grows(tmp_path):
     source = tmp_path / "in"
     for i in range(20):
@@ -451,6 +453,7 @@ def test_pairs_from_sid_list_with_raw_frames(tmp_path):
     assert first["dark"].mean() < first["bright"].mean() / 5  # rendered without auto-brightening
 
 
+@pytest.mark.slow
 def test_simulated_dataset_is_reproducible(tmp_path):
     pytest.importorskip("lowlight_tf.simulation")
     source = tmp_path / "in"
@@ -475,6 +478,7 @@ def test_simulated_dataset_is_reproducible(tmp_path):
     assert only_test["examples"] == data.num_examples(out, "bright", "test")
 
 
+@pytest.mark.slow
 def test_sample_photos_dataset_is_built_once_and_reused(tmp_path):
     from data_prep import sample_photos  # pylint: disable=import-outside-toplevel
     specs = sample_photos.ensure_sample_datasets(str(tmp_path))
@@ -494,6 +498,7 @@ def test_sample_photos_dataset_is_built_once_and_reused(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The command line, end to end.
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_end_to_end_and_exit_codes(tmp_path):
     source = tmp_path / "in"
     for i in range(5):
@@ -566,6 +571,7 @@ def decode(task):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_parallel_map_survives_a_crashing_worker(tmp_path, monkeypatch, num_workers):
     (tmp_path / "crashy_decoder.py").write_text(CRASHY_MODULE)

@@ -88,6 +88,7 @@ def test_every_bad_input_gets_a_named_skip_reason(tmp_path):
         assert json.load(f)["skipped_by_reason"] == summary["skipped_by_reason"]
 
 
+@pytest.mark.slow
 def test_pairs_and_simulated_declare_supervised_keys(tmp_path):
     source = tmp_path / "pairs"
     for i in range(2):
@@ -115,6 +116,7 @@ def _shard_bytes(version_dir):
             if ".tfrecord-" in name}
 
 
+@pytest.mark.slow
 def test_two_builds_give_byte_identical_shards(tmp_path):
     """Two processes (each with its own protobuf hash seed) write the same bytes."""
     source = tmp_path / "in"
@@ -159,6 +161,7 @@ def _alive(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux)")
 def test_sigkill_leaves_no_process_and_no_staging_folder(tmp_path):
     source = tmp_path / "in"

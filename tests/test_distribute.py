@@ -42,6 +42,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_two_devices_same_loss_as_one():
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=ROOT, env=tool_env(),
                             capture_output=True, text=True, timeout=180)
@@ -66,6 +67,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_process_multi_worker_run_completes(tmp_path, tiny_data):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}

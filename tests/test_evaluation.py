@@ -283,6 +283,7 @@ def test_bad_inputs_raise_clear_errors(pairs_dataset, model_dirs, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_cli_exit_codes(pairs_dataset, model_dirs, tmp_path):
     _, transfer = model_dirs
     toy = f"--data={pairs_dataset}/tfr/toy"
@@ -497,6 +498,7 @@ def test_unpaired_no_reference_check(tiny_model, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
     import shutil
     model_path = tmp_path / "tiny.keras"

@@ -103,6 +103,7 @@ def test_reference_is_not_trivial(models):
         assert ref.std() > 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_model_reproduces_keras(models, workdir, kind):
     model, path = models[kind]
@@ -135,6 +136,7 @@ def test_saved_model_reproduces_keras(models, workdir, kind):
                                    atol=FLOAT_TOLERANCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_float_tflite_reproduces_keras_at_any_size(models, tflite_files, kind):
     model = models[kind][0]
@@ -156,6 +158,7 @@ def test_float_tflite_reproduces_keras_at_any_size(models, tflite_files, kind):
     assert diff.max() <= UINT8_TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["float16", "dynamic_int8"])
 def test_quantized_tflite_psnr_against_keras(models, tflite_files, quantize):
     model = models["plain"][0]
@@ -167,6 +170,7 @@ def test_quantized_tflite_psnr_against_keras(models, tflite_files, quantize):
             < os.path.getsize(tflite_files["plain", "none"]))
 
 
+@pytest.mark.slow
 def test_fixed_input_size_tflite(models, workdir):
     model = models["exposure"][0]
     path = export.export_tflite(model, str(workdir / "fixed"), name="fixed",
@@ -179,6 +183,7 @@ def test_fixed_input_size_tflite(models, workdir):
                                atol=FLOAT_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_saved_model_refuses_existing_version_and_overwrite_replaces(models, workdir):
     model = models["plain"][0]
     output_dir = str(workdir / "again")
@@ -194,6 +199,7 @@ def test_saved_model_refuses_existing_version_and_overwrite_replaces(models, wor
     assert sorted(os.listdir(os.path.join(output_dir, "m"))) == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     model, path = models["exposure"]
     output_dir = str(workdir / "tool")

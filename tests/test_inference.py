@@ -306,6 +306,7 @@ def test_unwritable_output_dir_fails_before_any_work(tiny_model, photo_folder, t
     assert lines == []
 
 
+@pytest.mark.slow
 def test_enhance_cli(tiny_model, photo_folder, tmp_path):
     model_path = str(tmp_path / "tiny.keras")
     tiny_model.save(model_path)
@@ -593,6 +594,7 @@ def test_enhance_brightness_and_stats_lines(tmp_path):
                                 exposure_curve=np.tile(np.arange(256.0), (3, 1)))
 
 
+@pytest.mark.slow
 def test_enhance_cli_overwrite_brightness_and_bad_inputs(photo_folder, tmp_path):
     keras.utils.set_random_seed(2)
     model_path = str(tmp_path / "unet.keras")

@@ -49,6 +49,7 @@ def inputs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_path):
     lines = []
     config = reproduce.ReproduceConfig(
@@ -204,12 +205,14 @@ def test_resuming_with_other_settings_is_refused_before_any_work(inputs, tmp_pat
     assert "ssim_weight" not in json.loads((tmp_path / "run" / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_reproduce_cli_rejects_unknown_flags_with_status_2(tmp_path):
     result = run_tool("reproduce", f"--work_dir={tmp_path}", "--no_such_flag=1")
     assert result.returncode == 2
     assert "no_such_flag" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_enhances(tmp_path):
     lines = []
     report = demo.run_demo(str(tmp_path / "demo"), progress=lines.append, enhance_images=1,

@@ -51,6 +51,7 @@ def final_weights(model_dir):
     return {w.path: w.numpy() for w in model.weights}
 
 
+@pytest.mark.slow
 def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
     pretrain_dir, transfer_dir = str(tmp_path / "pretrain"), str(tmp_path / "transfer")
     result = run_tool("train", f"--flagfile={SMOKE}", f"--model_dir={pretrain_dir}",
@@ -88,6 +89,7 @@ def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
     assert not np.array_equal(after["head_conv/kernel"], before["head_conv/kernel"])
 
 
+@pytest.mark.slow
 def test_cli_unknown_flag_exits_2_and_writes_nothing(tmp_path):
     model_dir = tmp_path / "run"
     result = run_tool("train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
@@ -115,6 +117,7 @@ def test_config_errors(tmp_path, tiny_data):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     class Poison(keras.callbacks.Callback):
         """Makes the weights NaN at the start of the second epoch."""
@@ -141,6 +144,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tmp_path, tiny_data):
     # Two processes (as a user would rerun): --deterministic switches TensorFlow to deterministic
     # kernels for the rest of a process, which must not leak into the other tests, and oneDNN
@@ -164,6 +168,7 @@ def test_same_seed_same_weights(tmp_path, tiny_data):
                               first["head_conv/kernel"])
 
 
+@pytest.mark.slow
 def test_ssim_loss_term_trains_and_the_model_reloads(tmp_path, tiny_data):
     result = training.train(tiny_config(tmp_path / "ssim", tiny_data, ssim_weight=0.5,
                                         steps_per_epoch=2, val_data="none", num_images=0))
@@ -174,6 +179,7 @@ def test_ssim_loss_term_trains_and_the_model_reloads(tmp_path, tiny_data):
     assert reloaded.output_shape == (None, None, None, 3)
 
 
+@pytest.mark.slow
 def test_jit_compile_trains_and_finished_run_is_kept(tmp_path, tiny_data):
     config = tiny_config(tmp_path / "xla", tiny_data, jit_compile=True, steps_per_epoch=2,
                          lr_schedule="cosine", warmup_steps=1, clipnorm=1.0, val_data="none",
@@ -187,6 +193,7 @@ def test_jit_compile_trains_and_finished_run_is_kept(tmp_path, tiny_data):
     assert os.path.getmtime(result.final_model_path) == stamp
 
 
+@pytest.mark.slow
 def test_kill_and_resume(tmp_path, tiny_data):
     model_dir = tmp_path / "resume"
     args = ["--stage=pretrain", f"--train_data={tiny_data}:train", f"--val_data={tiny_data}:val",
@@ -223,6 +230,7 @@ def test_kill_and_resume(tmp_path, tiny_data):
     assert not [n for n in os.listdir(model_dir / "checkpoints") if "partial" in n]
 
 
+@pytest.mark.slow
 def test_thread_flags_reach_tensorflow_in_a_fresh_process(tmp_path):
     """--intra_op_threads/--inter_op_threads are applied before TensorFlow starts."""
     script = (
@@ -246,6 +254,7 @@ def test_model_dir_that_is_a_file_is_a_clear_error(tmp_path, tiny_data):
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_truncated_final_model_is_rebuilt_and_warnings_say_why(tmp_path, tiny_data, capsys):
     # Patches of 64 px on 48x64 images: every training and validation image is padded; 6
     # example images asked for, but the validation set gives only 2 patches.
