@@ -1,17 +1,15 @@
 """Tests of lowlight_tf.calibration and tools/calibrate_simulation on synthetic pairs."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
 
+from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import calibration, curves, simulation
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE_PARAMS = np.asarray([20.0, 0.30, 0.22, 0.35, 1.0])
 
 
@@ -51,6 +49,7 @@ def test_paper_estimators_by_hand():
     assert np.all(linear == dark[0, 1])
 
 
+@pytest.mark.slow
 def test_fit_composite_recovers_parameters_noise_free():
     bright = synthetic_bright(1)
     dark = synthetic_dark(bright, TRUE_PARAMS)
@@ -59,6 +58,7 @@ def test_fit_composite_recovers_parameters_noise_free():
     assert rms < 0.01
 
 
+@pytest.mark.slow
 def test_joint_fit_recovers_parameters_and_noise_peak_noisy():
     bright = synthetic_bright(2)
     peak = 400.0
@@ -69,6 +69,7 @@ def test_joint_fit_recovers_parameters_and_noise_peak_noisy():
     assert peak / 1.5 < fit["noise_peak"] < peak * 1.5
 
 
+@pytest.mark.slow
 def test_calibrate_distribution_and_fidelity():
     pairs = []
     for index in range(4):
@@ -112,6 +113,7 @@ def test_fit_tone_curve_recovers_curve_and_gains():
         calibration.fit_tone_curve([])
 
 
+@pytest.mark.slow
 def test_calibrate_with_tone_curve_models_a_curved_camera():
     grid = np.arange(256.0)  # a highlight knee, which no single power law follows
     curve = np.tile(np.where(grid <= 160, 0.25 * grid, 40.0 + (grid - 160.0) * 215.0 / 95.0),
@@ -198,18 +200,13 @@ def test_scale_exposure_spread_shrinks_only_the_common_gain():
         calibration.scale_exposure_spread(mean, cov, -0.5)
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "calibrate_simulation"),
-                           *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-
-
+@pytest.mark.slow
 def test_cli_joint_with_comparison(tmp_path):
     write_pair_folder(str(tmp_path / "pairs"))
     output = tmp_path / "joint.json"
-    result = run_tool(f"--pairs={tmp_path / 'pairs'}", "--fit_first=2", "--method=joint",
-                      f"--output={output}", "--compare=paper", "--draws=1", "--tone_curve",
-                      "--exposure_spread=0")
+    result = run_tool("calibrate_simulation", f"--pairs={tmp_path / 'pairs'}", "--fit_first=2",
+                      "--method=joint", f"--output={output}", "--compare=paper", "--draws=1",
+                      "--tone_curve", "--exposure_spread=0")
     assert result.returncode == 0, result.stderr
     assert "Summary" in result.stdout and "preset paper" in result.stdout
     data = json.loads(output.read_text())
@@ -225,11 +222,14 @@ def test_cli_joint_with_comparison(tmp_path):
     assert unit @ preset.cov[1:4, 1:4] @ unit < 1e-12
 
 
+@pytest.mark.slow
 def test_cli_user_errors_exit_2(tmp_path):
-    result = run_tool(f"--pairs={tmp_path / 'nothing'}", f"--output={tmp_path / 'x.json'}")
+    result = run_tool("calibrate_simulation", f"--pairs={tmp_path / 'nothing'}",
+                      f"--output={tmp_path / 'x.json'}")
     assert result.returncode == 2
     assert "nothing" in result.stderr
-    result = run_tool(f"--pairs={tmp_path}", "--method=preset", "--preset=unknown_name")
+    result = run_tool("calibrate_simulation", f"--pairs={tmp_path}", "--method=preset",
+                      "--preset=unknown_name")
     assert result.returncode == 2 and "Unknown simulation preset" in result.stderr
 
 

@@ -1,14 +1,11 @@
 """Paired comparison of two evaluations with a scene bootstrap (lowlight_tf.comparison)."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import comparison, evaluation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _scores(values, dataset="device:test"):
@@ -103,22 +100,18 @@ def test_format_difference_states_interval_and_counts():
         "higher on 36)")
 
 
-def _compare(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare"), *args],
-                          capture_output=True, text=True, cwd=ROOT, check=False)
-
-
+@pytest.mark.slow
 def test_compare_cli(tmp_path):
     a = _write_evaluation(tmp_path / "a", {1: 21.0, 2: 23.0, 7: 20.0})
     b = _write_evaluation(tmp_path / "b", {1: 20.0, 2: 20.0, 7: 20.0, 9: 3.0})
-    done = _compare(a, b, "--metrics=psnr")
+    done = run_tool("compare", a, b, "--metrics=psnr")
     assert done.returncode == 0, done.stderr
     assert "3 images both evaluated (0 only in A, 1 only in B)" in done.stdout
     assert "A - B: +1.33 dB PSNR" in done.stdout and "2 scenes" in done.stdout
-    missing = _compare(a, str(tmp_path / "nowhere"))
+    missing = run_tool("compare", a, str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "nowhere" in missing.stderr
-    assert _compare(a).returncode == 2
-    assert _compare(a, b, "--metrics=mae").returncode == 2
+    assert run_tool("compare", a).returncode == 2
+    assert run_tool("compare", a, b, "--metrics=mae").returncode == 2
 
 
 def test_read_per_image_takes_one_gain_of_an_exposure_sweep(tmp_path):

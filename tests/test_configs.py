@@ -13,9 +13,9 @@ import sys
 from absl import flags
 import pytest
 
+from conftest import ROOT  # pylint: disable=import-error
 from lowlight_tf import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags")))
 NAMES = [os.path.basename(path)[:-len(".flags")] for path in CONFIGS]
 
@@ -43,6 +43,7 @@ def _parse(tool, values, cwd=ROOT):
                            *values], capture_output=True, text=True, cwd=cwd, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["reproduce", "train"])
 def test_flagfiles_parse_with_their_tool_by_name_from_anywhere(tool, tmp_path):
     names = [name for name, path in zip(NAMES, CONFIGS) if _tool_of(path) == tool]
@@ -52,6 +53,7 @@ def test_flagfiles_parse_with_their_tool_by_name_from_anywhere(tool, tmp_path):
     assert done.stdout.count("parsed") == len(names)
 
 
+@pytest.mark.slow
 def test_a_bad_flag_in_a_flagfile_fails_the_parse(tmp_path):
     bad = tmp_path / "bad.flags"
     bad.write_text("--work_dir=x\n--no_such_flag=1\n")

@@ -11,8 +11,6 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
+from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
 from data_prep import pairs
 from data_prep import prepare
@@ -30,8 +29,6 @@ from lowlight_tf.media import decode
 from lowlight_tf.media import formats
 from lowlight_tf.media import png
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "make_tfrecords")
 BLACK_LEVEL = 64
 WHITE_LEVEL = 1023
 
@@ -180,6 +177,7 @@ def test_exposure_time_and_cfa_names():
 # ------------------------------------------------------------------------------------------------
 # Builders over fixture trees.
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_images_round_trip_pixel_identical_with_raw_metadata(tmp_path):
     source = tmp_path / "in"
     png8 = write_png8(str(source / "a.png"), seed=1)
@@ -239,6 +237,7 @@ def test_several_shards_when_shard_size_is_small(tmp_path):
     assert len(stored_examples(str(tmp_path / "out"), "sharded", "train")) == 12
 
 
+@pytest.mark.slow
 def test_splits_are_deterministic_and_stable_when_data_grows(tmp_path):
     source = tmp_path / "in"
     for i in range(20):
@@ -457,6 +456,7 @@ def test_pairs_from_sid_list_with_raw_frames(tmp_path):
     assert first["dark"].mean() < first["bright"].mean() / 5  # rendered without auto-brightening
 
 
+@pytest.mark.slow
 def test_simulated_dataset_is_reproducible(tmp_path):
     pytest.importorskip("lowlight_tf.simulation")
     source = tmp_path / "in"
@@ -481,6 +481,7 @@ def test_simulated_dataset_is_reproducible(tmp_path):
     assert only_test["examples"] == data.num_examples(out, "bright", "test")
 
 
+@pytest.mark.slow
 def test_sample_photos_dataset_is_built_once_and_reused(tmp_path):
     from data_prep import sample_photos  # pylint: disable=import-outside-toplevel
     specs = sample_photos.ensure_sample_datasets(str(tmp_path))
@@ -500,12 +501,7 @@ def test_sample_photos_dataset_is_built_once_and_reused(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The command line, end to end.
 # ------------------------------------------------------------------------------------------------
-def _run_tool(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=ROOT, check=False)
-
-
+@pytest.mark.slow
 def test_cli_end_to_end_and_exit_codes(tmp_path):
     source = tmp_path / "in"
     for i in range(5):
@@ -514,8 +510,9 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     (source / "low" / "9.png").write_bytes(b"")
     (source / "high" / "9.png").write_bytes(b"")
     out = tmp_path / "out"
-    result = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
-                       "--name=cli_pairs", "--splits=train:0.6,test:0.4", "--num_workers=2")
+    result = run_tool("make_tfrecords", "--kind=pairs", f"--input_dir={source}",
+                      f"--output_dir={out}", "--name=cli_pairs", "--splits=train:0.6,test:0.4",
+                      "--num_workers=2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "cli_pairs" in result.stdout and "skipped 1 inputs" in result.stdout
     # Progress through lowlight_tf.progress (plain lines without a terminal); TFDS's INFO quiet.
@@ -528,18 +525,19 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     assert "--kind=pairs" in (version_dir / "flags.txt").read_text()
     assert sum(data.splits(str(out), "cli_pairs").values()) == 5
 
-    changed = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
-                        "--name=cli_pairs", "--splits=train:0.6,test:0.4", "--max_side=8")
+    changed = run_tool("make_tfrecords", "--kind=pairs", f"--input_dir={source}",
+                       f"--output_dir={out}", "--name=cli_pairs", "--splits=train:0.6,test:0.4",
+                       "--max_side=8")
     assert changed.returncode == 2, changed.stderr[-2000:]
     assert "max_side: stored None, now 8" in changed.stderr and "--overwrite" in changed.stderr
-    no_ids = _run_tool("--kind=pairs", f"--input_dir={source}", f"--output_dir={out}",
-                       "--name=other", "--split_ids=calib:9999,nosuch")
+    no_ids = run_tool("make_tfrecords", "--kind=pairs", f"--input_dir={source}",
+                      f"--output_dir={out}", "--name=other", "--split_ids=calib:9999,nosuch")
     assert no_ids.returncode == 2 and "calib:9999, calib:nosuch" in no_ids.stderr
-    missing = _run_tool("--kind=images", f"--input_dir={tmp_path / 'nowhere'}",
-                        f"--output_dir={out}", "--name=x")
+    missing = run_tool("make_tfrecords", "--kind=images", f"--input_dir={tmp_path / 'nowhere'}",
+                       f"--output_dir={out}", "--name=x")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    bad_flag = _run_tool("--kind=images", f"--input_dir={source}", f"--output_dir={out}",
-                         "--name=x", "--splits=train:0.5")
+    bad_flag = run_tool("make_tfrecords", "--kind=images", f"--input_dir={source}",
+                        f"--output_dir={out}", "--name=x", "--splits=train:0.5")
     assert bad_flag.returncode == 2 and "--splits" in bad_flag.stderr
 
 
@@ -576,6 +574,7 @@ def decode(task):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_parallel_map_survives_a_crashing_worker(tmp_path, monkeypatch, num_workers):
     (tmp_path / "crashy_decoder.py").write_text(CRASHY_MODULE)

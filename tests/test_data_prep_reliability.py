@@ -20,9 +20,10 @@ import tensorflow_datasets as tfds
 from data_prep import prepare
 from data_prep import summary as summary_lib
 from lowlight_tf import data
+from conftest import start_tool  # pylint: disable=import-error
 from lowlight_tf.media import decode
 from lowlight_tf.media import png
-from test_data_prep import ROOT, TOOL, build, write_dng, write_png8  # pylint: disable=import-error
+from test_data_prep import build, write_dng, write_png8  # pylint: disable=import-error
 
 
 def _chunk(kind, payload):
@@ -88,6 +89,7 @@ def test_every_bad_input_gets_a_named_skip_reason(tmp_path):
         assert json.load(f)["skipped_by_reason"] == summary["skipped_by_reason"]
 
 
+@pytest.mark.slow
 def test_pairs_and_simulated_declare_supervised_keys(tmp_path):
     source = tmp_path / "pairs"
     for i in range(2):
@@ -110,25 +112,21 @@ def test_pairs_and_simulated_declare_supervised_keys(tmp_path):
     assert images.info.supervised_keys is None
 
 
-def _tool(*args, **popen):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-               PYTHONHASHSEED="0")
-    return subprocess.Popen([sys.executable, TOOL, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, **popen)
-
-
 def _shard_bytes(version_dir):
     return {name: (version_dir / name).read_bytes() for name in sorted(os.listdir(version_dir))
             if ".tfrecord-" in name}
 
 
+@pytest.mark.slow
 def test_two_builds_give_byte_identical_shards(tmp_path):
     """Two processes (each with its own protobuf hash seed) write the same bytes."""
     source = tmp_path / "in"
     for i in range(6):
         write_png8(str(source / f"{i}.png"), seed=i)
-    runs = [_tool("--kind=images", f"--input_dir={source}", f"--output_dir={tmp_path / out}",
-                  "--name=same", "--splits=train:0.5,test:0.5", "--max_shard_mb=0.002")
+    runs = [start_tool("make_tfrecords", "--kind=images", f"--input_dir={source}",
+                       f"--output_dir={tmp_path / out}", "--name=same",
+                       "--splits=train:0.5,test:0.5", "--max_shard_mb=0.002",
+                       env={"PYTHONHASHSEED": "0"})
             for out in ("a", "b")]
     for run in runs:
         _, stderr = run.communicate(timeout=300)
@@ -164,6 +162,7 @@ def _alive(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux)")
 def test_sigkill_leaves_no_process_and_no_staging_folder(tmp_path):
     source = tmp_path / "in"
@@ -174,7 +173,7 @@ def test_sigkill_leaves_no_process_and_no_staging_folder(tmp_path):
     out = tmp_path / "out"
     args = ("--kind=images", f"--input_dir={source}", f"--output_dir={out}", "--name=killed",
             "--splits=train:1", "--num_workers=2")
-    run = _tool(*args)
+    run = start_tool("make_tfrecords", *args, env={"PYTHONHASHSEED": "0"})
     deadline = time.monotonic() + 240
     workers = []
     while time.monotonic() < deadline and run.poll() is None:
@@ -201,7 +200,7 @@ def test_sigkill_leaves_no_process_and_no_staging_folder(tmp_path):
     reused = out / ".other.incomplete-1-xyz"
     reused.mkdir()
     (reused / "owner.json").write_text(json.dumps({"pid": 1, "start_time": -5}))
-    again = _tool(*args)
+    again = start_tool("make_tfrecords", *args, env={"PYTHONHASHSEED": "0"})
     _, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr[-2000:]
     assert not [e for e in os.listdir(out) if ".incomplete-" in e]

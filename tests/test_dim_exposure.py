@@ -39,6 +39,7 @@ def test_mix_dim_replaces_the_chosen_fraction_reproducibly():
         dim_exposure.mix_dim(dark, bright, 1.5, seed=seed)
 
 
+@pytest.mark.slow
 def test_train_dataset_dim_fraction_gives_clean_darkened_patches():
     brights = _bright(count=4, size=(32, 32))
     source = tf.data.Dataset.from_tensor_slices(

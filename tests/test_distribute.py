@@ -8,10 +8,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "tools", "train")
+from conftest import ROOT, start_tool, tool_env  # pylint: disable=import-error
 
 # Runs in a fresh interpreter: logical devices must be configured before TensorFlow starts.
 MIRRORED_SCRIPT = textwrap.dedent("""
@@ -44,12 +42,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _env(**extra):
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **extra)
-
-
+@pytest.mark.slow
 def test_mirrored_two_devices_same_loss_as_one():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=ROOT, env=_env(),
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=ROOT, env=tool_env(),
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT")][-1]
@@ -72,23 +67,7 @@ def _free_ports(n):
     return ports
 
 
-@pytest.fixture
-def tiny_data(tmp_path):
-    from data_prep import prepare
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    overrides = {}
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)).save(
-            photos / f"p{i}.png")
-        overrides[f"p{i}.png"] = "val" if i >= 4 else "train"
-    prepare.make_tfrecords("images", output_dir=str(tmp_path / "tfrecords"), name="tiny",
-                           input_dir=str(photos), splits="train:0.7,val:0.3",
-                           split_overrides=overrides)
-    return str(tmp_path / "tfrecords" / "tiny")
-
-
+@pytest.mark.slow
 def test_two_process_multi_worker_run_completes(tmp_path, tiny_data):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
@@ -98,11 +77,9 @@ def test_two_process_multi_worker_run_completes(tmp_path, tiny_data):
             "--batch_size=4", "--epochs=2", "--steps_per_epoch=2", "--validation_steps=1",
             "--num_images=2", "--strategy=multi_worker"]
     processes = [
-        subprocess.Popen(
-            [sys.executable, TRAIN, *args], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-            env=_env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                           "task": {"type": "worker", "index": index}})))
+        start_tool("train", *args,
+                   env={"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}})})
         for index in range(2)]
     outputs = []
     try:

@@ -2,22 +2,19 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import baselines
 from lowlight_tf import evaluation
 from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,38 +283,33 @@ def test_bad_inputs_raise_clear_errors(pairs_dataset, model_dirs, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def _run_tool(args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evaluate")] + args,
-                          capture_output=True, text=True, cwd=cwd, env=env, check=False)
-
-
+@pytest.mark.slow
 def test_evaluate_cli_exit_codes(pairs_dataset, model_dirs, tmp_path):
     _, transfer = model_dirs
     toy = f"--data={pairs_dataset}/tfr/toy"
-    ok = _run_tool([f"--model={transfer}", toy, f"--output_dir={tmp_path / 'ok'}",
-                    "--baselines=gamma", "--save_images=1"], cwd=str(tmp_path))
+    ok = run_tool("evaluate", f"--model={transfer}", toy, f"--output_dir={tmp_path / 'ok'}",
+                  "--baselines=gamma", "--save_images=1", cwd=str(tmp_path))
     assert ok.returncode == 0, ok.stderr
     assert "| transfer | toy:test |" in ok.stdout and "gamma 0.4" in ok.stdout
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert [r["method"] for r in summary["rows"]] == ["transfer", "gamma 0.4"]
 
     preset = simulation.load_preset("paper")
-    no_curve = _run_tool([f"--model={transfer}", toy, f"--output_dir={tmp_path / 'nc'}",
-                          "--exposure_preset=paper"], cwd=str(tmp_path))
+    no_curve = run_tool("evaluate", f"--model={transfer}", toy, f"--output_dir={tmp_path / 'nc'}",
+                        "--exposure_preset=paper", cwd=str(tmp_path))
     assert no_curve.returncode == 2 and "holds no exposure curve" in no_curve.stderr
     preset.exposure_curve = np.tile(np.minimum(10.0 * np.arange(256.0), 255.0), (3, 1))
     simulation.save_preset(preset, str(tmp_path / "camera.json"))
-    anchored = _run_tool([f"--model={transfer}", toy, f"--output_dir={tmp_path / 'ex'}",
-                          "--baselines=none", f"--exposure_preset={tmp_path / 'camera.json'}"],
-                         cwd=str(tmp_path))
+    anchored = run_tool("evaluate", f"--model={transfer}", toy, f"--output_dir={tmp_path / 'ex'}",
+                        "--baselines=none", f"--exposure_preset={tmp_path / 'camera.json'}",
+                        cwd=str(tmp_path))
     assert anchored.returncode == 0, anchored.stderr
     summary = json.loads((tmp_path / "ex" / "summary.json").read_text())
     assert [r["method"] for r in summary["rows"]] == ["transfer",
                                                       "transfer + calibrated exposure"]
 
-    bad_model = _run_tool([f"--model={tmp_path / 'missing.keras'}", toy,
-                           f"--output_dir={tmp_path / 'bad'}"], cwd=str(tmp_path))
+    bad_model = run_tool("evaluate", f"--model={tmp_path / 'missing.keras'}", toy,
+                         f"--output_dir={tmp_path / 'bad'}", cwd=str(tmp_path))
     assert bad_model.returncode == 2 and "missing.keras" in bad_model.stderr
 
 
@@ -506,6 +498,7 @@ def test_unpaired_no_reference_check(tiny_model, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
     import shutil
     model_path = tmp_path / "tiny.keras"
@@ -514,9 +507,9 @@ def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.full((16, 16, 3), 40, np.uint8)).save(photos / "a.png")
-    ok = _run_tool([f"--model={model_path}", f"--data={pairs_dataset}/tfr/toy",
-                    f"--unpaired={photos}", "--input_gains=1,2", "--baselines=auto_gain",
-                    f"--output_dir={tmp_path / 'sweep'}"], cwd=str(tmp_path))
+    ok = run_tool("evaluate", f"--model={model_path}", f"--data={pairs_dataset}/tfr/toy",
+                  f"--unpaired={photos}", "--input_gains=1,2", "--baselines=auto_gain",
+                  f"--output_dir={tmp_path / 'sweep'}", cwd=str(tmp_path))
     assert ok.returncode == 0, ok.stderr
     assert "| tiny | toy:test |" in ok.stdout and "No-reference check of tiny" in ok.stdout
     assert "| auto-gain (mean 0.45) (baseline) | unpaired:photos | 2 | 1 |" in ok.stdout
@@ -525,18 +518,18 @@ def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
 
     shutil.copytree(tmp_path / "sweep", tmp_path / "before")
     damaged = _damaged_copy(pairs_dataset, tmp_path)
-    bad = _run_tool([f"--model={model_path}", f"--data={damaged}",
-                     f"--output_dir={tmp_path / 'sweep'}"], cwd=str(tmp_path))
+    bad = run_tool("evaluate", f"--model={model_path}", f"--data={damaged}",
+                   f"--output_dir={tmp_path / 'sweep'}", cwd=str(tmp_path))
     assert bad.returncode == 2, bad.stderr
     assert "could not be read" in bad.stderr and damaged in bad.stderr
     assert "Traceback" not in bad.stderr
     assert _tree(tmp_path / "sweep") == _tree(tmp_path / "before")
     for flag in ("--input_gains=0", "--input_gains=1,x"):
-        result = _run_tool([f"--model={model_path}", f"--data={pairs_dataset}/tfr/toy",
-                            flag, f"--output_dir={tmp_path / 'g'}"], cwd=str(tmp_path))
+        result = run_tool("evaluate", f"--model={model_path}", f"--data={pairs_dataset}/tfr/toy",
+                          flag, f"--output_dir={tmp_path / 'g'}", cwd=str(tmp_path))
         assert result.returncode == 2 and "--input_gains" in result.stderr
-    no_data = _run_tool([f"--model={model_path}", f"--output_dir={tmp_path / 'n'}"],
-                        cwd=str(tmp_path))
+    no_data = run_tool("evaluate", f"--model={model_path}", f"--output_dir={tmp_path / 'n'}",
+                       cwd=str(tmp_path))
     assert no_data.returncode == 2 and "--unpaired" in no_data.stderr
 
 

@@ -10,20 +10,18 @@ reflect padding is off by > 0.03):
   the tiny plain model here; 74 / 46 dB on a 16-filter depth-4 model trained for 300 steps).
 """
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import export
 from lowlight_tf import files
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOAT_TOLERANCE = 1e-4
 UINT8_TOLERANCE = 1
 MIN_PSNR = {"float16": 60.0, "dynamic_int8": 45.0}
@@ -105,6 +103,7 @@ def test_reference_is_not_trivial(models):
         assert ref.std() > 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_model_reproduces_keras(models, workdir, kind):
     model, path = models[kind]
@@ -137,6 +136,7 @@ def test_saved_model_reproduces_keras(models, workdir, kind):
                                    atol=FLOAT_TOLERANCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_float_tflite_reproduces_keras_at_any_size(models, tflite_files, kind):
     model = models[kind][0]
@@ -158,6 +158,7 @@ def test_float_tflite_reproduces_keras_at_any_size(models, tflite_files, kind):
     assert diff.max() <= UINT8_TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["float16", "dynamic_int8"])
 def test_quantized_tflite_psnr_against_keras(models, tflite_files, quantize):
     model = models["plain"][0]
@@ -169,6 +170,7 @@ def test_quantized_tflite_psnr_against_keras(models, tflite_files, quantize):
             < os.path.getsize(tflite_files["plain", "none"]))
 
 
+@pytest.mark.slow
 def test_fixed_input_size_tflite(models, workdir):
     model = models["exposure"][0]
     path = export.export_tflite(model, str(workdir / "fixed"), name="fixed",
@@ -181,6 +183,7 @@ def test_fixed_input_size_tflite(models, workdir):
                                atol=FLOAT_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_saved_model_refuses_existing_version_and_overwrite_replaces(models, workdir):
     model = models["plain"][0]
     output_dir = str(workdir / "again")
@@ -196,13 +199,12 @@ def test_saved_model_refuses_existing_version_and_overwrite_replaces(models, wor
     assert sorted(os.listdir(os.path.join(output_dir, "m"))) == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     model, path = models["exposure"]
     output_dir = str(workdir / "tool")
-    command = [sys.executable, os.path.join(ROOT, "tools", "export"), f"--model={path}",
-               f"--output_dir={output_dir}", "--format=tflite", "--quantize=float16",
-               "--name=phone"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    args = [f"--model={path}", f"--output_dir={output_dir}", "--format=tflite"]
+    run = run_tool("export", *args, "--quantize=float16", "--name=phone")
     assert run.returncode == 0, run.stderr
     written = os.path.join(output_dir, "phone.tflite")
     assert written in run.stdout
@@ -211,8 +213,7 @@ def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     assert _psnr(got, inference.predict_array(model, image)) >= MIN_PSNR["float16"]
     before = open(written, "rb").read()
 
-    again = subprocess.run(command[:-2] + ["--quantize=none", "--name=phone"],
-                           capture_output=True, text=True, timeout=600)
+    again = run_tool("export", *args, "--quantize=none", "--name=phone")
     assert again.returncode == 2
     assert "--overwrite" in again.stderr and written in again.stderr
     assert open(written, "rb").read() == before

@@ -63,6 +63,7 @@ def test_every_reader_decodes_or_names_the_skip(name, tmp_path):
         assert "1" + ext in str(error)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HANGS)
 def test_no_decoder_hangs(name):
     code = ("import sys\nfrom lowlight_tf.media import decode\ntry:\n"

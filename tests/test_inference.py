@@ -2,8 +2,6 @@
 import os
 import stat
 import struct
-import subprocess
-import sys
 import types
 import zlib
 
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
 from lowlight_tf import files
 from lowlight_tf import inference
@@ -20,8 +19,6 @@ from lowlight_tf import simulation
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
 from lowlight_tf.media import png
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -312,17 +309,12 @@ def test_unwritable_output_dir_fails_before_any_work(tiny_model, photo_folder, t
     assert lines == []
 
 
-def _run_tool(args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "enhance")] + args,
-                          capture_output=True, text=True, cwd=cwd, env=env, check=False)
-
-
+@pytest.mark.slow
 def test_enhance_cli(tiny_model, photo_folder, tmp_path):
     model_path = str(tmp_path / "tiny.keras")
     tiny_model.save(model_path)
-    ok = _run_tool([str(photo_folder), f"--model={model_path}",
-                    f"--output_dir={tmp_path / 'out'}", "--format=jpg"], cwd=str(tmp_path))
+    ok = run_tool("enhance", str(photo_folder), f"--model={model_path}",
+                  f"--output_dir={tmp_path / 'out'}", "--format=jpg", cwd=str(tmp_path))
     assert ok.returncode == 0, ok.stderr
     assert "Enhanced 3 file(s)" in ok.stdout and "broken.jpg" in ok.stdout
     assert sorted(os.listdir(tmp_path / "out")) == [
@@ -330,23 +322,24 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    unwritable = _run_tool([str(photo_folder), f"--model={model_path}",
-                            f"--output_dir={blocker / 'out'}"], cwd=str(tmp_path))
+    unwritable = run_tool("enhance", str(photo_folder), f"--model={model_path}",
+                          f"--output_dir={blocker / 'out'}", cwd=str(tmp_path))
     assert unwritable.returncode == 2 and "a_file" in unwritable.stderr
 
-    missing = _run_tool([str(photo_folder), f"--model={tmp_path / 'nope.keras'}",
-                         f"--output_dir={tmp_path / 'out2'}"], cwd=str(tmp_path))
+    missing = run_tool("enhance", str(photo_folder), f"--model={tmp_path / 'nope.keras'}",
+                       f"--output_dir={tmp_path / 'out2'}", cwd=str(tmp_path))
     assert missing.returncode == 2 and "nope.keras" in missing.stderr
 
-    no_curve = _run_tool([str(photo_folder), f"--model={model_path}", "--exposure_preset=paper",
-                          f"--output_dir={tmp_path / 'out3'}"], cwd=str(tmp_path))
+    no_curve = run_tool("enhance", str(photo_folder), f"--model={model_path}",
+                        "--exposure_preset=paper", f"--output_dir={tmp_path / 'out3'}",
+                        cwd=str(tmp_path))
     assert no_curve.returncode == 2 and "holds no exposure curve" in no_curve.stderr
     preset = simulation.load_preset("paper")
     preset.exposure_curve = np.tile(np.linspace(0.0, 255.0, 256), (3, 1))
     simulation.save_preset(preset, str(tmp_path / "camera.json"))
-    anchored = _run_tool([str(photo_folder / "dark.png"), f"--model={model_path}",
-                          f"--exposure_preset={tmp_path / 'camera.json'}",
-                          f"--output_dir={tmp_path / 'out4'}"], cwd=str(tmp_path))
+    anchored = run_tool("enhance", str(photo_folder / "dark.png"), f"--model={model_path}",
+                        f"--exposure_preset={tmp_path / 'camera.json'}",
+                        f"--output_dir={tmp_path / 'out4'}", cwd=str(tmp_path))
     assert anchored.returncode == 0, anchored.stderr
     assert os.listdir(tmp_path / "out4") == ["dark_enhanced.png"]
 
@@ -603,26 +596,27 @@ def test_enhance_brightness_and_stats_lines(tmp_path):
                                 exposure_curve=np.tile(np.arange(256.0), (3, 1)))
 
 
+@pytest.mark.slow
 def test_enhance_cli_overwrite_brightness_and_bad_inputs(photo_folder, tmp_path):
     keras.utils.set_random_seed(2)
     model_path = str(tmp_path / "unet.keras")
     model_lib.build_unet("rgb", base_filters=4, depth=2).save(model_path)
     out = tmp_path / "out"
     args = [str(photo_folder / "dark.png"), f"--model={model_path}", f"--output_dir={out}"]
-    first = _run_tool(args + ["--brightness=0.4"], cwd=str(tmp_path))
+    first = run_tool("enhance", *args, "--brightness=0.4", cwd=str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert "mean 0.4" in first.stdout and "clipped" in first.stdout
     written = (out / "dark_enhanced.png").read_bytes()
-    again = _run_tool(args, cwd=str(tmp_path))
+    again = run_tool("enhance", *args, cwd=str(tmp_path))
     assert again.returncode == 2
     assert "dark_enhanced.png" in again.stderr and "--overwrite" in again.stderr
     assert (out / "dark_enhanced.png").read_bytes() == written
-    replaced = _run_tool(args + ["--overwrite", "--brightness=+1ev"], cwd=str(tmp_path))
+    replaced = run_tool("enhance", *args, "--overwrite", "--brightness=+1ev", cwd=str(tmp_path))
     assert replaced.returncode == 0, replaced.stderr
     assert (out / "dark_enhanced.png").read_bytes() != written
-    missing = _run_tool([str(tmp_path / "nope.png")] + args[1:], cwd=str(tmp_path))
+    missing = run_tool("enhance", str(tmp_path / "nope.png"), *args[1:], cwd=str(tmp_path))
     assert missing.returncode == 2 and "nope.png" in missing.stderr
-    bad = _run_tool(args + ["--brightness=2"], cwd=str(tmp_path))
+    bad = run_tool("enhance", *args, "--brightness=2", cwd=str(tmp_path))
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
 
 

@@ -30,7 +30,7 @@ def test_media_imports_no_tensorflow():
 # Modules of lowlight_tf that still import data_prep, to be switched by their owners (then
 # remove them here): calibration (data_prep.decoding), training and reproduce (prepare,
 # sample_photos).
-_NOT_YET_ONE_WAY = {"calibration.py"}
+_NOT_YET_ONE_WAY = set()
 
 
 def test_lowlight_tf_never_imports_data_prep():

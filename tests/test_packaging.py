@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
+from conftest import ROOT  # pylint: disable=import-error
 from lowlight_tf import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = sorted(name for name in os.listdir(os.path.join(ROOT, "tools"))
                if "." not in name and os.path.isfile(os.path.join(ROOT, "tools", name)))
 # Bare names that clash with other programs on a user's PATH (ImageMagick's `compare`, ...).
@@ -59,6 +59,7 @@ def built_metadata(tmp_path_factory):
     return message, scripts
 
 
+@pytest.mark.slow
 def test_every_tool_is_an_installed_namespaced_command(built_metadata):
     _, scripts = built_metadata
     assert len(TOOLS) >= 8 and cli.tool_names() == TOOLS
@@ -68,6 +69,7 @@ def test_every_tool_is_an_installed_namespaced_command(built_metadata):
     assert all(name.startswith("lowlight-") for name in scripts)
 
 
+@pytest.mark.slow
 def test_runtime_dependencies_are_complete_and_patched_libraries_bounded(built_metadata):
     message, _ = built_metadata
     requires = {}
@@ -83,6 +85,7 @@ def test_runtime_dependencies_are_complete_and_patched_libraries_bounded(built_m
         assert "<" in requires[patched], requires[patched]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_entry_point_runs_its_tool(tool, tmp_path):
     done = subprocess.run(
@@ -102,6 +105,7 @@ def test_an_unknown_tool_is_no_attribute_of_cli():
     assert not set(TOOLS) & set(vars(cli)), set(TOOLS) & set(vars(cli))
 
 
+@pytest.mark.slow
 def test_the_installed_command_runs_when_installed():
     command = os.path.join(os.path.dirname(sys.executable), "lowlight-compare")
     if not os.path.exists(command):
@@ -111,6 +115,7 @@ def test_the_installed_command_runs_when_installed():
     assert _docstring_first_line("compare") in done.stdout, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_built_wheel_installs_tools_flagfiles_and_commands(tmp_path):
     source = tmp_path / "source"
     source.mkdir()

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT, run_tool  # pylint: disable=import-error
 from data_prep import prepare, sample_photos
 from lowlight_tf import data, demo, pipeline, reproduce, simulation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What tools/reproduce and tools/demo hand the library: data_prep's dataset builders.
 BUILDERS = reproduce.DatasetBuilders(make_tfrecords=prepare.make_tfrecords,
@@ -59,6 +58,7 @@ def inputs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_path):
     lines = []
     config = reproduce.ReproduceConfig.create(
@@ -218,14 +218,14 @@ def test_resuming_with_other_settings_is_refused_before_any_work(inputs, tmp_pat
     assert "ssim_weight" not in json.loads((tmp_path / "run" / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_reproduce_cli_rejects_unknown_flags_with_status_2(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "reproduce"),
-                             f"--work_dir={tmp_path}", "--no_such_flag=1"],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_tool("reproduce", f"--work_dir={tmp_path}", "--no_such_flag=1")
     assert result.returncode == 2
     assert "no_such_flag" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_enhances(tmp_path):
     lines = []
     report = demo.run_demo(str(tmp_path / "demo"), BUILDERS, progress=lines.append,
@@ -262,9 +262,6 @@ def test_orchestration_modules_never_import_data_prep():
                 assert not local, f"{path}:{node.name} imports inside the function"
 
 
-@pytest.mark.xfail(strict=True, reason="lowlight_tf.calibration imports data_prep.decoding and "
-                   "lowlight_tf.comparison data_prep.splitting (moving into lowlight_tf/media.py "
-                   "on another branch); remove this mark when that lands")
 def test_importing_the_library_never_imports_data_prep():
     code = ("import lowlight_tf.reproduce, lowlight_tf.training, lowlight_tf.demo; import sys; "
             "assert not any(m.startswith('data_prep') for m in sys.modules), "

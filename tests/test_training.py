@@ -10,37 +10,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from conftest import ROOT, run_tool, start_tool  # pylint: disable=import-error
 from lowlight_tf import model as model_lib
 from lowlight_tf import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "tools", "train")
 SMOKE = os.path.join(ROOT, "configs", "smoke.flags")
-
-
-def make_tiny_dataset(root):
-    """Writes 8 random 48x64 PNGs and builds the images dataset root/tfrecords/tiny (6 train,
-    2 val); returns its OUTPUT_DIR/NAME."""
-    from data_prep import prepare
-    photos = os.path.join(root, "photos")
-    os.makedirs(photos, exist_ok=True)
-    rng = np.random.default_rng(0)
-    overrides = {}
-    for i in range(8):
-        image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-        Image.fromarray(image).save(os.path.join(photos, f"p{i}.png"))
-        overrides[f"p{i}.png"] = "val" if i >= 6 else "train"
-    prepare.make_tfrecords("images", output_dir=os.path.join(root, "tfrecords"), name="tiny",
-                           input_dir=photos, splits="train:0.75,val:0.25",
-                           split_overrides=overrides)
-    return os.path.join(root, "tfrecords", "tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_tiny_dataset(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +35,6 @@ def tiny_config(model_dir, data, **overrides):
     return training.TrainConfig(**values)
 
 
-def run_train(*args, timeout=240, **env_vars):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **env_vars)
-    return subprocess.run([sys.executable, TRAIN, *args], cwd=ROOT, env=env, timeout=timeout,
-                          capture_output=True, text=True)
-
-
 def summary_tags(log_dir):
     """{tag: plugin} of every summary in the event files of log_dir."""
     tags = {}
@@ -82,10 +51,11 @@ def final_weights(model_dir):
     return {w.path: w.numpy() for w in model.weights}
 
 
+@pytest.mark.slow
 def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
     pretrain_dir, transfer_dir = str(tmp_path / "pretrain"), str(tmp_path / "transfer")
-    result = run_train(f"--flagfile={SMOKE}", f"--model_dir={pretrain_dir}",
-                       f"--sample_root={sample_root}")
+    result = run_tool("train", f"--flagfile={SMOKE}", f"--model_dir={pretrain_dir}",
+                      f"--sample_root={sample_root}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pretrain finished" in result.stdout
     for epoch in (1, 2):
@@ -100,9 +70,9 @@ def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
         assert val_tags.get(tag) == "scalars", (tag, val_tags)
     assert val_tags.get("dark | prediction | bright") == "images", val_tags
 
-    result = run_train(f"--flagfile={SMOKE}", "--stage=transfer", f"--init_from={pretrain_dir}",
-                       f"--model_dir={transfer_dir}", f"--sample_root={sample_root}",
-                       "--epochs=1")
+    result = run_tool("train", f"--flagfile={SMOKE}", "--stage=transfer",
+                      f"--init_from={pretrain_dir}", f"--model_dir={transfer_dir}",
+                      f"--sample_root={sample_root}", "--epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.isfile(os.path.join(transfer_dir, "checkpoints", "epoch_001.weights.h5"))
     # The replayable flagfile holds the resolved defaults: the smoke model is depth 3.
@@ -119,9 +89,11 @@ def test_cli_smoke_pretrain_then_transfer(tmp_path, sample_root):
     assert not np.array_equal(after["head_conv/kernel"], before["head_conv/kernel"])
 
 
+@pytest.mark.slow
 def test_cli_unknown_flag_exits_2_and_writes_nothing(tmp_path):
     model_dir = tmp_path / "run"
-    result = run_train(f"--flagfile={SMOKE}", f"--model_dir={model_dir}", "--bogus_flag=1")
+    result = run_tool("train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
+                      "--bogus_flag=1")
     assert result.returncode == 2 and "bogus_flag" in result.stderr
     assert not model_dir.exists()
 
@@ -145,6 +117,7 @@ def test_config_errors(tmp_path, tiny_data):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     class Poison(keras.callbacks.Callback):
         """Makes the weights NaN at the start of the second epoch."""
@@ -171,6 +144,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tmp_path, tiny_data):
     # Two processes (as a user would rerun): --deterministic switches TensorFlow to deterministic
     # kernels for the rest of a process, which must not leak into the other tests, and oneDNN
@@ -180,7 +154,8 @@ def test_same_seed_same_weights(tmp_path, tiny_data):
             "--steps_per_epoch=4", "--num_images=0", "--seed=7", "--deterministic",
             "--strategy=default"]
     for name in ("a", "b"):
-        result = run_train(*args, f"--model_dir={tmp_path / name}", TF_ENABLE_ONEDNN_OPTS="0")
+        result = run_tool("train", *args, f"--model_dir={tmp_path / name}",
+                          env={"TF_ENABLE_ONEDNN_OPTS": "0"})
         assert result.returncode == 0, result.stderr[-3000:]
     first, second = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert first.keys() == second.keys()
@@ -193,6 +168,7 @@ def test_same_seed_same_weights(tmp_path, tiny_data):
                               first["head_conv/kernel"])
 
 
+@pytest.mark.slow
 def test_ssim_loss_term_trains_and_the_model_reloads(tmp_path, tiny_data):
     result = training.train(tiny_config(tmp_path / "ssim", tiny_data, ssim_weight=0.5,
                                         steps_per_epoch=2, val_data="none", num_images=0))
@@ -203,6 +179,7 @@ def test_ssim_loss_term_trains_and_the_model_reloads(tmp_path, tiny_data):
     assert reloaded.output_shape == (None, None, None, 3)
 
 
+@pytest.mark.slow
 def test_jit_compile_trains_and_finished_run_is_kept(tmp_path, tiny_data):
     config = tiny_config(tmp_path / "xla", tiny_data, jit_compile=True, steps_per_epoch=2,
                          lr_schedule="cosine", warmup_steps=1, clipnorm=1.0, val_data="none",
@@ -216,15 +193,14 @@ def test_jit_compile_trains_and_finished_run_is_kept(tmp_path, tiny_data):
     assert os.path.getmtime(result.final_model_path) == stamp
 
 
+@pytest.mark.slow
 def test_kill_and_resume(tmp_path, tiny_data):
     model_dir = tmp_path / "resume"
     args = ["--stage=pretrain", f"--train_data={tiny_data}:train", f"--val_data={tiny_data}:val",
             f"--model_dir={model_dir}", "--base_filters=4", "--depth=2", "--patch_size=16",
             "--batch_size=4", "--epochs=6", "--steps_per_epoch=5", "--validation_steps=1",
             "--num_images=2", "--strategy=default"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    process = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_tool("train", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = model_dir / "checkpoints" / "epoch_001.weights.h5"
     deadline = time.time() + 600  # a CPU shared with other jobs can take minutes to start
     try:
@@ -241,7 +217,7 @@ def test_kill_and_resume(tmp_path, tiny_data):
     finished = len(glob.glob(str(model_dir / "checkpoints" / "epoch_*.weights.h5")))
     stamp = os.path.getmtime(first)
 
-    result = run_train(*args)
+    result = run_tool("train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed after epoch" in result.stdout
     resumed_epochs = result.stdout.count("Epoch ")
@@ -254,6 +230,7 @@ def test_kill_and_resume(tmp_path, tiny_data):
     assert not [n for n in os.listdir(model_dir / "checkpoints") if "partial" in n]
 
 
+@pytest.mark.slow
 def test_thread_flags_reach_tensorflow_in_a_fresh_process(tmp_path):
     """--intra_op_threads/--inter_op_threads are applied before TensorFlow starts."""
     script = (
@@ -277,6 +254,7 @@ def test_model_dir_that_is_a_file_is_a_clear_error(tmp_path, tiny_data):
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_truncated_final_model_is_rebuilt_and_warnings_say_why(tmp_path, tiny_data, capsys):
     # Patches of 64 px on 48x64 images: every training and validation image is padded; 6
     # example images asked for, but the validation set gives only 2 patches.

@@ -32,6 +32,6 @@ from lowlight_tf.calibration.fit import (calibrate, fit_distribution, fit_tone_c
 from lowlight_tf.calibration.noise import (NOISE_CROP, NOISE_LEVEL_EDGES, NOISE_PEAK_RANGE,
                                            NOISE_SIGMA, central_crop, estimate_noise_peak,
                                            noise_curve, noise_energy, noise_mask)
-from lowlight_tf.calibration.pairs import (IMAGE_EXTENSIONS, CalibrationError, Pair,
+from lowlight_tf.calibration.pairs import (CalibrationError, Pair,
                                            id_sort_key, load_pair_folder, load_pairs,
                                            parse_id_list, read_image, split_pairs)

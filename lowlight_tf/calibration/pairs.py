@@ -10,11 +10,10 @@ import re
 
 import numpy as np
 
-from data_prep import decoding
 from lowlight_tf import data
 from lowlight_tf import pipeline
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+from lowlight_tf.media import decode
+from lowlight_tf.media import formats
 
 
 class CalibrationError(ValueError):
@@ -39,13 +38,13 @@ def read_image(path):
       CalibrationError: naming the file and why it cannot be read.
     """
     try:
-        array, _ = decoding.decode_image(path)
-    except decoding.DecodeError as error:
+        array, _ = decode.decode_image(path)
+    except decode.DecodeError as error:
         raise CalibrationError(f"{path}: {error}. Replace or remove this pair.") from None
     except MemoryError:
         raise CalibrationError(f"{path}: not enough memory to decode this image.") from None
     if array.dtype == np.uint16:
-        return array.astype(np.float32) / 257.0
+        return array.astype(np.float32) / float(formats.UINT16_PER_UINT8)
     return array.astype(np.float32)
 
 
@@ -64,7 +63,7 @@ def load_pair_folder(folder):
 
     def listing(directory):
         return {os.path.splitext(name)[0]: os.path.join(directory, name)
-                for name in os.listdir(directory) if name.lower().endswith(IMAGE_EXTENSIONS)}
+                for name in os.listdir(directory) if formats.extension(name) in formats.IMAGE_EXTENSIONS}
 
     low, high = listing(low_dir), listing(high_dir)
     ids = sorted(set(low) & set(high), key=id_sort_key)
