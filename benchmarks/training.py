@@ -241,14 +241,14 @@ class _TFWorker:
         if key not in self.models:
             import keras
             from lowlight_tf import model as model_lib
-            from lowlight_tf import training
+            from lowlight_tf import train_config, training
             keras.utils.set_random_seed(0)
             if variant == "bare":
                 model = model_lib.build_unet("rgb", FLAGS.base_filters, FLAGS.depth)
                 model.compile(optimizer=keras.optimizers.Adam(_LEARNING_RATE),
                               loss=keras.losses.MeanAbsoluteError())
             else:
-                config = training.TrainConfig(
+                config = train_config.TrainConfig(
                     model_dir=tempfile.mkdtemp(dir=self.data_dir), base_filters=FLAGS.base_filters,
                     depth=FLAGS.depth, trainable_blocks="all", learning_rate=_LEARNING_RATE,
                     patch_size=patch, batch_size=batch, jit_compile=variant == "fit_jit")

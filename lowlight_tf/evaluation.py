@@ -38,6 +38,7 @@ import tensorflow as tf
 from PIL import Image
 
 from lowlight_tf import baselines as baselines_lib
+from lowlight_tf import config as config_lib
 from lowlight_tf import data
 from lowlight_tf import files
 from lowlight_tf import inference
@@ -86,9 +87,8 @@ class TrainingFacts:
 
 def _read_flags(path):
     """Reads `--name=value` lines (tools/train's flags.txt) into a dict of strings."""
-    from lowlight_tf import training
     with open(path, encoding="utf-8") as f:
-        return training.parse_flag_lines(f)
+        return config_lib.parse_flag_lines(f)
 
 
 def model_dir_of(model_path):

@@ -45,11 +45,6 @@ from lowlight_tf.distribute import (is_chief, is_multi_worker, make_strategy,
                                     patch_keras_for_multi_worker)
 from lowlight_tf import data
 from lowlight_tf.train_config import SAMPLE, ConfigError
-# Callers name these through this module (TODO after the refactor branches merge: import them
-# from their modules).
-from lowlight_tf.callbacks import backup_epoch  # noqa: F401
-from lowlight_tf.config import parse_flag_lines  # noqa: F401
-from lowlight_tf.train_config import TrainConfig  # noqa: F401
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the last good checkpoint."""

@@ -19,8 +19,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from lowlight_tf import training
-    config = training.TrainConfig(model_dir="unused", base_filters=4, depth=2,
+    from lowlight_tf import train_config, training
+    config = train_config.TrainConfig(model_dir="unused", base_filters=4, depth=2,
                                   trainable_blocks="all", learning_rate=1e-3)
     rng = np.random.default_rng(0)
     bright = rng.uniform(size=(8, 16, 16, 3)).astype(np.float32)

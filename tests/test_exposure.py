@@ -5,7 +5,7 @@ import pytest
 
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
-from lowlight_tf import training
+from lowlight_tf import train_config, training
 
 TARGET = model_lib.CANONICAL_DARK_MEAN
 
@@ -91,11 +91,11 @@ def test_exposure_gain_and_architecture(normalising_model, tmp_path):
 def test_training_takes_the_init_models_normalisation(normalising_model, tmp_path):
     path = str(tmp_path / "pre.keras")
     normalising_model.save(path)
-    config = training.resolve_config(training.TrainConfig(
+    config = training.resolve_config(train_config.TrainConfig(
         model_dir=str(tmp_path / "run"), stage="transfer", init_from=path, patch_size=32))
     assert config.exposure_normalization == pytest.approx(TARGET)
-    fresh = training.resolve_config(training.TrainConfig(model_dir=str(tmp_path / "r2")))
+    fresh = training.resolve_config(train_config.TrainConfig(model_dir=str(tmp_path / "r2")))
     assert fresh.exposure_normalization == 0.0
     with pytest.raises(training.ConfigError, match="exposure_normalization"):
-        training.resolve_config(training.TrainConfig(model_dir=str(tmp_path / "r3"),
+        training.resolve_config(train_config.TrainConfig(model_dir=str(tmp_path / "r3"),
                                                      exposure_normalization=1.5))

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import ROOT, run_tool, start_tool  # pylint: disable=import-error
 from lowlight_tf import model as model_lib
-from lowlight_tf import training
+from lowlight_tf import callbacks, train_config, training
 
 SMOKE = os.path.join(ROOT, "configs", "smoke.flags")
 
@@ -32,7 +32,7 @@ def tiny_config(model_dir, data, **overrides):
                   base_filters=4, depth=2, patch_size=16, batch_size=4, epochs=1,
                   steps_per_epoch=3, validation_steps=1, num_images=2, verbose=0)
     values.update(overrides)
-    return training.TrainConfig(**values)
+    return train_config.TrainConfig(**values)
 
 
 def summary_tags(log_dir):
@@ -210,7 +210,7 @@ def test_kill_and_resume(tmp_path, tiny_data):
         process.send_signal(signal.SIGKILL)
         process.wait()
     # The checkpoint is written before the backup: a kill between the two repeats epoch 1.
-    backed_up = training.backup_epoch(str(model_dir / "backup")) >= 1
+    backed_up = callbacks.backup_epoch(str(model_dir / "backup")) >= 1
     assert first.exists(), "the first run never finished an epoch"
     assert not (model_dir / "final.keras").exists(), "killed too late: the run had finished"
     assert (model_dir / "backup").is_dir()
@@ -235,8 +235,8 @@ def test_thread_flags_reach_tensorflow_in_a_fresh_process(tmp_path):
     """--intra_op_threads/--inter_op_threads are applied before TensorFlow starts."""
     script = (
         "import tensorflow as tf\n"
-        "from lowlight_tf import training\n"
-        f"config = training.TrainConfig(model_dir={str(tmp_path)!r}, intra_op_threads=1,"
+        "from lowlight_tf import training, train_config\n"
+        f"config = train_config.TrainConfig(model_dir={str(tmp_path)!r}, intra_op_threads=1,"
         " inter_op_threads=2)\n"
         "training._set_threads(config)\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
