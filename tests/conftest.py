@@ -3,7 +3,9 @@
 Also the repository root, one way to run a tool of tools/ in a child process, and the tiny
 images dataset that several test files train on (built once per test run).
 """
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -47,6 +49,42 @@ def start_tool(name, *args, cwd=ROOT, env=None, **popen):
     popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
     return subprocess.Popen(tool_command(name, *args), cwd=cwd, env=tool_env(**(env or {})),
                             **popen)
+
+
+def free_ports(count):
+    """`count` free TCP ports on localhost."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def run_train_workers(*args, workers=2, timeout=240):
+    """Run tools/train as a `workers`-process MultiWorkerMirroredStrategy cluster on localhost.
+
+    Returns [(returncode, stdout, stderr)] per worker, worker 0 (the chief) first; every
+    process is gone on return.
+    """
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(workers)]}
+    processes = [
+        start_tool("train", *args, "--strategy=multi_worker",
+                   env={"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}})})
+        for index in range(workers)]
+    outputs = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=timeout)
+            outputs.append((process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return outputs
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ def test_the_service_gives_the_local_batches(service):
         np.testing.assert_array_equal(bright_a.numpy(), bright_b.numpy())
 
 
+@pytest.mark.slow
 def test_training_runs_through_the_service(service, tmp_path, capsys):
     config = TrainConfig(model_dir=str(tmp_path / "run"), sample_root=str(tmp_path / "sample"),
                          base_filters=4, depth=2, patch_size=16, batch_size=4, epochs=1,

@@ -1,7 +1,6 @@
 """Distribution tests: MirroredStrategy on 2 logical CPUs, a 2-process multi-worker run."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -9,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import ROOT, start_tool, tool_env  # pylint: disable=import-error
+from conftest import ROOT, run_train_workers, tool_env  # pylint: disable=import-error
 
 # Runs in a fresh interpreter: logical devices must be configured before TensorFlow starts.
 MIRRORED_SCRIPT = textwrap.dedent("""
@@ -57,41 +56,17 @@ def test_mirrored_two_devices_same_loss_as_one():
     assert results["one"]["losses"][2] < results["one"]["losses"][0]
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_process_multi_worker_run_completes(tmp_path, tiny_data):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{port}" for port in ports]}
     model_dir = tmp_path / "run"
-    args = ["--stage=pretrain", f"--train_data={tiny_data}:train", f"--val_data={tiny_data}:val",
-            f"--model_dir={model_dir}", "--base_filters=4", "--depth=2", "--patch_size=16",
-            "--batch_size=4", "--epochs=2", "--steps_per_epoch=2", "--validation_steps=1",
-            "--num_images=2", "--strategy=multi_worker"]
-    processes = [
-        start_tool("train", *args,
-                   env={"TF_CONFIG": json.dumps({"cluster": cluster,
-                                                 "task": {"type": "worker", "index": index}})})
-        for index in range(2)]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=240))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for process, (stdout, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr[-3000:]
+    outputs = run_train_workers(
+        "--stage=pretrain", f"--train_data={tiny_data}:train", f"--val_data={tiny_data}:val",
+        f"--model_dir={model_dir}", "--base_filters=4", "--depth=2", "--patch_size=16",
+        "--batch_size=4", "--epochs=2", "--steps_per_epoch=2", "--validation_steps=1",
+        "--num_images=2")
+    for returncode, _, stderr in outputs:
+        assert returncode == 0, stderr[-3000:]
+    outputs = [(stdout, stderr) for _, stdout, stderr in outputs]
     assert "2 replica(s)" in outputs[0][0] and "2 replica(s)" in outputs[1][0]
     # Only the chief (worker 0) writes into model_dir.
     assert (model_dir / "final.keras").exists()

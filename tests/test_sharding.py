@@ -1,18 +1,13 @@
 """Multi-worker input sharding: FILE when every worker has a TFRecord file of its own, else DATA."""
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import run_train_workers  # pylint: disable=import-error
 from data_prep import prepare
 from lowlight_tf import data, distribute
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_policy_needs_one_file_per_worker():
@@ -49,42 +44,16 @@ def test_file_shards_are_disjoint_and_cover_the_split(sharded_data):
     assert sorted(ids[0] + ids[1]) == everything
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
+@pytest.mark.slow
 def test_two_workers_read_their_own_files(tmp_path, sharded_data):
     output_dir, name = os.path.split(sharded_data)
     assert data.num_shards(output_dir, name, "train") == 4
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    args = ["--stage=pretrain", f"--train_data={sharded_data}:train",
-            f"--val_data={sharded_data}:val", f"--model_dir={tmp_path / 'run'}",
-            "--base_filters=4", "--depth=2", "--patch_size=16", "--batch_size=4", "--epochs=1",
-            "--steps_per_epoch=2", "--validation_steps=1", "--num_images=0",
-            "--strategy=multi_worker"]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    processes = [subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tools", "train"), *args], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(env, TF_CONFIG=json.dumps({"cluster": cluster,
-                                            "task": {"type": "worker", "index": index}})))
-        for index in range(2)]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=240))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for process, (stdout, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr[-3000:]
+    outputs = run_train_workers(
+        "--stage=pretrain", f"--train_data={sharded_data}:train",
+        f"--val_data={sharded_data}:val", f"--model_dir={tmp_path / 'run'}", "--base_filters=4",
+        "--depth=2", "--patch_size=16", "--batch_size=4", "--epochs=1", "--steps_per_epoch=2",
+        "--validation_steps=1", "--num_images=0")
+    for returncode, stdout, stderr in outputs:
+        assert returncode == 0, stderr[-3000:]
         assert "4 file(s) split between 2 workers by FILE" in stdout
     assert (tmp_path / "run" / "final.keras").exists()
