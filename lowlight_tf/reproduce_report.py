@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lowlight_tf import comparison
-from lowlight_tf import evaluation
+from lowlight_tf import evaluation_report
 from lowlight_tf.reproduce_run import model_row, write_json
 
 # Table 1 of the paper, for context only (their data: RAISE 6k and SID Sony; not comparable).
@@ -146,7 +146,7 @@ def build_report(run, results, specs):
 
 def format_table(rows, with_paper=True):
     """The Table 1 form of lowlight_tf.evaluation, plus the paper's own rows for context."""
-    lines = [evaluation.format_table(rows)]
+    lines = [evaluation_report.format_table(rows)]
     if with_paper:
         lines += [f"| {method} | {dataset} | {images} | {epochs} | {psnr:.2f} | n/a | n/a | 1 "
                   "| n/a |" for method, dataset, images, epochs, psnr in PAPER_ROWS]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run_tool  # pylint: disable=import-error
-from lowlight_tf import comparison, evaluation
+from lowlight_tf import comparison, evaluation_report
 
 
 def _scores(values, dataset="device:test"):
@@ -61,7 +61,7 @@ def test_bad_inputs_are_refused_with_the_reason():
 
 
 def _write_evaluation(folder, model_psnr):
-    """An evaluation folder written by lowlight_tf.evaluation.write_reports: a model row, its
+    """An evaluation folder written by lowlight_tf.evaluation_report.write_reports: a model row, its
     calibrated-exposure row and a baseline, on images {N: psnr}."""
     os.makedirs(folder, exist_ok=True)
     per_image, rows = [], []
@@ -74,7 +74,7 @@ def _write_evaluation(folder, model_psnr):
         rows.append({"method": method, "kind": kind, "dataset": "device:test",
                      "psnr": float(np.mean(list(model_psnr.values()))) + offset,
                      "psnr_gt_mean": 0.0, "ssim": 0.5, "images": len(model_psnr)})
-    evaluation.write_reports(str(folder), rows, per_image, settings={})
+    evaluation_report.write_reports(str(folder), rows, per_image, settings={})
     return str(folder)
 
 

@@ -11,6 +11,8 @@ from PIL import Image
 from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import baselines
 from lowlight_tf import evaluation
+from lowlight_tf import evaluation_report
+from lowlight_tf import training_facts
 from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
@@ -216,12 +218,12 @@ def test_simulated_test_set_counts_its_source_images(pairs_dataset, tmp_path):
 
 def test_training_facts_for_pretrain_and_unknown(model_dirs, tmp_path):
     pretrain, _ = model_dirs
-    facts = evaluation.training_facts(str(pretrain / "final.keras"))
+    facts = training_facts.training_facts(str(pretrain / "final.keras"))
     assert facts.known and facts.epochs == "7 / -"
     # A per-epoch checkpoint reports the epochs it has seen.
     checkpoint = pretrain / "checkpoints" / "epoch_002.weights.h5"
-    assert evaluation.training_facts(str(checkpoint)).epochs == "2 / -"
-    assert evaluation.training_facts(str(tmp_path / "x.keras")).epochs == "n/a"
+    assert training_facts.training_facts(str(checkpoint)).epochs == "2 / -"
+    assert training_facts.training_facts(str(tmp_path / "x.keras")).epochs == "n/a"
 
 
 def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
@@ -358,7 +360,7 @@ def test_truncated_shard_is_a_clear_error_and_the_old_report_stays(pairs_dataset
     assert "Evaluating on toy:test: done 3/3 images" in capsys.readouterr().err
     before = _tree(out)
     assert {"per_image.csv", "summary.json", "table.md",
-            evaluation.REPORT_MARKER} <= set(before)
+            evaluation_report.REPORT_MARKER} <= set(before)
     damaged = _damaged_copy(pairs_dataset, tmp_path)
     with pytest.raises(evaluation.EvaluationError,
                        match=r"could not be read.*damaged or truncated.*make_tfrecords"):
@@ -379,10 +381,10 @@ def test_report_folder_is_replaced_whole_and_foreign_folders_need_overwrite(
     evaluation.evaluate(tiny_model, [toy], str(out), save_images=0, baselines=(),
                         progress=None)
     assert not (out / "panels").exists()
-    marker = json.loads((out / evaluation.REPORT_MARKER).read_text())
+    marker = json.loads((out / evaluation_report.REPORT_MARKER).read_text())
     assert sorted(marker["files"]) == ["per_image.csv", "summary.json", "table.md"]
     # A report of an older version (no marker) is recognised and replaced too.
-    (out / evaluation.REPORT_MARKER).unlink()
+    (out / evaluation_report.REPORT_MARKER).unlink()
     evaluation.evaluate(tiny_model, [toy], str(out), save_images=0, baselines=(),
                         progress=None)
 

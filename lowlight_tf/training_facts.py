@@ -1,0 +1,122 @@
+"""What a model's training run says about it, for the Table 1 columns (paper §4).
+
+Reads the model_dir's flags.txt (written by tools/train) to fill "No. training images from
+dataset" and "No. epochs initial / transfer" for a model being evaluated.
+"""
+import dataclasses
+import os
+import re
+
+from lowlight_tf import config as config_lib
+from lowlight_tf import data
+
+FLAGS_NAME = "flags.txt"
+NOT_AVAILABLE = "n/a"
+
+
+@dataclasses.dataclass
+class TrainingFacts:
+    """What Table 1 says about how a model was trained.
+
+    `training_images` maps a dataset key `OUTPUT_DIR/NAME` (absolute) to the number of its images
+    used in training; datasets not in the map get 0 when `known` is True and "n/a" otherwise. A
+    simulated test set counts the images its source dataset gave to training (the paper's
+    "RAISE 6k, 6000" row: pretrained on simulated RAISE, tested on simulated RAISE).
+    `epochs` is the Table 1 text "initial / transfer", e.g. "100 / 250" or "100 / -".
+    """
+    known: bool = False
+    training_images: dict = dataclasses.field(default_factory=dict)
+    epochs: str = NOT_AVAILABLE
+
+    def images_for(self, dataset_keys):
+        """Training images taken from any of `dataset_keys` (a dataset and its source)."""
+        if not self.known:
+            return NOT_AVAILABLE
+        return sum(self.training_images.get(key, 0) for key in set(dataset_keys))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training facts from model_dir/flags.txt.
+
+def _read_flags(path):
+    """Reads `--name=value` lines (tools/train's flags.txt) into a dict of strings."""
+    with open(path, encoding="utf-8") as f:
+        return config_lib.parse_flag_lines(f)
+
+
+def model_dir_of(model_path):
+    """The tools/train model_dir a model path belongs to (or None).
+
+    Accepts a model_dir, its final.keras, or one of its checkpoints/epoch_NNN.weights.h5.
+    """
+    if not model_path:
+        return None
+    path = os.path.abspath(model_path)
+    candidates = [path] if os.path.isdir(path) else []
+    candidates += [os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, FLAGS_NAME)):
+            return candidate
+    return None
+
+
+def _dataset_key(spec_text, sample_root=None):
+    """`OUTPUT_DIR/NAME` (absolute) and split of a train_data flag value."""
+    if spec_text in ("", "sample"):
+        if not sample_root:
+            return None, None
+        spec_text = os.path.join(sample_root, "tfrecords", "sample") + ":train"
+    parsed = data.parse_dataset_spec(spec_text, default_split="train")
+    return os.path.abspath(os.path.join(parsed.output_dir, parsed.name)), parsed.split
+
+
+def _count_training_images(flags):
+    """(dataset key, number of images a tools/train run used), or (None, None) if unknown."""
+    from lowlight_tf import pipeline
+    try:
+        key, split = _dataset_key(flags.get("train_data", ""), flags.get("sample_root"))
+        if key is None:
+            return None, None
+        output_dir, name = os.path.split(key)
+        fraction = float(flags.get("train_fraction", 1.0))
+        if fraction >= 1.0:
+            return key, data.num_examples(output_dir, name, split)
+        subset = pipeline.select_fraction(data.load(output_dir, name, split), fraction,
+                                          seed=int(flags.get("seed", 0)))
+        return key, int(subset.reduce(0, lambda count, _: count + 1))
+    except (ValueError, OSError, ImportError):
+        return None, None
+
+
+def training_facts(model_path):
+    """Reads Table 1's training facts from the model_dir's flags.txt (and its --init_from chain).
+
+    Returns:
+      TrainingFacts; `known` False (every entry "n/a") when no flags.txt is found.
+    """
+    model_dir = model_dir_of(model_path)
+    if model_dir is None:
+        return TrainingFacts()
+    chain = []
+    seen = set()
+    while model_dir is not None and model_dir not in seen and len(chain) < 10:
+        seen.add(model_dir)
+        flags = _read_flags(os.path.join(model_dir, FLAGS_NAME))
+        chain.append(flags)
+        model_dir = model_dir_of(flags.get("init_from")) if flags.get("init_from") else None
+    facts = TrainingFacts(known=True)
+    for flags in chain:
+        key, count = _count_training_images(flags)
+        if key is not None:
+            facts.training_images[key] = facts.training_images.get(key, 0) + count
+    own = chain[0]
+    epochs = own.get("epochs", "?")
+    checkpoint = re.match(r"^epoch_(\d+)\.weights\.h5$", os.path.basename(str(model_path)))
+    if checkpoint:  # a per-epoch checkpoint: the epochs it has seen, not the run's target
+        epochs = str(int(checkpoint.group(1)))
+    if own.get("init_from"):
+        initial = chain[1].get("epochs", "?") if len(chain) > 1 else "?"
+        facts.epochs = f"{initial} / {epochs}"
+    else:
+        facts.epochs = f"{epochs} / -"
+    return facts
