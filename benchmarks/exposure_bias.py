@@ -4,7 +4,7 @@
 RESULTS.md, Diagnosis 3: for each real pair, the ratio mean(output) / mean(reference) of the
 model on the real dark image, on dark images simulated from the pair's bright image with
 parameters drawn from a preset, and (when the preset carries one) of the calibrated exposure
-curve (`inference.expected_brightness`). A ratio that falls as the reference gets brighter is
+curve (`brightness.expected_brightness`). A ratio that falls as the reference gets brighter is
 regression of brightness towards the training photos' typical level.
 
   python benchmarks/exposure_bias.py --model=runs/reproduce_eliei/models/pretrain/final.keras \\
@@ -37,6 +37,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+    from lowlight_tf import brightness as brightness_lib
     from lowlight_tf import calibration, inference, simulation
     from lowlight_tf import model as model_lib
     try:
@@ -63,7 +64,7 @@ def main(argv):
             simulated.append(_geomean(draws))
             line = f"{pair.id:>10} {reference / 255:>9.3f} {real[-1]:>7.3f} {simulated[-1]:>10.3f}"
             if curve is not None:
-                curved.append(255.0 * inference.expected_brightness(pair.dark / 255.0, curve)
+                curved.append(255.0 * brightness_lib.expected_brightness(pair.dark / 255.0, curve)
                               / reference)
                 line += f" {curved[-1]:>10.3f}"
             print(line, flush=True)

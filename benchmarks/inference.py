@@ -30,7 +30,7 @@ _MODES = flags.DEFINE_list(
     "Measurements to run, each in a fresh process: whole (the image at once), tiled (--tile "
     "and --overlap), enhance (tools/enhance's path on a --enhance_megapixels PNG: decode, tiled "
     "inference, write), enhance_exposure (the same with a calibrated exposure curve: "
-    "inference.anchor_exposure), torch (the same U-Net in PyTorch, whole image; skipped when "
+    "brightness.anchor_exposure), torch (the same U-Net in PyTorch, whole image; skipped when "
     "torch is not importable).")
 _MEGAPIXELS = flags.DEFINE_float(
     "megapixels", 12.0, "Image size in megapixels, 4:3 aspect ratio.", lower_bound=0.01)
@@ -71,6 +71,7 @@ def _child_tf(mode):
     import keras
     import numpy as np
 
+    from lowlight_tf import enhance as enhance_lib
     from lowlight_tf import inference
     from lowlight_tf import model as model_lib
 
@@ -92,7 +93,7 @@ def _child_tf(mode):
             seconds = []
             for _ in range(_REPEATS.value):
                 start = time.perf_counter()
-                output = inference.enhance_file(model, path, tmp, tile=tile,
+                output = enhance_lib.enhance_file(model, path, tmp, tile=tile,
                                                 overlap=_OVERLAP.value,
                                                 exposure_curve=exposure_curve,
                                                 overwrite=True)  # each repeat rewrites it

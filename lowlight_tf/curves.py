@@ -189,3 +189,26 @@ def expected_brightness(dark, exposure_curve):
             total += float(np.bincount(band[..., c].ravel(), minlength=LEVELS) @ curve[c])
         count += band[..., 0].size * 3
     return total / max(count, 1) / 255.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer curves of rendered images (NumPy, values in [0, 1]).
+# ---------------------------------------------------------------------------------------------
+def srgb_to_linear(x):
+    """Inverse sRGB transfer curve (IEC 61966-2-1) on [0, 1] values."""
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x):
+    """sRGB transfer curve (IEC 61966-2-1) on [0, 1] values."""
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+
+
+def bt709_to_linear(x):
+    """Inverse of LibRaw's default output curve (BT.709: power 1/2.222, toe slope 4.5)."""
+    return np.where(x < 0.081, x / 4.5, ((x + 0.099) / 1.099) ** (1.0 / 0.45))
+
+
+def linear_to_bt709(x):
+    """LibRaw's default output curve (rawpy postprocess gamma=(2.222, 4.5))."""
+    return np.where(x < 0.018, x * 4.5, 1.099 * np.power(x, 0.45) - 0.099)

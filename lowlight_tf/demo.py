@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from lowlight_tf import data
-from lowlight_tf import inference
+from lowlight_tf import enhance as enhance_lib
 from lowlight_tf import model as model_lib
 from lowlight_tf import pretrained
 from lowlight_tf import reproduce
@@ -83,9 +83,9 @@ def run_demo(output_dir, builders, progress=print, enhance_images=3, **overrides
     model = _enhancing_model(work_dir, progress)
     enhanced_dir = os.path.join(work_dir, "enhanced")
     # The demo's own folder: a second run replaces what the first one wrote.
-    summary = inference.enhance_paths(model, inputs, enhanced_dir, progress=progress,
+    summary = enhance_lib.enhance_paths(model, inputs, enhanced_dir, progress=progress,
                                       overwrite=True)
-    progress(inference.format_summary(summary, enhanced_dir))
+    progress(enhance_lib.format_summary(summary, enhanced_dir))
     panels = ", ".join(report["panels"])
     progress(f"\nDemo finished. Table: {os.path.join(work_dir, 'report.md')}\n"
              f"Panels (input | prediction | reference): {panels}\n"

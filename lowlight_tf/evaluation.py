@@ -35,6 +35,8 @@ from PIL import Image
 from lowlight_tf import baselines as baselines_lib
 from lowlight_tf import data
 from lowlight_tf import files
+from lowlight_tf import brightness as brightness_lib
+from lowlight_tf import enhance as enhance_lib
 from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
@@ -284,7 +286,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
       default_split: split used when a spec has none.
       exposure_curves: optional {dataset spec (as given in `datasets`): float [3, 256]}: for those
         datasets, a second model row "<label> + calibrated exposure" with each prediction's
-        brightness set by that camera's exposure curve (`inference.anchor_exposure`).
+        brightness set by that camera's exposure curve (`brightness.anchor_exposure`).
       input_gains: the exposure sweep: positive floats; every dark input is scaled by each gain
         (`scale_input`, an 8-bit multiply with clipping) and scored against the same
         reference, giving one row per (method, dataset, gain). Default (1.0,): as stored.
@@ -407,7 +409,7 @@ def _evaluate_dataset(keras_model, dataset, label, facts, baseline_names, gains,
                     keras_model, dark, tile=tile, overlap=overlap, stitch=stitch))
                 outputs = {label: prediction}
                 if exposure_curve is not None:
-                    outputs[anchored] = quantize(255.0 * inference.anchor_exposure(
+                    outputs[anchored] = quantize(255.0 * brightness_lib.anchor_exposure(
                         prediction / 255.0, dark / 255.0, exposure_curve))
                 for name in baseline_names:
                     outputs[name] = quantize(baselines_lib.apply(name, dark))
@@ -457,7 +459,7 @@ def _unpaired_inputs(folder):
     if not os.path.isdir(folder):
         raise EvaluationError(f"--unpaired {folder} is not a folder; pass a folder of ordinary "
                               "photos (PNG, JPEG, TIFF, ...) or raw files.")
-    paths = [p for p in inference.expand_inputs([folder]) if os.path.isfile(p)]
+    paths = [p for p in enhance_lib.expand_inputs([folder]) if os.path.isfile(p)]
     if not paths:
         listed = ", ".join(sorted(formats.IMAGE_EXTENSIONS))
         raise EvaluationError(f"--unpaired {folder} holds no image or raw file (by extension: "

@@ -14,24 +14,18 @@ by `lowlight_tf.media` as data_prep decodes them) and ordinary images, with boun
 """
 import dataclasses
 import os
-import time
 import weakref
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from lowlight_tf import curves
 from lowlight_tf import files
-from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
-from lowlight_tf import progress as progress_lib
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
-from lowlight_tf.media import png
 
 STITCH_MODES = ("blend", "paper")
-OUTPUT_FORMATS = ("png", "jpg", "png16")
 # Tiles are sent to the model in batches of at most this many input pixels, which bounds the
 # activation memory of one call (about 0.3 GiB for the default 32-filter U-Net).
 MAX_BATCH_PIXELS = 1 << 20
@@ -40,15 +34,10 @@ MAX_BATCH_PIXELS = 1 << 20
 # costs ~5 % extra compute (benchmarks/inference.py).
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32
-JPEG_QUALITY = 95
 
 class UnreadableImageError(ValueError):
     """A file that is neither a decodable camera raw nor an ordinary image, or one larger than
     the pixel limit; `str(error)` is the reason shown in the skip list."""
-
-
-class OutputDirError(ValueError):
-    """An output directory that cannot be created or written to."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,26 +281,6 @@ class DecodedInput:
     description: str
 
 
-def _srgb_to_linear(x):
-    """Inverse sRGB transfer curve (IEC 61966-2-1) on [0, 1] values."""
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(x):
-    """sRGB transfer curve (IEC 61966-2-1) on [0, 1] values."""
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
-
-
-def _bt709_to_linear(x):
-    """Inverse of LibRaw's default output curve (BT.709: power 1/2.222, toe slope 4.5)."""
-    return np.where(x < 0.081, x / 4.5, ((x + 0.099) / 1.099) ** (1.0 / 0.45))
-
-
-def _linear_to_bt709(x):
-    """LibRaw's default output curve (rawpy postprocess gamma=(2.222, 4.5))."""
-    return np.where(x < 0.018, x * 4.5, 1.099 * np.power(x, 0.45) - 0.099)
-
-
 def amplify(image, ratio, *, curve="srgb"):
     """Multiplies the *linear* light of a gamma-encoded image by `ratio`, clipping at white.
 
@@ -327,8 +296,8 @@ def amplify(image, ratio, *, curve="srgb"):
     Returns:
       float32 [H, W, 3] in [0, 1].
     """
-    to_linear, from_linear = ((_srgb_to_linear, _linear_to_srgb) if curve == "srgb"
-                              else (_bt709_to_linear, _linear_to_bt709))
+    to_linear, from_linear = ((curves.srgb_to_linear, curves.linear_to_srgb) if curve == "srgb"
+                              else (curves.bt709_to_linear, curves.linear_to_bt709))
     scale = float(np.iinfo(image.dtype).max)
     out = np.empty(image.shape, np.float32)
     for begin in range(0, image.shape[0], 256):
@@ -393,7 +362,7 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
     return DecodedInput(array, float(np.iinfo(array.dtype).max), is_raw, description)
 
 
-class _ScaledArray:
+class ScaledArray:
     """Read-only view of an integer image as float32 / scale, converted per slice (low memory)."""
 
     def __init__(self, array, scale):
@@ -404,7 +373,7 @@ class _ScaledArray:
         return self.array[index].astype(np.float32) / self.scale
 
 
-def _predict_decoded(model, decoded, tile, overlap):
+def predict_decoded(model, decoded, tile, overlap):
     """Runs the model on a DecodedInput; returns float32 [H * s, W * s, 3] in [0, 1]."""
     x = decoded.model_input
     _, out_scale, multiple = model_geometry(model)
@@ -416,522 +385,8 @@ def _predict_decoded(model, decoded, tile, overlap):
     if tile is None or (height <= tile and width <= tile):
         return predict_array(model, x.astype(np.float32) / np.float32(decoded.scale))
     # Tiled: pad the integer image (half the bytes of float32) and convert tiles as they are cut.
-    gain = model_lib.exposure_gain(model, _ScaledArray(x, decoded.scale))
+    gain = model_lib.exposure_gain(model, ScaledArray(x, decoded.scale))
     padded = _pad_to(x, _round_up(height, multiple), _round_up(width, multiple))
-    out = predict_array(model, _ScaledArray(padded, decoded.scale), tile=tile, overlap=overlap,
+    out = predict_array(model, ScaledArray(padded, decoded.scale), tile=tile, overlap=overlap,
                         exposure_gain=gain)
     return out[:height * out_scale, :width * out_scale]
-
-
-# ----------------------------------------------------------------------------------------------
-# Calibrated exposure (beyond the paper).
-
-def expected_brightness(dark, exposure_curve):
-    """Mean over pixels and channels of the camera's expected bright value for `dark`.
-
-    `curves.expected_brightness`: dark float [H, W, 3] in [0, 1], exposure_curve float
-    [3, 256] in [0, 255]; returns a float in [0, 1].
-    """
-    return curves.expected_brightness(dark, exposure_curve)
-
-
-def anchor_exposure(prediction, dark, exposure_curve, out=None):
-    """Scale a prediction so its mean brightness is the calibrated camera's expectation.
-
-    A single dark sRGB image does not tell its exposure: a network trained on simulated pairs
-    whose exposure varies pulls every output towards its training photos' typical brightness
-    (RESULTS.md, issue 6). The calibration pairs do tell how bright this camera's scenes come
-    out for a given dark value; this keeps the network's structure and colour and takes the
-    global brightness from them (one gain for all channels).
-
-    Args:
-      prediction: float32 [H, W, 3] in [0, 1], the model output for `dark`.
-      dark: float [H, W, 3] in [0, 1], the model input.
-      exposure_curve: float [3, 256], see `expected_brightness`.
-      out: None, or a float32 array of the prediction's shape to write into (may be
-        `prediction` itself: no full-size copy for a large photo).
-    Returns:
-      float32 [H, W, 3] in [0, 1] (`out` when given).
-    """
-    current = float(np.mean(prediction, dtype=np.float64))
-    gain = expected_brightness(dark, exposure_curve) / current if current > 0.0 else 1.0
-    result = np.multiply(prediction, np.float32(gain), out=out, dtype=np.float32)
-    return np.clip(result, 0.0, 1.0, out=result)
-
-
-# ----------------------------------------------------------------------------------------------
-# The user's brightness control and no-reference checks of an output (beyond the paper).
-
-BRIGHTNESS_AUTO = "auto"
-# "auto" never lifts the mean of an input at least this bright (of full scale) ...
-WELL_EXPOSED_MEAN = 0.25
-# ... by more than this factor: a photo that is already well exposed stays about as it is.
-AUTO_MAX_GAIN = 1.15
-
-
-@dataclasses.dataclass(frozen=True)
-class Brightness:
-    """A parsed `--brightness`: kind "auto", "mean" (value: target mean in (0, 1)) or "ev"
-    (value: exposure change in stops, linear light)."""
-    kind: str = BRIGHTNESS_AUTO
-    value: float = 0.0
-
-    def __str__(self):
-        if self.kind == "mean":
-            return f"{self.value:g}"
-        if self.kind == "ev":
-            return f"{self.value:+g}ev"
-        return BRIGHTNESS_AUTO
-
-
-def parse_brightness(text):
-    """Parses a brightness setting: "auto", a mean level in (0, 1) such as "0.4", or an exposure
-    change in EV such as "+1ev", "-0.5EV".
-
-    Returns:
-      Brightness. A Brightness is returned as it is.
-    Raises:
-      ValueError: with the accepted forms, for anything else.
-    """
-    if isinstance(text, Brightness):
-        return text
-    raw = str(text).strip().lower()
-    usage = ("use 'auto' (keep the network's brightness), a mean level between 0 and 1 such as "
-             "'0.4', or an exposure change in EV such as '+1ev' or '-0.5ev'")
-    if raw in ("", BRIGHTNESS_AUTO):
-        return Brightness()
-    try:
-        if raw.endswith("ev"):
-            value = float(raw[:-2])
-            if not np.isfinite(value) or abs(value) > 16:
-                raise ValueError
-            return Brightness("ev", value)
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"Invalid brightness {text!r}: {usage} (EV within +-16).") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"Invalid brightness {text!r}: a mean level must lie strictly between 0 "
-                         f"and 1 (fraction of full scale); {usage}.")
-    return Brightness("mean", value)
-
-
-def image_mean(image):
-    """Mean over pixels and channels of float [H, W, C] in [0, 1] (or a `_ScaledArray`), in row
-    bands (no full-size temporary); 0.0 for an empty image."""
-    total, count = 0.0, 0
-    for begin in range(0, image.shape[0], 256):
-        band = np.asarray(image[begin:begin + 256], np.float32)
-        total += float(np.sum(band, dtype=np.float64))
-        count += band.size
-    return total / count if count else 0.0
-
-
-def _input_brightness(dark):
-    """Display mean of a model input in [0, 1]: sRGB images as they are; a packed bayer mosaic
-    [h, w, 4] is linear, so its values are sRGB-encoded first (roughly what it looks like)."""
-    if dark.shape[-1] != 4:
-        return image_mean(dark)
-    total, count = 0.0, 0
-    for begin in range(0, dark.shape[0], 256):
-        band = np.clip(np.asarray(dark[begin:begin + 256], np.float64), 0.0, 1.0)
-        total += float(np.sum(_linear_to_srgb(band)))
-        count += band.size
-    return total / count if count else 0.0
-
-
-def _gain_for_mean(prediction, target, bins=4096):
-    """The gain g with mean(clip(g * prediction, 0, 1)) = target (as close as clipping allows).
-
-    One pass collects the count and the sum of the values in each of `bins` bins; the clipped
-    mean of a gain is then sum_b min(g * sum_b, count_b), exact except in the one bin that
-    straddles the clipping point 1 / g. Bisection on that.
-    """
-    counts = np.zeros(bins, np.float64)
-    sums = np.zeros(bins, np.float64)
-    for begin in range(0, prediction.shape[0], 256):
-        band = np.clip(np.asarray(prediction[begin:begin + 256], np.float64).ravel(), 0.0, 1.0)
-        index = np.minimum((band * bins).astype(np.int64), bins - 1)
-        counts += np.bincount(index, minlength=bins)
-        sums += np.bincount(index, weights=band, minlength=bins)
-    total = counts.sum()
-    if total == 0 or sums.sum() <= 0.0:
-        return 1.0  # an all-black output cannot be brightened by a gain
-
-    def clipped_mean(gain):
-        return float(np.minimum(sums * gain, counts).sum()) / total
-
-    low, high = 0.0, target * total / sums.sum()  # the gain without clipping
-    while clipped_mean(high) < target and high < 1e6:  # clipping needs more gain
-        low, high = high, high * 2.0
-    for _ in range(50):
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if clipped_mean(middle) < target else (low, middle)
-    return 0.5 * (low + high)
-
-
-def apply_brightness(prediction, dark, brightness=BRIGHTNESS_AUTO, out=None):
-    """Sets the brightness of a model output as the user asked (one gain for every pixel and
-    channel, clipped to [0, 1]).
-
-    - "auto": the network's output as it is, except that an input already well exposed (mean
-      >= WELL_EXPOSED_MEAN of full scale) is never brightened by more than AUTO_MAX_GAIN in mean:
-      the output is scaled down until mean(output) <= 1.15 * mean(input).
-    - a mean level m in (0, 1): the gain that makes the clipped output's mean m (below m only if
-      even white everywhere cannot reach it).
-    - an exposure change of E stops ("+1ev"): the output's linear light (inverse sRGB curve) is
-      multiplied by 2**E, clipped at white and re-encoded, as a camera exposure change would;
-      sRGB values of mid-tones rise by about 2**(E / 2.2).
-
-    Args:
-      prediction: float32 [H, W, 3] in [0, 1], the model output for `dark`.
-      dark: the model input: float [H, W, 3] in [0, 1] (or a `_ScaledArray`), or a packed bayer
-        mosaic [H/2, W/2, 4] in [0, 1] (linear); only its mean is used, by "auto".
-      brightness: "auto", a mean level, an EV text (see `parse_brightness`) or a Brightness.
-      out: None, or a float32 array of the prediction's shape to write into (may be
-        `prediction` itself).
-    Returns:
-      float32 [H, W, 3] in [0, 1] (`out` when given).
-    Raises:
-      ValueError: an invalid brightness setting.
-    """
-    setting = parse_brightness(brightness)
-    if out is None:
-        out = np.empty(prediction.shape, np.float32)
-    if setting.kind == "ev":
-        ratio = 2.0 ** setting.value
-        for begin in range(0, prediction.shape[0], 256):
-            band = np.clip(np.asarray(prediction[begin:begin + 256], np.float64), 0.0, 1.0)
-            out[begin:begin + 256] = _linear_to_srgb(np.minimum(_srgb_to_linear(band) * ratio,
-                                                                1.0))
-        return out
-    gain = 1.0
-    if setting.kind == "mean":
-        gain = _gain_for_mean(prediction, setting.value)
-    else:
-        input_mean = _input_brightness(dark)
-        output_mean = image_mean(prediction)
-        if input_mean >= WELL_EXPOSED_MEAN and output_mean > AUTO_MAX_GAIN * input_mean:
-            gain = AUTO_MAX_GAIN * input_mean / output_mean
-    result = np.multiply(prediction, np.float32(gain), out=out, dtype=np.float32)
-    return np.clip(result, 0.0, 1.0, out=result)
-
-
-def no_reference_stats(image):
-    """Two no-reference numbers that show a blow-out: mean brightness and clipped highlights.
-
-    Args:
-      image: float [H, W, 3] in [0, 1] (an output before quantisation).
-    Returns:
-      dict: `mean` (float in [0, 1], over pixels and channels) and `clipped` (float in [0, 1],
-      the fraction of pixels with any channel >= 254 after rounding to 8 bits).
-    """
-    clipped, pixels = 0, 0
-    threshold = (metrics.CLIPPED_LEVEL - 0.5) / 255.0  # rounds to >= 254 in 8 bits
-    for begin in range(0, image.shape[0], 256):
-        band = np.asarray(image[begin:begin + 256], np.float32)
-        clipped += int(np.count_nonzero(np.any(band >= threshold, axis=-1)))
-        pixels += band.shape[0] * band.shape[1]
-    return {"mean": image_mean(image), "clipped": clipped / pixels if pixels else 0.0}
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing.
-
-def write_image(path, image, fmt):
-    """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit),
-    atomically: `path` holds the complete image or is left as it was."""
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
-    peak, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
-    # Quantise in row bands: no full-size float temporary for a 24-MP frame.
-    pixels = np.empty(image.shape, dtype)
-    for begin in range(0, image.shape[0], 256):
-        band = np.clip(image[begin:begin + 256], 0.0, 1.0) * peak
-        pixels[begin:begin + 256] = np.round(band)
-    if fmt == "png16":
-        png.write_png(path, pixels)
-        return
-    with files.atomic_path(path) as temporary:
-        if fmt == "jpg":
-            Image.fromarray(pixels).save(temporary, format="JPEG", quality=JPEG_QUALITY)
-        else:
-            Image.fromarray(pixels).save(temporary, format="PNG")
-
-
-def check_output_dir(output_dir):
-    """Creates `output_dir` if needed and proves it writable; raises OutputDirError otherwise."""
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, f".write_test_{os.getpid()}")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.remove(probe)
-    except OSError as e:
-        raise OutputDirError(f"Cannot write to the output directory {output_dir} ({e.strerror or e}"
-                             "); choose a directory you can write to.") from e
-
-
-def _output_path(output_dir, path, fmt, taken):
-    """`NAME_enhanced.EXT` in output_dir; a name already planned in this run gets the source
-    extension (`NAME_EXT_enhanced.EXT`), then a counter. Existing files are not looked at here:
-    `plan_outputs` refuses them (the documented name is kept, never silently changed)."""
-    stem, source_ext = os.path.splitext(os.path.basename(path))
-    ext = "jpg" if fmt == "jpg" else "png"
-    candidate = os.path.join(output_dir, f"{stem}_enhanced.{ext}")
-    if candidate in taken:
-        candidate = os.path.join(output_dir, f"{stem}_{source_ext.lstrip('.')}_enhanced.{ext}")
-    counter = 2
-    while candidate in taken:
-        candidate = os.path.join(output_dir, f"{stem}_enhanced_{counter}.{ext}")
-        counter += 1
-    return candidate
-
-
-def plan_outputs(paths, output_dir, fmt, guard):
-    """Output path of every input, claimed with `guard` before any image is read.
-
-    Args:
-      paths: the input files, in processing order.
-      output_dir: the output folder.
-      fmt: an OUTPUT_FORMATS entry.
-      guard: a `files.OutputGuard` that knows the inputs and the --overwrite choice.
-    Returns:
-      list of output paths, one per input.
-    Raises:
-      files.OutputIsInputError: an output would replace an input (refused even with overwrite).
-      files.OutputExistsError: outputs that exist and this run did not create (without
-        overwrite); the message lists them (up to 5) and what to do.
-    """
-    outputs, taken, exists = [], set(), []
-    for path in paths:
-        output_path = _output_path(output_dir, path, fmt, taken)
-        taken.add(output_path)
-        outputs.append(output_path)
-    for output_path in outputs:
-        try:
-            guard.claim(output_path)  # OutputIsInputError propagates: overwrite cannot lift it
-        except files.OutputExistsError:
-            exists.append(output_path)
-    if exists:
-        listed = ", ".join(exists[:5]) + (f" and {len(exists) - 5} more" if len(exists) > 5
-                                          else "")
-        raise files.OutputExistsError(
-            f"Refusing to write {len(exists)} output file(s) that exist and this run did not "
-            f"create: {listed}. Nothing was written. Choose another --output_dir, move the "
-            "files, or pass --overwrite to replace them (inputs are never replaced).")
-    return outputs
-
-
-def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None,
-                 brightness=BRIGHTNESS_AUTO, max_pixels=files.DEFAULT_MAX_PIXELS):
-    """Decodes, predicts and writes one file; returns ((width, height), no_reference_stats)."""
-    channels, _, _ = model_geometry(model)
-    decoded = decode_input(path, input_channels=channels, ratio=ratio, max_pixels=max_pixels)
-    if exposure_curve is not None and (decoded.is_raw or ratio):
-        raise UnreadableImageError("a calibrated exposure applies to the calibrated camera's "
-                                   "own dark images as they are, not to raw files or --ratio "
-                                   "amplified ones; enhance it without the exposure preset")
-    prediction = _predict_decoded(model, decoded, tile, overlap)
-    x = decoded.model_input
-    dark = x if decoded.scale == 1.0 else _ScaledArray(x, decoded.scale)
-    if exposure_curve is not None:
-        prediction = anchor_exposure(prediction, dark, exposure_curve, out=prediction)
-    prediction = apply_brightness(prediction, dark, brightness, out=prediction)
-    del decoded, x, dark
-    write_image(output_path, prediction, fmt)
-    return (prediction.shape[1], prediction.shape[0]), no_reference_stats(prediction)
-
-
-def _check_options(ratio, fmt, exposure_curve=None, model=None, brightness=BRIGHTNESS_AUTO,
-                   max_pixels=files.DEFAULT_MAX_PIXELS):
-    """Validates enhance options; returns the parsed Brightness. Raises ValueError."""
-    setting = parse_brightness(brightness)
-    if exposure_curve is not None:
-        if np.shape(exposure_curve) != (3, 256):
-            raise ValueError(f"exposure_curve must be [3, 256], got {np.shape(exposure_curve)}.")
-        if model is not None and model_geometry(model)[0] != 3:
-            raise ValueError("A calibrated exposure needs an rgb model (a bayer model takes raw "
-                             "files, which the exposure curve does not describe).")
-        if setting.kind != BRIGHTNESS_AUTO:
-            raise ValueError(f"Both a calibrated exposure and --brightness={setting} set the "
-                             "output's brightness; give only one of them.")
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
-    if ratio is not None and not ratio > 0:
-        raise ValueError(f"ratio must be positive, got {ratio}.")
-    if max_pixels is not None and max_pixels < 0:
-        raise ValueError(f"max_pixels must be positive (0 or None: no limit), got {max_pixels}.")
-    return setting
-
-
-def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                 overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None,
-                 brightness=BRIGHTNESS_AUTO, overwrite=False,
-                 max_pixels=files.DEFAULT_MAX_PIXELS):
-    """Enhances one raw or ordinary image file and writes the result (atomically).
-
-    Args:
-      model: a U-Net (rgb: raw files are rendered to sRGB first; bayer: raw files only).
-      path: the input file.
-      output_dir: where the result goes (must exist and be writable).
-      ratio: exposure ratio applied to the linear signal before the model (SID's
-        amplification), None for none.
-      fmt: "png" (8-bit), "jpg" (8-bit, quality 95) or "png16" (16-bit PNG).
-      tile, overlap: tiled inference (image pixels) bounding memory for any image size; None
-        runs the whole image at once.
-      output_path: explicit output file; default `output_dir/NAME_enhanced.png|jpg`.
-      exposure_curve: None, or float [3, 256] (`SimulationPreset.exposure_curve` of the camera
-        that took the photo): set the output's brightness with it (`anchor_exposure`). Ordinary
-        images of that camera only, without `ratio`.
-      brightness: "auto", a mean level in (0, 1) or an EV change (`apply_brightness`).
-      overwrite: replace an existing output file (never the input itself).
-      max_pixels: pixel limit checked on the header before decoding (None/0: none).
-
-    Returns:
-      The written path.
-
-    Raises:
-      UnreadableImageError: the input cannot be decoded (nothing is written).
-      files.OutputExistsError: the output exists and `overwrite` is False.
-      files.OutputIsInputError: the output path is the input.
-    """
-    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
-    output_path = output_path or _output_path(output_dir, path, fmt, set())
-    files.OutputGuard(inputs=[path], overwrite=overwrite).claim(output_path)
-    _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
-                 exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
-    return output_path
-
-
-@dataclasses.dataclass
-class EnhanceSummary:
-    """What `enhance_paths` did: written (input, output) pairs and skipped (input, reason);
-    `stats[i]` is `no_reference_stats` of `written[i]`'s output."""
-    written: list
-    skipped: list
-    seconds: float
-    megapixels: float
-    stats: list = dataclasses.field(default_factory=list)
-
-
-def expand_inputs(inputs):
-    """Files given explicitly plus the image and raw files inside given folders, sorted."""
-    found = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for name in sorted(os.listdir(item)):
-                candidate = os.path.join(item, name)
-                if os.path.isfile(candidate) and formats.is_image_path(name):
-                    found.append(candidate)
-        else:
-            found.append(item)
-    return found
-
-
-def check_inputs(inputs):
-    """Raises ValueError naming the problem when the inputs hold no file to enhance.
-
-    Every given path must exist; a folder must hold at least one image or raw file (by
-    extension). Returns the files, as `expand_inputs`.
-    """
-    if not inputs:
-        raise ValueError("No input given: name at least one image, raw file or folder.")
-    missing = [item for item in inputs if not os.path.exists(item)]
-    if missing:
-        raise ValueError(f"Input not found: {', '.join(missing[:5])}. Check the path(s).")
-    for item in inputs:
-        if os.path.isdir(item) and not expand_inputs([item]):
-            listed = ", ".join(sorted(formats.IMAGE_EXTENSIONS))
-            raise ValueError(f"The folder {item} holds no image or raw file (by extension: "
-                             f"{listed}, or a camera raw extension); folders are not searched "
-                             "recursively.")
-    return expand_inputs(inputs)
-
-
-def _stats_text(stats):
-    return f"mean {stats['mean']:.3f}, clipped {100.0 * stats['clipped']:.2f}%"
-
-
-def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                  overlap=DEFAULT_OVERLAP, exposure_curve=None, brightness=BRIGHTNESS_AUTO,
-                  overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, progress=print,
-                  show_bar=False):
-    """Enhances files and folders of files, skipping unreadable ones with a reason.
-
-    Before any file is read: the options are checked (ValueError), the output directory must
-    be writable (OutputDirError), and every output name is planned and claimed (`plan_outputs`:
-    an existing file this run did not create is refused unless `overwrite`, an input always).
-    Then every decode failure (corrupt, truncated, over the pixel limit, unsupported) is a
-    per-file skip with its reason and the batch goes on.
-
-    Args:
-      model: a U-Net (see `enhance_file`).
-      inputs: file and folder paths (folders: their image and raw files, not recursive).
-      output_dir: created if missing.
-      ratio, fmt, tile, overlap, exposure_curve, brightness, overwrite, max_pixels: see
-        `enhance_file`.
-      progress: callable taking one line of text per file (print by default; None: silence).
-        Each written file's line gives its size, mean brightness and clipped fraction.
-      show_bar: also show a `lowlight_tf.progress` bar (rate, ETA) on stderr.
-
-    Returns:
-      EnhanceSummary.
-    """
-    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
-    check_output_dir(output_dir)
-    progress = progress or (lambda line: None)
-    paths = expand_inputs(inputs)
-    guard = files.OutputGuard(inputs=paths, overwrite=overwrite)
-    outputs = plan_outputs(paths, output_dir, fmt, guard)
-    written, skipped, stats_list = [], [], []
-    megapixels, started = 0.0, time.time()
-    reporter = progress_lib.bar(total=len(paths), desc="Enhancing", unit="files",
-                                enabled=show_bar)
-    try:
-        for index, (path, output_path) in enumerate(zip(paths, outputs), 1):
-            begin = time.time()
-            reporter.set_postfix_str(os.path.basename(path))
-            try:
-                if not overwrite and os.path.lexists(output_path):
-                    raise UnreadableImageError(  # appeared after the plan: not ours to replace
-                        f"{output_path} appeared during the run; not replaced (pass "
-                        "--overwrite to replace it)")
-                (width, height), stats = _enhance_one(
-                    model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
-                    exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
-            except UnreadableImageError as e:
-                skipped.append((path, str(e)))
-                progress(f"[{index}/{len(paths)}] skipped {path}: {e}")
-                continue
-            finally:
-                reporter.update(1)
-            written.append((path, output_path))
-            stats_list.append(stats)
-            megapixels += width * height / 1e6
-            progress(f"[{index}/{len(paths)}] {path} -> {output_path} ({width}x{height}, "
-                     f"{_stats_text(stats)}, {time.time() - begin:.1f} s)")
-    finally:
-        reporter.close()
-    return EnhanceSummary(written, skipped, time.time() - started, megapixels, stats_list)
-
-
-def format_summary(summary, output_dir):
-    """One-screen text summary of an EnhanceSummary."""
-    lines = [f"Enhanced {len(summary.written)} file(s), {summary.megapixels:.1f} MPix in "
-             f"{summary.seconds:.1f} s"
-             + (f" ({summary.megapixels / summary.seconds:.2f} MPix/s)"
-                if summary.seconds > 0 and summary.megapixels else "")
-             + f"; output in {output_dir}"]
-    if summary.stats:
-        means = [stats["mean"] for stats in summary.stats]
-        worst = max(range(len(summary.stats)), key=lambda i: summary.stats[i]["clipped"])
-        lines.append(f"Output mean brightness {min(means):.3f}-{max(means):.3f} of full scale; "
-                     f"most clipped highlights {100.0 * summary.stats[worst]['clipped']:.2f}% "
-                     f"of pixels ({os.path.basename(summary.written[worst][1])})")
-    if summary.skipped:
-        lines.append(f"Skipped {len(summary.skipped)} file(s):")
-        for path, reason in summary.skipped[:20]:
-            lines.append(f"  {path}: {reason}")
-        if len(summary.skipped) > 20:
-            lines.append(f"  ... and {len(summary.skipped) - 20} more")
-    return "\n".join(lines)

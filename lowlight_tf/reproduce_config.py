@@ -75,7 +75,7 @@ class ReproduceConfig:
     calibrated_exposure: bool = option(
         False, "Also score the zero-shot model on the target's validation pairs with each "
         "output's brightness set by the target camera's exposure curve from the calibration "
-        "pairs (inference.anchor_exposure; beyond the paper), as a separate row.")
+        "pairs (brightness.anchor_exposure; beyond the paper), as a separate row.")
     pretrain_epochs: int = option(20, "Epochs of pretraining on simulated pairs.", lower=1)
     pretrain_steps: int = option(100, "Steps per pretraining epoch.", lower=1)
     pretrain_learning_rate: float = option(1e-3, "Peak learning rate of pretraining.",

@@ -307,7 +307,7 @@ class SimulationPreset:
       tone_curve: None or float64 [3, 256], the calibrated camera tone curve (`apply_tone_curve`).
       exposure_curve: None or float64 [3, 256] in [0, 255]: the camera's mean bright value per
         8-bit dark value, pooled over the calibration pairs. The simulation does not use it;
-        `lowlight_tf.inference.anchor_exposure` sets an output's brightness with it.
+        `lowlight_tf.brightness.anchor_exposure` sets an output's brightness with it.
       provenance: free-form dict (source, method, pairs used, date, ...).
       extra: any other keys of the JSON file (per-pair fits, fidelity table, notes), kept as read.
     """

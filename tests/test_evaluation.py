@@ -10,10 +10,10 @@ from PIL import Image
 
 from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import baselines
+from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import evaluation
 from lowlight_tf import evaluation_report
 from lowlight_tf import training_facts
-from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
@@ -249,7 +249,7 @@ def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
         dark = np.asarray(Image.open(pairs_dataset / "input" / "low" / f"{i}.png"), np.float32)
         bright = np.asarray(Image.open(pairs_dataset / "input" / "high" / f"{i}.png"),
                             np.float32)
-        gain = 255.0 * inference.expected_brightness(dark / 255.0, curve) / dark.mean()
+        gain = 255.0 * brightness_lib.expected_brightness(dark / 255.0, curve) / dark.mean()
         scores.append(evaluation.image_metrics(evaluation.quantize(dark * gain), bright)[0])
     assert rows[1]["psnr"] == pytest.approx(np.mean(scores), abs=0.05)
     assert rows[1]["psnr"] > rows[0]["psnr"] + 10  # the dark input, brightened

@@ -13,6 +13,8 @@ from PIL import Image
 from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
 from lowlight_tf import files
+from lowlight_tf import brightness as brightness_lib
+from lowlight_tf import enhance as enhance_lib
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
@@ -200,7 +202,7 @@ def photo_folder(tmp_path):
 def test_enhance_paths_on_dng_png_tiff_and_broken_file(tiny_model, photo_folder, tmp_path):
     out_dir = tmp_path / "out"
     lines = []
-    summary = inference.enhance_paths(tiny_model, [str(photo_folder)], str(out_dir),
+    summary = enhance_lib.enhance_paths(tiny_model, [str(photo_folder)], str(out_dir),
                                       tile=32, overlap=8, progress=lines.append)
     names = sorted(os.path.basename(o) for _, o in summary.written)
     assert names == ["dark16_enhanced.png", "dark_enhanced.png", "raw_frame_enhanced.png"]
@@ -227,11 +229,11 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
     dark = np.asarray(Image.open(png))
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
-    plain = inference.enhance_file(identity_model, png, str(tmp_path / "a"), fmt="png16",
+    plain = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "a"), fmt="png16",
                                    tile=None)
-    brighter = inference.enhance_file(identity_model, png, str(tmp_path / "b"), ratio=8.0,
+    brighter = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "b"), ratio=8.0,
                                       fmt="png", tile=16, overlap=4)
-    as_jpeg = inference.enhance_file(identity_model, png, str(tmp_path / "c"), fmt="jpg")
+    as_jpeg = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "c"), fmt="jpg")
     assert plain.endswith("dark_enhanced.png") and as_jpeg.endswith("dark_enhanced.jpg")
     decoded16, _ = decode.decode_image(plain)
     assert decoded16.dtype == np.uint16 and decoded16.shape == (30, 45, 3)
@@ -247,7 +249,7 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
 
 def test_bayer_model_enhances_raw_and_skips_ordinary_images(photo_folder, tmp_path):
     bayer = model_lib.build_unet("bayer", base_filters=4, depth=1)
-    summary = inference.enhance_paths(bayer, [str(photo_folder / "raw_frame.dng"),
+    summary = enhance_lib.enhance_paths(bayer, [str(photo_folder / "raw_frame.dng"),
                                               str(photo_folder / "dark.png")],
                                       str(tmp_path / "out"), progress=None)
     assert [os.path.basename(p) for p, _ in summary.written] == ["raw_frame.dng"]
@@ -262,40 +264,40 @@ def test_expected_brightness_and_anchor_exposure():
     curve = np.stack([np.linspace(0, 255, 256) ** 0.9 * k for k in (1.0, 0.8, 0.9)])
     # By hand: the per-channel lookup of every pixel, averaged.
     by_hand = np.mean([curve[c][dark[..., c].astype(int)] for c in range(3)]) / 255.0
-    assert inference.expected_brightness(dark / 255.0, curve) == pytest.approx(by_hand, rel=1e-9)
-    scaled = inference._ScaledArray(dark.astype(np.uint8), 255.0)  # integer input, as decoded
-    assert inference.expected_brightness(scaled, curve) == pytest.approx(by_hand, rel=1e-6)
+    assert brightness_lib.expected_brightness(dark / 255.0, curve) == pytest.approx(by_hand, rel=1e-9)
+    scaled = inference.ScaledArray(dark.astype(np.uint8), 255.0)  # integer input, as decoded
+    assert brightness_lib.expected_brightness(scaled, curve) == pytest.approx(by_hand, rel=1e-6)
     prediction = rng.uniform(0.0, 0.2, dark.shape).astype(np.float32)
-    anchored = inference.anchor_exposure(prediction, dark / 255.0, curve)
+    anchored = brightness_lib.anchor_exposure(prediction, dark / 255.0, curve)
     assert anchored.mean() == pytest.approx(by_hand, rel=1e-4)  # no pixel clips here
     np.testing.assert_allclose(anchored / prediction, anchored.flat[0] / prediction.flat[0],
                                rtol=1e-5)  # one gain for every pixel and channel
     in_place = prediction.copy()
-    assert inference.anchor_exposure(in_place, dark / 255.0, curve, out=in_place) is in_place
+    assert brightness_lib.anchor_exposure(in_place, dark / 255.0, curve, out=in_place) is in_place
     np.testing.assert_array_equal(in_place, anchored)
     black = np.zeros_like(prediction)
-    np.testing.assert_array_equal(inference.anchor_exposure(black, dark / 255.0, curve), black)
+    np.testing.assert_array_equal(brightness_lib.anchor_exposure(black, dark / 255.0, curve), black)
     with pytest.raises(ValueError, match=r"\[3, 256\]"):
-        inference.expected_brightness(dark / 255.0, curve[:, :100])
+        brightness_lib.expected_brightness(dark / 255.0, curve[:, :100])
 
 
 def test_enhance_with_a_calibrated_exposure(identity_model, tiny_model, photo_folder, tmp_path):
     curve = np.tile(np.linspace(0.0, 255.0, 256) ** 0.5 * 255.0 ** 0.5, (3, 1))
-    summary = inference.enhance_paths(
+    summary = enhance_lib.enhance_paths(
         identity_model, [str(photo_folder / "dark.png"), str(photo_folder / "raw_frame.dng")],
         str(tmp_path / "out"), exposure_curve=curve, tile=None, progress=None)
     assert [os.path.basename(p) for p, _ in summary.written] == ["dark.png"]
     assert "not to raw files" in summary.skipped[0][1]  # the curve describes sRGB images only
     dark = np.asarray(Image.open(photo_folder / "dark.png"), np.float32)
     written = np.asarray(Image.open(summary.written[0][1]), np.float32)
-    expected = 255.0 * inference.expected_brightness(dark / 255.0, curve)
+    expected = 255.0 * brightness_lib.expected_brightness(dark / 255.0, curve)
     assert written.mean() == pytest.approx(expected, abs=0.6)  # 8-bit rounding
     assert written.mean() > 2 * dark.mean()  # the identity model alone would keep it dark
     with pytest.raises(ValueError, match="rgb model"):
-        inference.enhance_paths(model_lib.build_unet("bayer", base_filters=4, depth=1),
+        enhance_lib.enhance_paths(model_lib.build_unet("bayer", base_filters=4, depth=1),
                                 [str(photo_folder)], str(tmp_path / "b"), exposure_curve=curve)
     with pytest.raises(ValueError, match=r"\[3, 256\]"):
-        inference.enhance_file(tiny_model, str(photo_folder / "dark.png"), str(tmp_path),
+        enhance_lib.enhance_file(tiny_model, str(photo_folder / "dark.png"), str(tmp_path),
                                exposure_curve=curve[:2])
 
 
@@ -303,8 +305,8 @@ def test_unwritable_output_dir_fails_before_any_work(tiny_model, photo_folder, t
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     lines = []
-    with pytest.raises(inference.OutputDirError, match="a_file"):
-        inference.enhance_paths(tiny_model, [str(photo_folder)], str(blocker / "out"),
+    with pytest.raises(enhance_lib.OutputDirError, match="a_file"):
+        enhance_lib.enhance_paths(tiny_model, [str(photo_folder)], str(blocker / "out"),
                                 progress=lines.append)
     assert lines == []
 
@@ -374,7 +376,7 @@ def test_enhance_never_writes_over_a_users_file_or_an_input(identity_model, tmp_
     os.chmod(users, stat.S_IRUSR)
     for overwrite in (False, True):
         with pytest.raises(files.OutputIsInputError, match="a_enhanced.png"):
-            inference.enhance_paths(identity_model, [str(folder)], str(folder),
+            enhance_lib.enhance_paths(identity_model, [str(folder)], str(folder),
                                     overwrite=overwrite, progress=None)
     assert users.read_bytes() == b"the user's only copy"
     assert sorted(os.listdir(folder)) == ["a.png", "a_enhanced.png"]
@@ -390,19 +392,19 @@ def test_enhance_never_writes_over_a_users_file_or_an_input(identity_model, tmp_
     (out / "b_enhanced.png").write_bytes(b"user data")
     lines = []
     with pytest.raises(files.OutputExistsError, match=r"b_enhanced\.png.*--overwrite"):
-        inference.enhance_paths(identity_model, [str(source)], str(out), progress=lines.append)
+        enhance_lib.enhance_paths(identity_model, [str(source)], str(out), progress=lines.append)
     assert lines == [] and sorted(os.listdir(out)) == ["b_enhanced.png"]  # nothing written
     assert (out / "b_enhanced.png").read_bytes() == b"user data"
-    summary = inference.enhance_paths(identity_model, [str(source)], str(out), overwrite=True,
+    summary = enhance_lib.enhance_paths(identity_model, [str(source)], str(out), overwrite=True,
                                       progress=None)
     assert len(summary.written) == 2
     with Image.open(out / "b_enhanced.png") as im:
         assert im.size == (45, 30)
     # enhance_file follows the same policy.
     with pytest.raises(files.OutputExistsError):
-        inference.enhance_file(identity_model, str(source / "a.png"), str(out))
+        enhance_lib.enhance_file(identity_model, str(source / "a.png"), str(out))
     with pytest.raises(files.OutputIsInputError):
-        inference.enhance_file(identity_model, str(source / "a.png"), str(out),
+        enhance_lib.enhance_file(identity_model, str(source / "a.png"), str(out),
                                output_path=str(source / "a.png"), overwrite=True)
 
 
@@ -411,7 +413,7 @@ def test_two_inputs_with_one_name_get_distinct_outputs(identity_model, tmp_path)
     folder.mkdir()
     _save_png(folder / "a.png")
     Image.open(folder / "a.png").save(folder / "a.bmp")
-    summary = inference.enhance_paths(identity_model, [str(folder)], str(tmp_path / "out"),
+    summary = enhance_lib.enhance_paths(identity_model, [str(folder)], str(tmp_path / "out"),
                                       progress=None)
     assert sorted(os.path.basename(o) for _, o in summary.written) == [
         "a_enhanced.png", "a_png_enhanced.png"]
@@ -430,11 +432,11 @@ def test_output_images_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", half_written_then_fail)
     for fmt in ("png", "jpg"):
         with pytest.raises(OSError, match="No space"):
-            inference.write_image(str(target), image, fmt)
+            enhance_lib.write_image(str(target), image, fmt)
         assert target.read_bytes() == b"previous complete file"
         assert os.listdir(tmp_path) == ["a_enhanced.png"]  # no temporary left behind
     monkeypatch.undo()
-    inference.write_image(str(target), image, "png16")
+    enhance_lib.write_image(str(target), image, "png16")
     assert os.listdir(tmp_path) == ["a_enhanced.png"]
     assert decode.decode_image(str(target))[0].dtype == np.uint16
 
@@ -446,13 +448,13 @@ def test_a_decompression_bomb_is_skipped_and_the_batch_goes_on(identity_model, t
     _save_png(folder / "b.png")
     for max_pixels in (files.DEFAULT_MAX_PIXELS, 10 ** 6):
         lines = []
-        summary = inference.enhance_paths(identity_model, [str(folder)],
+        summary = enhance_lib.enhance_paths(identity_model, [str(folder)],
                                           str(tmp_path / f"out{max_pixels}"),
                                           max_pixels=max_pixels, progress=lines.append)
         assert [os.path.basename(p) for p, _ in summary.written] == ["b.png"]
         assert [os.path.basename(p) for p, _ in summary.skipped] == ["a_bomb.png"]
         assert "skipped" in lines[0] and "a_bomb.png" in lines[0]
-        text = inference.format_summary(summary, "out")
+        text = enhance_lib.format_summary(summary, "out")
         assert "Skipped 1 file(s)" in text and "a_bomb.png" in text
     reason = summary.skipped[0][1]
     assert "pixel limit" in reason and ("20000x20000" in reason or "400000000" in reason)
@@ -469,7 +471,7 @@ def test_pixel_limit_is_checked_on_the_header_before_decoding(identity_model, ph
             inference.decode_input(str(claimed), max_pixels=limit)
     with pytest.raises(inference.UnreadableImageError, match="truncated|corrupt"):
         inference.decode_input(str(claimed), max_pixels=10_000_000)
-    summary = inference.enhance_paths(
+    summary = enhance_lib.enhance_paths(
         identity_model, [str(photo_folder / n) for n in ("raw_frame.dng", "dark16.tif",
                                                          "dark.png")],
         str(tmp_path / "out"), max_pixels=1000, progress=None)
@@ -484,11 +486,11 @@ def test_bad_inputs_are_named(tmp_path):
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match="holds no image or raw file"):
-        inference.check_inputs([str(empty)])
+        enhance_lib.check_inputs([str(empty)])
     with pytest.raises(ValueError, match="not found: .*nope.png"):
-        inference.check_inputs([str(tmp_path / "nope.png")])
+        enhance_lib.check_inputs([str(tmp_path / "nope.png")])
     with pytest.raises(ValueError, match="No input"):
-        inference.check_inputs([])
+        enhance_lib.check_inputs([])
     directory_named_png = tmp_path / "dir.png"
     directory_named_png.mkdir()
     with pytest.raises(inference.UnreadableImageError, match="no such file"):
@@ -499,32 +501,32 @@ def test_bad_inputs_are_named(tmp_path):
 # The brightness control and the no-reference checks.
 
 def test_parse_brightness():
-    assert inference.parse_brightness("auto") == inference.Brightness("auto", 0.0)
-    assert inference.parse_brightness(" 0.4 ") == inference.Brightness("mean", 0.4)
-    assert inference.parse_brightness("+1ev") == inference.Brightness("ev", 1.0)
-    assert inference.parse_brightness("-0.5EV") == inference.Brightness("ev", -0.5)
-    assert str(inference.parse_brightness("-0.5ev")) == "-0.5ev"
+    assert brightness_lib.parse_brightness("auto") == brightness_lib.Brightness("auto", 0.0)
+    assert brightness_lib.parse_brightness(" 0.4 ") == brightness_lib.Brightness("mean", 0.4)
+    assert brightness_lib.parse_brightness("+1ev") == brightness_lib.Brightness("ev", 1.0)
+    assert brightness_lib.parse_brightness("-0.5EV") == brightness_lib.Brightness("ev", -0.5)
+    assert str(brightness_lib.parse_brightness("-0.5ev")) == "-0.5ev"
     for bad in ("1.5", "0", "bright", "ev", "+100ev", "nanev"):
         with pytest.raises(ValueError, match="auto.*mean level.*EV"):
-            inference.parse_brightness(bad)
+            brightness_lib.parse_brightness(bad)
 
 
 def test_apply_brightness_auto_caps_well_exposed_inputs():
     rng = np.random.default_rng(8)
     bright_input = rng.uniform(0.2, 0.4, (300, 20, 3)).astype(np.float32)  # mean 0.3 >= 0.25
     doubled = np.clip(bright_input * 2.0, 0, 1)  # a network that brightens by 2x
-    capped = inference.apply_brightness(doubled, bright_input, "auto")
+    capped = brightness_lib.apply_brightness(doubled, bright_input, "auto")
     assert capped.mean() == pytest.approx(1.15 * bright_input.mean(), rel=1e-4)
     np.testing.assert_allclose(capped / doubled, capped.flat[0] / doubled.flat[0], rtol=1e-5)
     # A dark input keeps the network's brightness; so does a well-exposed one not brightened.
     dark = bright_input / 10.0
-    np.testing.assert_array_equal(inference.apply_brightness(doubled, dark, "auto"), doubled)
-    np.testing.assert_array_equal(inference.apply_brightness(bright_input, bright_input),
+    np.testing.assert_array_equal(brightness_lib.apply_brightness(doubled, dark, "auto"), doubled)
+    np.testing.assert_array_equal(brightness_lib.apply_brightness(bright_input, bright_input),
                                   bright_input)
     # Integer input, as decoded (uint8 / 255), and in place.
-    scaled = inference._ScaledArray(np.round(bright_input * 255).astype(np.uint8), 255.0)
+    scaled = inference.ScaledArray(np.round(bright_input * 255).astype(np.uint8), 255.0)
     in_place = doubled.copy()
-    out = inference.apply_brightness(in_place, scaled, "auto", out=in_place)
+    out = brightness_lib.apply_brightness(in_place, scaled, "auto", out=in_place)
     assert out is in_place and out.mean() == pytest.approx(capped.mean(), rel=1e-3)
 
 
@@ -534,22 +536,22 @@ def test_apply_brightness_mean_target_and_ev():
     dark = prediction / 8.0
     prediction[:10] = 0.0  # exact zeros stay zero whatever the gain
     for target in (0.1, 0.4, 0.7):  # 0.7 needs clipping: the clipped mean still reaches it
-        out = inference.apply_brightness(prediction, dark, str(target))
+        out = brightness_lib.apply_brightness(prediction, dark, str(target))
         assert out.mean() == pytest.approx(target, abs=1e-4)
         assert out.min() >= 0.0 and out.max() <= 1.0
     faint = prediction * 0.01  # a large gain must not magnify histogram binning
-    assert inference.apply_brightness(faint, dark, "0.5").mean() == pytest.approx(0.5, abs=5e-4)
+    assert brightness_lib.apply_brightness(faint, dark, "0.5").mean() == pytest.approx(0.5, abs=5e-4)
     # +1 EV doubles linear light: sRGB 0.537099 (linear 0.25) -> 0.735357 (linear 0.5); -1 EV
     # halves it: 0.537099 -> sRGB of linear 0.125 = 1.055 * 0.125 ** (1 / 2.4) - 0.055
     # = 0.388573 (IEC 61966-2-1, by hand).
     pixel = np.full((1, 1, 3), 0.537099, np.float32)
-    np.testing.assert_allclose(inference.apply_brightness(pixel, pixel, "+1ev"), 0.735357,
+    np.testing.assert_allclose(brightness_lib.apply_brightness(pixel, pixel, "+1ev"), 0.735357,
                                atol=2e-5)
-    np.testing.assert_allclose(inference.apply_brightness(pixel, pixel, "-1ev"), 0.388573,
+    np.testing.assert_allclose(brightness_lib.apply_brightness(pixel, pixel, "-1ev"), 0.388573,
                                atol=2e-5)
-    np.testing.assert_allclose(inference.apply_brightness(pixel, pixel, "+3ev"), 1.0)
+    np.testing.assert_allclose(brightness_lib.apply_brightness(pixel, pixel, "+3ev"), 1.0)
     with pytest.raises(ValueError, match="brightness"):
-        inference.apply_brightness(pixel, pixel, "loud")
+        brightness_lib.apply_brightness(pixel, pixel, "loud")
 
 
 def test_no_reference_stats_by_hand():
@@ -558,7 +560,7 @@ def test_no_reference_stats_by_hand():
     image[0, 1, 2] = 254.0 / 255.0         # clipped in one channel
     image[0, 2, 1] = 253.4 / 255.0         # rounds to 253: not clipped
     image[1] = 0.5
-    stats = inference.no_reference_stats(image)
+    stats = brightness_lib.no_reference_stats(image)
     assert stats["clipped"] == pytest.approx(2 / 10)
     expected_mean = (3.0 + 254 / 255 + 253.4 / 255 + 5 * 3 * 0.5) / 30
     assert stats["mean"] == pytest.approx(expected_mean, rel=1e-6)
@@ -574,7 +576,7 @@ def test_enhance_brightness_and_stats_lines(tmp_path):
     well_exposed = _save_png(folder / "day.png", seed=3, high=180)  # mean ~90/255 = 0.35
     dark = _save_png(folder / "night.png", seed=4, high=20)
     lines = []
-    summary = inference.enhance_paths(tripling, [str(folder)], str(tmp_path / "auto"),
+    summary = enhance_lib.enhance_paths(tripling, [str(folder)], str(tmp_path / "auto"),
                                       progress=lines.append)
     outputs = {os.path.basename(p): np.asarray(Image.open(o), np.float32) / 255.0
                for p, o in summary.written}
@@ -585,14 +587,14 @@ def test_enhance_brightness_and_stats_lines(tmp_path):
     assert [s["mean"] for s in summary.stats] == pytest.approx(
         [outputs["day.png"].mean(), outputs["night.png"].mean()], abs=2e-3)
     assert "mean 0." in lines[0] and "clipped " in lines[0]
-    assert "Output mean brightness" in inference.format_summary(summary, "auto")
-    target = inference.enhance_paths(tripling, [str(folder)], str(tmp_path / "target"),
+    assert "Output mean brightness" in enhance_lib.format_summary(summary, "auto")
+    target = enhance_lib.enhance_paths(tripling, [str(folder)], str(tmp_path / "target"),
                                      brightness="0.5", progress=None)
     for _, output in target.written:
         assert np.asarray(Image.open(output), np.float32).mean() / 255.0 == pytest.approx(
             0.5, abs=3e-3)
     with pytest.raises(ValueError, match="only one"):
-        inference.enhance_paths(tripling, [str(folder)], str(tmp_path / "c"), brightness="+1ev",
+        enhance_lib.enhance_paths(tripling, [str(folder)], str(tmp_path / "c"), brightness="+1ev",
                                 exposure_curve=np.tile(np.arange(256.0), (3, 1)))
 
 
@@ -625,7 +627,7 @@ def test_enhance_and_data_prep_pick_files_by_the_one_extension_table(tmp_path):
     names += ["UPPER.NEF", "Photo.JPG", "notes.txt", "clip.braw", "archive.eip"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    picked = {os.path.basename(p) for p in inference.expand_inputs([str(tmp_path)])}
+    picked = {os.path.basename(p) for p in enhance_lib.expand_inputs([str(tmp_path)])}
     skips = types.SimpleNamespace(ignored_files=0)
     prepared = {i for _, i in core.iter_input_files(str(tmp_path), skips)}
     assert picked == prepared == set(names) - {"notes.txt", "clip.braw", "archive.eip"}

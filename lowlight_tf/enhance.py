@@ -1,0 +1,334 @@
+"""Enhancing users' files (paper §3.4's models applied to photos): plan outputs, decode, predict,
+set the brightness, write atomically, summarise.
+
+`enhance_paths` is tools/enhance: every input file (raw or image) is decoded
+(`inference.decode_input`), predicted with bounded memory (`inference`'s tiling), given its
+brightness (`brightness`) and written under a name that never replaces a file the tool did not
+create (`files.OutputGuard`); unreadable inputs are skipped with their reason.
+"""
+import dataclasses
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+from lowlight_tf import brightness as brightness_lib
+from lowlight_tf import files
+from lowlight_tf import progress as progress_lib
+from lowlight_tf.inference import (DEFAULT_OVERLAP, DEFAULT_TILE, ScaledArray,
+                                   UnreadableImageError, decode_input, model_geometry,
+                                   predict_decoded)
+from lowlight_tf.media import formats
+from lowlight_tf.media import png
+
+OUTPUT_FORMATS = ("png", "jpg", "png16")
+JPEG_QUALITY = 95
+
+
+class OutputDirError(ValueError):
+    """An output directory that cannot be created or written to."""
+
+
+def write_image(path, image, fmt):
+    """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit),
+    atomically: `path` holds the complete image or is left as it was."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
+    peak, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
+    # Quantise in row bands: no full-size float temporary for a 24-MP frame.
+    pixels = np.empty(image.shape, dtype)
+    for begin in range(0, image.shape[0], 256):
+        band = np.clip(image[begin:begin + 256], 0.0, 1.0) * peak
+        pixels[begin:begin + 256] = np.round(band)
+    if fmt == "png16":
+        png.write_png(path, pixels)
+        return
+    with files.atomic_path(path) as temporary:
+        if fmt == "jpg":
+            Image.fromarray(pixels).save(temporary, format="JPEG", quality=JPEG_QUALITY)
+        else:
+            Image.fromarray(pixels).save(temporary, format="PNG")
+
+
+def check_output_dir(output_dir):
+    """Creates `output_dir` if needed and proves it writable; raises OutputDirError otherwise."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".write_test_{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OutputDirError(f"Cannot write to the output directory {output_dir} ({e.strerror or e}"
+                             "); choose a directory you can write to.") from e
+
+
+def _output_path(output_dir, path, fmt, taken):
+    """`NAME_enhanced.EXT` in output_dir; a name already planned in this run gets the source
+    extension (`NAME_EXT_enhanced.EXT`), then a counter. Existing files are not looked at here:
+    `plan_outputs` refuses them (the documented name is kept, never silently changed)."""
+    stem, source_ext = os.path.splitext(os.path.basename(path))
+    ext = "jpg" if fmt == "jpg" else "png"
+    candidate = os.path.join(output_dir, f"{stem}_enhanced.{ext}")
+    if candidate in taken:
+        candidate = os.path.join(output_dir, f"{stem}_{source_ext.lstrip('.')}_enhanced.{ext}")
+    counter = 2
+    while candidate in taken:
+        candidate = os.path.join(output_dir, f"{stem}_enhanced_{counter}.{ext}")
+        counter += 1
+    return candidate
+
+
+def plan_outputs(paths, output_dir, fmt, guard):
+    """Output path of every input, claimed with `guard` before any image is read.
+
+    Args:
+      paths: the input files, in processing order.
+      output_dir: the output folder.
+      fmt: an OUTPUT_FORMATS entry.
+      guard: a `files.OutputGuard` that knows the inputs and the --overwrite choice.
+    Returns:
+      list of output paths, one per input.
+    Raises:
+      files.OutputIsInputError: an output would replace an input (refused even with overwrite).
+      files.OutputExistsError: outputs that exist and this run did not create (without
+        overwrite); the message lists them (up to 5) and what to do.
+    """
+    outputs, taken, exists = [], set(), []
+    for path in paths:
+        output_path = _output_path(output_dir, path, fmt, taken)
+        taken.add(output_path)
+        outputs.append(output_path)
+    for output_path in outputs:
+        try:
+            guard.claim(output_path)  # OutputIsInputError propagates: overwrite cannot lift it
+        except files.OutputExistsError:
+            exists.append(output_path)
+    if exists:
+        listed = ", ".join(exists[:5]) + (f" and {len(exists) - 5} more" if len(exists) > 5
+                                          else "")
+        raise files.OutputExistsError(
+            f"Refusing to write {len(exists)} output file(s) that exist and this run did not "
+            f"create: {listed}. Nothing was written. Choose another --output_dir, move the "
+            "files, or pass --overwrite to replace them (inputs are never replaced).")
+    return outputs
+
+
+def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None,
+                 brightness=brightness_lib.BRIGHTNESS_AUTO, max_pixels=files.DEFAULT_MAX_PIXELS):
+    """Decodes, predicts and writes one file; returns ((width, height), no-reference stats)."""
+    channels, _, _ = model_geometry(model)
+    decoded = decode_input(path, input_channels=channels, ratio=ratio, max_pixels=max_pixels)
+    if exposure_curve is not None and (decoded.is_raw or ratio):
+        raise UnreadableImageError("a calibrated exposure applies to the calibrated camera's "
+                                   "own dark images as they are, not to raw files or --ratio "
+                                   "amplified ones; enhance it without the exposure preset")
+    prediction = predict_decoded(model, decoded, tile, overlap)
+    x = decoded.model_input
+    dark = x if decoded.scale == 1.0 else ScaledArray(x, decoded.scale)
+    if exposure_curve is not None:
+        prediction = brightness_lib.anchor_exposure(prediction, dark, exposure_curve,
+                                                    out=prediction)
+    prediction = brightness_lib.apply_brightness(prediction, dark, brightness, out=prediction)
+    del decoded, x, dark
+    write_image(output_path, prediction, fmt)
+    return (prediction.shape[1], prediction.shape[0]), brightness_lib.no_reference_stats(prediction)
+
+
+def _check_options(ratio, fmt, exposure_curve=None, model=None,
+                   brightness=brightness_lib.BRIGHTNESS_AUTO,
+                   max_pixels=files.DEFAULT_MAX_PIXELS):
+    """Validates enhance options; returns the parsed Brightness. Raises ValueError."""
+    setting = brightness_lib.parse_brightness(brightness)
+    if exposure_curve is not None:
+        if np.shape(exposure_curve) != (3, 256):
+            raise ValueError(f"exposure_curve must be [3, 256], got {np.shape(exposure_curve)}.")
+        if model is not None and model_geometry(model)[0] != 3:
+            raise ValueError("A calibrated exposure needs an rgb model (a bayer model takes raw "
+                             "files, which the exposure curve does not describe).")
+        if setting.kind != brightness_lib.BRIGHTNESS_AUTO:
+            raise ValueError(f"Both a calibrated exposure and --brightness={setting} set the "
+                             "output's brightness; give only one of them.")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
+    if ratio is not None and not ratio > 0:
+        raise ValueError(f"ratio must be positive, got {ratio}.")
+    if max_pixels is not None and max_pixels < 0:
+        raise ValueError(f"max_pixels must be positive (0 or None: no limit), got {max_pixels}.")
+    return setting
+
+
+def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
+                 overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None,
+                 brightness=brightness_lib.BRIGHTNESS_AUTO, overwrite=False,
+                 max_pixels=files.DEFAULT_MAX_PIXELS):
+    """Enhances one raw or ordinary image file and writes the result (atomically).
+
+    Args:
+      model: a U-Net (rgb: raw files are rendered to sRGB first; bayer: raw files only).
+      path: the input file.
+      output_dir: where the result goes (must exist and be writable).
+      ratio: exposure ratio applied to the linear signal before the model (SID's
+        amplification), None for none.
+      fmt: "png" (8-bit), "jpg" (8-bit, quality 95) or "png16" (16-bit PNG).
+      tile, overlap: tiled inference (image pixels) bounding memory for any image size; None
+        runs the whole image at once.
+      output_path: explicit output file; default `output_dir/NAME_enhanced.png|jpg`.
+      exposure_curve: None, or float [3, 256] (`SimulationPreset.exposure_curve` of the camera
+        that took the photo): set the output's brightness with it
+        (`brightness.anchor_exposure`). Ordinary images of that camera only, without `ratio`.
+      brightness: "auto", a mean level in (0, 1) or an EV change (`brightness.apply_brightness`).
+      overwrite: replace an existing output file (never the input itself).
+      max_pixels: pixel limit checked on the header before decoding (None/0: none).
+
+    Returns:
+      The written path.
+
+    Raises:
+      UnreadableImageError: the input cannot be decoded (nothing is written).
+      files.OutputExistsError: the output exists and `overwrite` is False.
+      files.OutputIsInputError: the output path is the input.
+    """
+    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
+    output_path = output_path or _output_path(output_dir, path, fmt, set())
+    files.OutputGuard(inputs=[path], overwrite=overwrite).claim(output_path)
+    _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
+                 exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
+    return output_path
+
+
+@dataclasses.dataclass
+class EnhanceSummary:
+    """What `enhance_paths` did: written (input, output) pairs and skipped (input, reason);
+    `stats[i]` is `brightness.no_reference_stats` of `written[i]`'s output."""
+    written: list
+    skipped: list
+    seconds: float
+    megapixels: float
+    stats: list = dataclasses.field(default_factory=list)
+
+
+def expand_inputs(inputs):
+    """Files given explicitly plus the image and raw files inside given folders, sorted."""
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for name in sorted(os.listdir(item)):
+                candidate = os.path.join(item, name)
+                if os.path.isfile(candidate) and formats.is_image_path(name):
+                    found.append(candidate)
+        else:
+            found.append(item)
+    return found
+
+
+def check_inputs(inputs):
+    """Raises ValueError naming the problem when the inputs hold no file to enhance.
+
+    Every given path must exist; a folder must hold at least one image or raw file (by
+    extension). Returns the files, as `expand_inputs`.
+    """
+    if not inputs:
+        raise ValueError("No input given: name at least one image, raw file or folder.")
+    missing = [item for item in inputs if not os.path.exists(item)]
+    if missing:
+        raise ValueError(f"Input not found: {', '.join(missing[:5])}. Check the path(s).")
+    for item in inputs:
+        if os.path.isdir(item) and not expand_inputs([item]):
+            listed = ", ".join(sorted(formats.IMAGE_EXTENSIONS))
+            raise ValueError(f"The folder {item} holds no image or raw file (by extension: "
+                             f"{listed}, or a camera raw extension); folders are not searched "
+                             "recursively.")
+    return expand_inputs(inputs)
+
+
+def _stats_text(stats):
+    return f"mean {stats['mean']:.3f}, clipped {100.0 * stats['clipped']:.2f}%"
+
+
+def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
+                  overlap=DEFAULT_OVERLAP, exposure_curve=None,
+                  brightness=brightness_lib.BRIGHTNESS_AUTO,
+                  overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, progress=print,
+                  show_bar=False):
+    """Enhances files and folders of files, skipping unreadable ones with a reason.
+
+    Before any file is read: the options are checked (ValueError), the output directory must
+    be writable (OutputDirError), and every output name is planned and claimed (`plan_outputs`:
+    an existing file this run did not create is refused unless `overwrite`, an input always).
+    Then every decode failure (corrupt, truncated, over the pixel limit, unsupported) is a
+    per-file skip with its reason and the batch goes on.
+
+    Args:
+      model: a U-Net (see `enhance_file`).
+      inputs: file and folder paths (folders: their image and raw files, not recursive).
+      output_dir: created if missing.
+      ratio, fmt, tile, overlap, exposure_curve, brightness, overwrite, max_pixels: see
+        `enhance_file`.
+      progress: callable taking one line of text per file (print by default; None: silence).
+        Each written file's line gives its size, mean brightness and clipped fraction.
+      show_bar: also show a `lowlight_tf.progress` bar (rate, ETA) on stderr.
+
+    Returns:
+      EnhanceSummary.
+    """
+    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
+    check_output_dir(output_dir)
+    progress = progress or (lambda line: None)
+    paths = expand_inputs(inputs)
+    guard = files.OutputGuard(inputs=paths, overwrite=overwrite)
+    outputs = plan_outputs(paths, output_dir, fmt, guard)
+    written, skipped, stats_list = [], [], []
+    megapixels, started = 0.0, time.time()
+    reporter = progress_lib.bar(total=len(paths), desc="Enhancing", unit="files",
+                                enabled=show_bar)
+    try:
+        for index, (path, output_path) in enumerate(zip(paths, outputs), 1):
+            begin = time.time()
+            reporter.set_postfix_str(os.path.basename(path))
+            try:
+                if not overwrite and os.path.lexists(output_path):
+                    raise UnreadableImageError(  # appeared after the plan: not ours to replace
+                        f"{output_path} appeared during the run; not replaced (pass "
+                        "--overwrite to replace it)")
+                (width, height), stats = _enhance_one(
+                    model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
+                    exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
+            except UnreadableImageError as e:
+                skipped.append((path, str(e)))
+                progress(f"[{index}/{len(paths)}] skipped {path}: {e}")
+                continue
+            finally:
+                reporter.update(1)
+            written.append((path, output_path))
+            stats_list.append(stats)
+            megapixels += width * height / 1e6
+            progress(f"[{index}/{len(paths)}] {path} -> {output_path} ({width}x{height}, "
+                     f"{_stats_text(stats)}, {time.time() - begin:.1f} s)")
+    finally:
+        reporter.close()
+    return EnhanceSummary(written, skipped, time.time() - started, megapixels, stats_list)
+
+
+def format_summary(summary, output_dir):
+    """One-screen text summary of an EnhanceSummary."""
+    lines = [f"Enhanced {len(summary.written)} file(s), {summary.megapixels:.1f} MPix in "
+             f"{summary.seconds:.1f} s"
+             + (f" ({summary.megapixels / summary.seconds:.2f} MPix/s)"
+                if summary.seconds > 0 and summary.megapixels else "")
+             + f"; output in {output_dir}"]
+    if summary.stats:
+        means = [stats["mean"] for stats in summary.stats]
+        worst = max(range(len(summary.stats)), key=lambda i: summary.stats[i]["clipped"])
+        lines.append(f"Output mean brightness {min(means):.3f}-{max(means):.3f} of full scale; "
+                     f"most clipped highlights {100.0 * summary.stats[worst]['clipped']:.2f}% "
+                     f"of pixels ({os.path.basename(summary.written[worst][1])})")
+    if summary.skipped:
+        lines.append(f"Skipped {len(summary.skipped)} file(s):")
+        for path, reason in summary.skipped[:20]:
+            lines.append(f"  {path}: {reason}")
+        if len(summary.skipped) > 20:
+            lines.append(f"  ... and {len(summary.skipped) - 20} more")
+    return "\n".join(lines)
+
