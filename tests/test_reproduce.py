@@ -12,13 +12,11 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, run_tool  # pylint: disable=import-error
-from data_prep import prepare, sample_photos
+from data_prep import builders
 from lowlight_tf import data, demo, pipeline, reproduce, simulation
 
-# What tools/reproduce and tools/demo hand the library: data_prep's dataset builders.
-BUILDERS = reproduce.DatasetBuilders(make_tfrecords=prepare.make_tfrecords,
-                                     sample_datasets=sample_photos.ensure_sample_datasets,
-                                     input_errors=(prepare.InputError,))
+# What tools/reproduce and tools/demo hand the library.
+BUILDERS = builders.DATASET_BUILDERS
 
 # A tiny U-Net and a handful of steps: every stage runs, none learns much.
 TINY = dict(base_filters=4, depth=2, patch_size=32, batch_size=4, pretrain_epochs=1,
