@@ -33,19 +33,14 @@ def option(default, help, *, lower=None, upper=None, choices=None):  # noqa: A00
         "help": help, "lower": lower, "upper": upper, "choices": choices})
 
 
-def _base_type(field):
-    """bool, int, float or str of a field annotated T or T | None."""
-    annotation = field.type
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"__builtins__": {}}, _TYPE_NAMES)  # noqa: S307
+def _base_type(cls, field):
+    """bool, int, float or str of a field of `cls` annotated T or T | None."""
+    annotation = typing.get_type_hints(cls)[field.name]
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if annotation not in _TYPES:
         raise TypeError(f"Field {field.name}: unsupported flag type {annotation!r}.")
     return annotation
-
-
-_TYPE_NAMES = {"bool": bool, "int": int, "float": float, "str": str, "None": None}
 
 
 def fields(cls, names=None):
@@ -72,7 +67,7 @@ def define_flags(cls, *, names=None, flag_values=flags.FLAGS, required=()):
     """
     holders = {}
     for field in fields(cls, names):
-        meta, kind = field.metadata, _base_type(field)
+        meta, kind = field.metadata, _base_type(cls, field)
         default = None if field.name in required else field.default
         if meta["choices"]:
             holder = flags.DEFINE_enum(field.name, default, meta["choices"], meta["help"],
