@@ -73,6 +73,8 @@ class Plan:
         description: text stored in dataset_info.json.
         empty_splits: splits whose every input was skipped during generation (filled by the
             builder; the caller retries without them because TFDS cannot write an empty split).
+        beam_skips_dir: None for the local pool; with a Beam runner, the folder where each
+            split's skipped inputs are written (data_prep.beam.read_skips reads them back).
     """
     kind: str
     items: list
@@ -84,6 +86,7 @@ class Plan:
     description: str = ""
     source: object = None
     empty_splits: set = dataclasses.field(default_factory=set)
+    beam_skips_dir: str = None
 
     def split_names(self):
         """Return the splits that have at least one planned item, in first-seen order."""
@@ -167,16 +170,16 @@ CRASH_REASON = ("the decoder crashed its worker process (a corrupt or unsupporte
 CRASH_RESULT = ("skip", CRASH_REASON, "decoder_crash")
 
 
-def _pool(num_workers, context):
+def decoding_pool(num_workers, context):
     """A process pool whose workers exit when this process dies (workers.exit_with_parent)."""
     return concurrent.futures.ProcessPoolExecutor(
         num_workers, mp_context=context, initializer=workers.exit_with_parent,
         initargs=(os.getpid(),))
 
 
-def _run_isolated(fn, task, context):
+def run_isolated(fn, task, context):
     """fn(task) in a fresh one-off process; its crash becomes CRASH_RESULT."""
-    with _pool(1, context) as pool:
+    with decoding_pool(1, context) as pool:
         try:
             return pool.submit(fn, task).result()
         except concurrent.futures.process.BrokenProcessPool:
@@ -199,7 +202,7 @@ def parallel_map(fn, tasks, num_workers):
     num_workers = max(1, num_workers)
     while True:
         in_flight = []
-        with _pool(num_workers, context) as pool:
+        with decoding_pool(num_workers, context) as pool:
             pending = collections.deque()
             for task in itertools.islice(task_iter, 2 * num_workers):
                 pending.append((task, pool.submit(fn, task)))
@@ -222,7 +225,7 @@ def parallel_map(fn, tasks, num_workers):
         if not in_flight:
             return
         for task in in_flight:
-            yield task, _run_isolated(fn, task, context)
+            yield task, run_isolated(fn, task, context)
 
 
 class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -249,7 +252,14 @@ class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Inputs are planned up front from the manual directory.
+        if self.plan.beam_skips_dir:
+            return {split: self._beam_transform(split) for split in self.plan.split_names()}
         return {split: self._generate_examples(split=split) for split in self.plan.split_names()}
+
+    def _beam_transform(self, split):
+        """Return the beam.PTransform that decodes one split on a Beam runner."""
+        from data_prep import beam  # pylint: disable=import-outside-toplevel
+        return beam.DecodeSplit(self.plan, split, self.plan.beam_skips_dir)
 
     def _generate_examples(self, split):
         plan = self.plan
@@ -262,7 +272,7 @@ class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for item, result in self._results(items):
                 if result[0] == "ok":
                     written += 1
-                    yield item.id, _as_feature_input(result[1])
+                    yield item.id, as_feature_input(result[1])
                 else:
                     skipped += 1
                     plan.skips.skip(item.id, *result[1:])
@@ -293,7 +303,7 @@ class LowlightBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield item_by_task.popleft(), result
 
 
-def _as_feature_input(example):
+def as_feature_input(example):
     """Wrap encoded PNG bytes in file objects, which tfds Image stores without re-encoding."""
     return {key: io.BytesIO(value) if key in ("bright", "dark") and isinstance(value, bytes)
             else value for key, value in example.items()}

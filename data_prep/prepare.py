@@ -13,18 +13,18 @@ An existing dataset is reused only when its stored fingerprint (data_prep.finger
 with sizes and modification times, kind, splits, split rules, sizes, bit depth, pixel limit,
 simulation preset and seed) equals the requested build's; otherwise the run refuses and names the
 differences, unless `overwrite=True`. Shards are byte-identical for identical inputs and options.
+
+Decoding runs in a local process pool (`num_workers`) or, with `beam_runner`, on Apache Beam
+through TFDS's Beam support (data_prep.beam): the same examples, ids, splits and skipped inputs.
 """
 import contextlib
 import dataclasses
 import datetime
 import io
-import json
 import math
 import os
-import re
 import shutil
 import sys
-import tempfile
 import time
 
 import tensorflow_datasets as tfds
@@ -33,21 +33,13 @@ from tensorflow_datasets.core.utils import shard_utils
 import data_prep
 from data_prep import core
 from data_prep import fingerprint as fingerprint_lib
-from data_prep import images
-from data_prep import pairs
-from data_prep import simulated
-from data_prep import splitting
+from data_prep import request as request_lib
+from data_prep import staging as staging_lib
 from data_prep import summary as summary_lib
-from data_prep import workers
 from lowlight_tf import files
 
 DEFAULT_SPLITS = data_prep.DEFAULT_SPLITS
 InputError = core.InputError
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_STAGING_RE = re.compile(r"^\.(?P<name>[a-z][a-z0-9_]*)\.incomplete-(?P<pid>\d+)-")
-# Written into each staging folder: the owner's PID and start time, so that a PID reused by an
-# unrelated process after a crash does not keep a dead run's folder forever.
-_OWNER_FILE = "owner.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,73 +68,9 @@ class _DownloadConfig(tfds.download.DownloadConfig):
                                    min_shard_size=min(self.min_shard_size, self.max_shard_size))
 
 
-def check_name(name):
-    """Raise InputError unless `name` is a valid dataset name (lowercase snake_case)."""
-    if not name or not _NAME_RE.match(name):
-        raise InputError(f"--name={name!r} is not a valid dataset name: use lowercase letters, "
-                         "digits and _, starting with a letter (e.g. eliei_rgb_dev).")
-
-
 def version_dir_of(output_dir, name):
     """Return OUTPUT_DIR/NAME/VERSION (the folder a finished dataset lives in)."""
     return os.path.join(output_dir, name, core.VERSION)
-
-
-def _process_start_time(pid):
-    """Return the start time of process `pid` (clock ticks since boot; Linux), else None."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # Fields after "(comm)": state is field 3 of stat(5), starttime field 22.
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-def _is_alive(pid, start_time=None):
-    """Return True when process `pid` runs (and, if given, started at `start_time`)."""
-    if pid == os.getpid():
-        return False  # A folder of this PID is from an earlier process that had the same PID.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = _process_start_time(pid)
-    if started is None:
-        return not os.path.exists(f"/proc/{int(pid)}")  # A zombie is dead; no /proc: trust kill.
-    return start_time is None or started == start_time
-
-
-def _staging_owner(folder):
-    """Return the start time recorded in a staging folder, or None."""
-    try:
-        with open(os.path.join(folder, _OWNER_FILE), encoding="utf-8") as f:
-            return json.load(f).get("start_time")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _clean_stale_staging(output_dir):
-    """Remove every staging folder in output_dir whose run is no longer alive; return them.
-
-    A run killed hard (SIGKILL, power loss) cannot remove its `.NAME.incomplete-PID-*` folder;
-    the next run in the same OUTPUT_DIR does, whatever its NAME, and whether it builds or reuses.
-    Folders of live runs are left alone (two runs may build different names side by side).
-    """
-    removed = []
-    if not os.path.isdir(output_dir):
-        return removed
-    for entry in sorted(os.listdir(output_dir)):
-        match = _STAGING_RE.match(entry)
-        folder = os.path.join(output_dir, entry)
-        if not match or not os.path.isdir(folder):
-            continue
-        if not _is_alive(int(match.group("pid")), _staging_owner(folder)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
 
 
 def _check_existing_kind(output_dir, name, kind):
@@ -187,40 +115,25 @@ def _reuse(output_dir, name, kind, fingerprint, report):
     return summary
 
 
-def _fingerprint(kind, items, options, extra_paths=()):
-    """Return the fingerprint of a planned build (see data_prep.fingerprint)."""
-    if kind == "images":
-        paths = [item.task[0] for item in items]
-    elif kind == "pairs":
-        paths = [path for item in items for path in item.task[:2]]
-    else:
-        paths = []
-    return fingerprint_lib.make(kind, core.VERSION, options, list(paths) + list(extra_paths))
+def _run_builder(name, plan, staging, download_config, base, attributes):
+    """Build once into `staging`; with a Beam runner, read the skipped inputs back into the plan.
 
-
-def _source_identity(source_spec):
-    """Return what identifies the source dataset of a simulated build (its fingerprint digest,
-    else a digest of its dataset_info.json)."""
-    from lowlight_tf import data  # pylint: disable=import-outside-toplevel
-    source_dir = data.dataset_dir(source_spec.output_dir, source_spec.name)
-    stored = fingerprint_lib.read(source_dir)
-    if stored and stored.get("digest"):
-        return {"fingerprint": stored["digest"]}
-    return {"dataset_info": fingerprint_lib.content_digest(
-        os.path.join(source_dir, "dataset_info.json"))}
-
-
-def _nothing_usable(what, skips):
-    """Return the InputError for an input with no usable example."""
-    lines = [f"Nothing usable in {what}: no example could be written."]
-    if skips.skipped:
-        lines.append(f"{len(skips.skipped)} inputs were skipped, e.g.:")
-        lines.extend(f"  {s['path']}: {s['reason']}" for s in skips.skipped[:5])
-    if skips.ignored_files:
-        lines.append(f"{skips.ignored_files} files without an image/raw extension were ignored.")
-    lines.append("Check the folder and the --kind; supported: raw files of any LibRaw format and "
-                 ".png .jpg .jpeg .tif .tiff .bmp images.")
-    return InputError("\n".join(lines))
+    Returns the builder's DatasetInfo; raises what TFDS raises (after the skips were read).
+    """
+    builder = core.make_builder_class(name, plan, base, **attributes)(data_dir=staging)
+    try:
+        # TFDS prints "downloading ... to <staging dir>" lines that would only confuse: hide its
+        # stdout, keep ours.
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(download_config=download_config)
+        return builder.info
+    finally:
+        if plan.beam_skips_dir:
+            from data_prep import beam  # pylint: disable=import-outside-toplevel
+            beam.read_skips(plan.beam_skips_dir, plan)
+            planned = {item.split for item in plan.items}
+            kept = {item.split for item in plan.items if not plan.skips.is_skipped(item.id)}
+            plan.empty_splits = planned - kept
 
 
 def _build(name, plan, staging, download_config, base, attributes, report):
@@ -232,13 +145,10 @@ def _build(name, plan, staging, download_config, base, attributes, report):
     """
     dropped = []
     while plan.items:
-        builder = core.make_builder_class(name, plan, base, **attributes)(data_dir=staging)
         try:
-            # TFDS prints "downloading ... to <staging dir>" lines that would only confuse: hide
-            # its stdout, keep ours.
-            with contextlib.redirect_stdout(io.StringIO()):
-                builder.download_and_prepare(download_config=download_config)
-            return builder.info, dropped
+            info = _run_builder(name, plan, staging, download_config, base, attributes)
+            if not plan.empty_splits:
+                return info, dropped
         except Exception:  # pylint: disable=broad-except
             if not plan.empty_splits:
                 raise
@@ -258,7 +168,8 @@ def make_tfrecords(kind, *, output_dir, name, input_dir=None, pair_list=None,
                    raw_half_size=False, raw_no_auto_bright=False, max_shard_mb=None,
                    num_workers=1, source_data=None, simulation_params="paper", seed=0,
                    split_overrides=None, split_by="id", split_ids=None, flags_text=None,
-                   max_pixels=files.DEFAULT_MAX_PIXELS, report=None):
+                   max_pixels=files.DEFAULT_MAX_PIXELS, beam_runner=None, beam_options=None,
+                   report=None):
     """Build (or reuse) the dataset OUTPUT_DIR/NAME/VERSION and return its summary dict.
 
     Args:
@@ -275,7 +186,7 @@ def make_tfrecords(kind, *, output_dir, name, input_dir=None, pair_list=None,
         raw_half_size, raw_no_auto_bright: rawpy rendering options (images kind; pairs always
             render raw without auto-brightening).
         max_shard_mb: maximum shard size in MB (None: TFDS defaults).
-        num_workers: decoding processes (images, pairs).
+        num_workers: decoding processes of the local pool (images, pairs).
         source_data: `OUTPUT_DIR/NAME[:split]` of the source images dataset (simulated).
         simulation_params: `paper` or a preset JSON path (simulated).
         seed: simulation seed (simulated).
@@ -287,6 +198,11 @@ def make_tfrecords(kind, *, output_dir, name, input_dir=None, pair_list=None,
         flags_text: the run's flags as a flagfile, written as flags.txt next to summary.json.
         max_pixels: pictures with more pixels (width x height, raw or ordinary) are skipped as
             `too_large` before decoding; None or 0 for no limit.
+        beam_runner: None for the local process pool, or an Apache Beam runner name
+            (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner; data_prep.beam): the
+            same examples, ids and splits, decoded on that runner.
+        beam_options: pipeline arguments for the runner as one string (e.g.
+            "--direct_num_workers=2 --direct_running_mode=multi_processing").
         report: callable(str) for progress lines (and a progress bar on stderr while
             decoding), or None for silence.
 
@@ -297,182 +213,123 @@ def make_tfrecords(kind, *, output_dir, name, input_dir=None, pair_list=None,
 
     Raises:
         InputError: missing input, nothing usable, bad name/splits, --split_ids that match no
-            input, an existing dataset of another kind or built from other inputs/options. The
-            message says what to do.
+            input, an existing dataset of another kind or built from other inputs/options,
+            a Beam runner without apache-beam installed. The message says what to do.
     """
+    request = request_lib.Request(**locals())  # every argument, by name
     start = time.monotonic()
-    if kind not in core.KINDS:
-        raise InputError(f"--kind={kind!r} must be one of {', '.join(core.KINDS)}.")
-    check_name(name)
-    if not output_dir:
-        raise InputError("No --output_dir given.")
-    try:
-        split_fractions = splitting.parse_splits(splits) if isinstance(splits, str) else splits
-    except ValueError as error:
-        raise InputError(f"--splits: {error}") from None
-    try:
-        split_rules = splitting.parse_split_ids(split_ids)
-    except ValueError as error:
-        raise InputError(f"--split_ids: {error}") from None
-    if max_side is not None and max_side < 0:
-        raise InputError(f"--max_side={max_side} must be >= 0 (0 keeps the full size).")
-    if max_pixels is not None and max_pixels < 0:
-        raise InputError(f"--max_pixels={max_pixels} must be >= 0 (0 sets no limit).")
-    if kind == "simulated" and split_ids:
-        raise InputError("--split_ids applies to --kind=images and --kind=pairs only; a "
-                         "simulated dataset takes its ids from --source_data (name a split "
-                         "there instead).")
+    split_fractions, split_rules = request_lib.check(request)
     tfds.disable_progress_bar()
-
-    _clean_stale_staging(output_dir)
+    staging_lib.clean_stale(output_dir)
     version_dir = version_dir_of(output_dir, name)
     existing = os.path.isfile(os.path.join(version_dir, "dataset_info.json")) and not overwrite
     if existing:
         _check_existing_kind(output_dir, name, kind)
 
     skips = summary_lib.SkipLog()
-    base, attributes, source_spec = core.LowlightBuilder, {}, None
     if report:
         report(f"[{kind}] scanning {input_dir or source_data} ...")
-    if kind == "images":
-        items, dtype, rule = images.scan(
-            input_dir, split_fractions, skips=skips, split_overrides=split_overrides,
-            bit_depth=bit_depth, max_side=max_side, raw_half_size=raw_half_size,
-            raw_no_auto_bright=raw_no_auto_bright, split_by=split_by, split_ids=split_rules,
-            max_pixels=max_pixels)
-        worker_fn, what = workers.decode_image_task, f"{input_dir!r}"
-    elif kind == "pairs":
-        items, dtype, rule = pairs.scan(
-            input_dir, split_fractions, skips=skips, pair_list=pair_list,
-            split_overrides=split_overrides, bit_depth=bit_depth, max_side=max_side,
-            raw_half_size=raw_half_size, split_by=split_by, split_ids=split_rules,
-            max_pixels=max_pixels)
-        worker_fn, what = workers.decode_pair_task, f"{pair_list or input_dir!r}"
-    else:
-        from lowlight_tf import data  # pylint: disable=import-outside-toplevel
-        if not source_data:
-            raise InputError("--kind=simulated needs --source_data=OUTPUT_DIR/NAME[:split], an "
-                             "images dataset written earlier by make_tfrecords.")
-        try:
-            source_spec = data.parse_dataset_spec(source_data)
-        except data.DatasetError as error:
-            raise InputError(str(error)) from None
-        preset = simulated.load_preset(simulation_params)
-        items, dtype, rule = simulated.scan(source_spec, split_fractions,
-                                            split_overrides=split_overrides)
-        base, worker_fn, what = simulated.SimulatedBuilder, None, f"{source_data!r}"
-        attributes = {"preset": preset, "seed": int(seed)}
-        num_workers = 1  # Simulation runs TensorFlow in this process.
-    if not items:
-        raise _nothing_usable(what, skips)
-    unmatched = splitting.unmatched_split_ids(split_ids, [item.id for item in items])
-    if unmatched:
-        raise InputError(f"--split_ids: {', '.join(unmatched)} match no input in {what} (ids "
-                         "are file stems such as 12 for 12.png, or integer ranges). Check the "
-                         "ids and the input folder.")
-    options = {
-        "splits": [[split, fraction] for split, fraction in split_fractions.items()],
-        "split_by": split_by, "split_ids": list(split_ids or ()),
-        "split_overrides": dict(sorted((split_overrides or {}).items())),
-        "max_shard_mb": max_shard_mb,
-    }
-    if kind in ("images", "pairs"):
-        options.update(input_dir=[os.path.abspath(p) for p in str(input_dir or "").split(",")
-                                  if p],
-                       pair_list=os.path.abspath(pair_list) if pair_list else None,
-                       max_side=max_side or None, bit_depth=str(bit_depth),
-                       raw_half_size=bool(raw_half_size), max_pixels=max_pixels or None)
-        if kind == "images":
-            options["raw_no_auto_bright"] = bool(raw_no_auto_bright)
-    else:
-        options.update(source_data=f"{os.path.abspath(source_spec.output_dir)}/"
-                                   f"{source_spec.name}:{source_spec.split or ''}",
-                       source=_source_identity(source_spec),
-                       simulation_params=str(simulation_params),
-                       simulation_params_sha256=(fingerprint_lib.content_digest(simulation_params)
-                                                 if os.path.isfile(str(simulation_params))
-                                                 else None),
-                       seed=int(seed))
-    fingerprint = _fingerprint(kind, items, options, [pair_list] if pair_list else [])
+    scan = request_lib.scan(request, split_fractions, split_rules, skips)
+    fingerprint = request_lib.fingerprint(request, split_fractions, scan)
     if existing:
         return _reuse(output_dir, name, kind, fingerprint, report)
-    candidates = len(items)
     if report:
-        counts = {s: sum(1 for i in items if i.split == s) for s in split_fractions}
-        report(f"[{kind}] {candidates} inputs -> "
+        counts = {s: sum(1 for i in scan.items if i.split == s) for s in split_fractions}
+        report(f"[{kind}] {len(scan.items)} inputs -> "
                + ", ".join(f"{s} {n}" for s, n in counts.items())
-               + f"; stored dtype {dtype.name}")
+               + f"; stored dtype {scan.dtype.name}"
+               + (f"; on Beam ({beam_runner})" if beam_runner else ""))
 
-    plan = core.Plan(kind=kind, items=items, dtype=dtype, worker_fn=worker_fn, skips=skips,
-                     num_workers=max(1, int(num_workers)), report=_to_real_stdout(report),
-                     source=source_spec,
-                     description=f"lowlight_tf {kind} dataset from {what}")
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.incomplete-{os.getpid()}-", dir=output_dir)
-    files.write_json(os.path.join(staging, _OWNER_FILE),
-                     {"pid": os.getpid(), "start_time": _process_start_time(os.getpid())})
-    download_config = _DownloadConfig(
-        manual_dir=os.path.abspath(input_dir) if input_dir else staging,
-        try_download_gcs=False,
-        max_shard_size=(int(max_shard_mb * 1e6) if max_shard_mb
-                        else shard_utils.DEFAULT_MAX_SHARD_SIZE))
+    staging = staging_lib.create(output_dir, name)
+    plan = core.Plan(kind=kind, items=scan.items, dtype=scan.dtype, worker_fn=scan.worker_fn,
+                     skips=skips, num_workers=max(1, int(num_workers)),
+                     report=_to_real_stdout(report), source=scan.source_spec,
+                     description=f"lowlight_tf {kind} dataset from {scan.what}",
+                     beam_skips_dir=os.path.join(staging, "beam_skips") if beam_runner else None)
+    if plan.beam_skips_dir:
+        os.makedirs(plan.beam_skips_dir)
     try:
         with core.deterministic_serialization():
-            info, dropped = _build(name, plan, staging, download_config, base, attributes,
-                                   report)
+            info, dropped = _build(name, plan, staging, _download_config(request, staging),
+                                   scan.base, scan.attributes, report)
+        skips.sort_by([item.id for item in scan.items])
         if info is None:
-            raise _nothing_usable(what, skips)
+            raise request_lib.nothing_usable(scan.what, skips)
         staged_dir = os.path.join(staging, name, core.VERSION)
-        sizes = summary_lib.split_sizes(staged_dir, info)
-        order = list(split_fractions) + sorted(set(sizes) - set(split_fractions))
-        sizes = {s: sizes[s] for s in order if s in sizes}
-        notes = [f"split {s!r} received no inputs and was not written"
-                 for s in split_fractions if s not in sizes and s not in dropped]
-        notes += [f"split {s!r} was dropped: every input of it was skipped" for s in dropped]
-        summary = {
-            "kind": kind,
-            "name": name,
-            "version": core.VERSION,
-            "path": os.path.abspath(version_dir),
-            "spec": f"{output_dir.rstrip('/')}/{name}",
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "reused": False,
-            "input_dir": input_dir,
-            "pair_list": pair_list,
-            "source_data": source_data,
-            "dtype": dtype.name,
-            "dtype_rule": rule,
-            "splits": sizes,
-            "examples": sum(s["examples"] for s in sizes.values()),
-            "candidates": candidates,
-            "skipped_count": len(skips.skipped),
-            "skipped_by_reason": skips.by_reason(),
-            "skip_reasons": skips.glossary(),
-            "skipped": skips.skipped,
-            "ignored_files": skips.ignored_files,
-            "notes": notes,
-            "options": {
-                "splits": dict(split_fractions), "max_side": max_side, "bit_depth": str(bit_depth),
-                "raw_half_size": bool(raw_half_size),
-                "raw_no_auto_bright": bool(raw_no_auto_bright),
-                "max_shard_mb": max_shard_mb, "num_workers": plan.num_workers,
-                "max_pixels": max_pixels, "split_by": split_by,
-                "split_ids": list(split_ids or ()),
-                **({"simulation_params": simulation_params, "seed": int(seed),
-                    "noise_peak": float(attributes["preset"].noise_peak)}
-                   if kind == "simulated" else {}),
-            },
-            "fingerprint": fingerprint["digest"],
-            "seconds": round(time.monotonic() - start, 2),
-        }
+        summary = _summary(request, split_fractions, scan, plan, info, dropped, staged_dir)
+        summary.update(candidates=len(scan.items), fingerprint=fingerprint["digest"],
+                       seconds=round(time.monotonic() - start, 2))
         summary_lib.write_summary(staged_dir, summary)
         fingerprint_lib.write(staged_dir, fingerprint)
         if flags_text:
             files.write_text(os.path.join(staged_dir, "flags.txt"), flags_text)
-        _install(staged_dir, version_dir, staging)
+        staging_lib.install(staged_dir, version_dir, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _download_config(request, staging):
+    """Return the TFDS DownloadConfig of a build (shard size; Beam runner and options)."""
+    beam_args = {}
+    if request.beam_runner:
+        from data_prep import beam  # pylint: disable=import-outside-toplevel
+        beam_args = dict(beam_runner=request.beam_runner,
+                         beam_options=beam.make_options(request.beam_runner,
+                                                        request.beam_options))
+    return _DownloadConfig(
+        manual_dir=os.path.abspath(request.input_dir) if request.input_dir else staging,
+        try_download_gcs=False,
+        max_shard_size=(int(request.max_shard_mb * 1e6) if request.max_shard_mb
+                        else shard_utils.DEFAULT_MAX_SHARD_SIZE),
+        **beam_args)
+
+
+def _summary(request, split_fractions, scan, plan, info, dropped, staged_dir):
+    """Return the summary dict of a finished build (summary.json; docs/interfaces.md)."""
+    sizes = summary_lib.split_sizes(staged_dir, info)
+    order = list(split_fractions) + sorted(set(sizes) - set(split_fractions))
+    sizes = {s: sizes[s] for s in order if s in sizes}
+    notes = [f"split {s!r} received no inputs and was not written"
+             for s in split_fractions if s not in sizes and s not in dropped]
+    notes += [f"split {s!r} was dropped: every input of it was skipped" for s in dropped]
+    skips = plan.skips
+    simulated_options = ({"simulation_params": request.simulation_params,
+                          "seed": int(request.seed),
+                          "noise_peak": float(scan.attributes["preset"].noise_peak)}
+                         if request.kind == "simulated" else {})
+    return {
+        "kind": request.kind,
+        "name": request.name,
+        "version": core.VERSION,
+        "path": os.path.abspath(version_dir_of(request.output_dir, request.name)),
+        "spec": f"{request.output_dir.rstrip('/')}/{request.name}",
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "reused": False,
+        "input_dir": request.input_dir,
+        "pair_list": request.pair_list,
+        "source_data": request.source_data,
+        "dtype": scan.dtype.name,
+        "dtype_rule": scan.rule,
+        "splits": sizes,
+        "examples": sum(s["examples"] for s in sizes.values()),
+        "skipped_count": len(skips.skipped),
+        "skipped_by_reason": skips.by_reason(),
+        "skip_reasons": skips.glossary(),
+        "skipped": skips.skipped,
+        "ignored_files": skips.ignored_files,
+        "notes": notes,
+        "options": {
+            "splits": dict(split_fractions), "max_side": request.max_side,
+            "bit_depth": str(request.bit_depth), "raw_half_size": bool(request.raw_half_size),
+            "raw_no_auto_bright": bool(request.raw_no_auto_bright),
+            "max_shard_mb": request.max_shard_mb, "num_workers": plan.num_workers,
+            "max_pixels": request.max_pixels, "split_by": request.split_by,
+            "split_ids": list(request.split_ids or ()),
+            "beam_runner": request.beam_runner, "beam_options": request.beam_options,
+            **simulated_options,
+        },
+    }
 
 
 def _to_real_stdout(report):
@@ -485,11 +342,3 @@ def _to_real_stdout(report):
         with contextlib.redirect_stdout(real_stdout):
             report(message)
     return wrapped
-
-
-def _install(staged_dir, version_dir, staging):
-    """Move the finished version folder into place (replacing an old one) with renames."""
-    os.makedirs(os.path.dirname(version_dir), exist_ok=True)
-    if os.path.exists(version_dir):
-        os.rename(version_dir, os.path.join(staging, "replaced"))
-    os.rename(staged_dir, version_dir)

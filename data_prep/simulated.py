@@ -59,7 +59,7 @@ def _source_builder(source):
         raise core.InputError(f"Source dataset for --kind=simulated: {error}") from None
 
 
-def _skip_images(builder):
+def skip_images(builder):
     """Return tfds decoders that leave the image features encoded (for cheap id scans)."""
     return {key: tfds.decode.SkipDecoding()
             for key in ("bright", "dark") if key in builder.info.features}
@@ -87,7 +87,7 @@ def scan(source, splits, *, split_overrides=None):
     items = []
     for source_split in source_splits:
         dataset = builder.as_dataset(split=source_split, shuffle_files=False,
-                                     decoders=_skip_images(builder))
+                                     decoders=skip_images(builder))
         for example in dataset.map(lambda ex: ex["id"]).as_numpy_iterator():
             example_id = example.decode("utf-8")
             split = overrides.get(example_id) or splitting.assign_split(example_id, splits)
@@ -109,25 +109,41 @@ class SimulatedBuilder(core.LowlightBuilder, skip_registration=True):
         bright_feature = builder.info.features["bright"]
         for source_split in sorted({item.task[0] for item in items}):
             dataset = builder.as_dataset(split=source_split, shuffle_files=False,
-                                         decoders=_skip_images(builder))
+                                         decoders=skip_images(builder))
             for example in dataset:
                 example_id = example["id"].numpy().decode("utf-8")
                 item = wanted.get(example_id)
                 if item is None:
                     continue
-                try:
-                    encoded_bright = example["bright"].numpy()
-                    bright = bright_feature.decode_example(example["bright"]).numpy()
-                    dark, params, noise_peak = simulate_example(bright, example_id, self.preset,
-                                                                self.seed)
-                except Exception as error:  # pylint: disable=broad-except
-                    yield item, ("skip", f"simulation failed ({type(error).__name__}: {error})",
-                                 "simulation_failed")
-                    continue
-                # The bright image is stored with the source's PNG bytes, unchanged.
-                yield item, ("ok", {"dark": png.encode_png(dark), "bright": encoded_bright,
-                                    "id": example_id,
-                                    "params": params, "noise_peak": noise_peak})
+                yield item, simulate_encoded(example["bright"].numpy(), example_id,
+                                             self.preset, self.seed, bright_feature)
+
+    def _beam_transform(self, split):
+        from data_prep import beam  # pylint: disable=import-outside-toplevel
+        return beam.SimulateSplit(self.plan, split, self.plan.beam_skips_dir,
+                                  _source_builder(self.plan.source), self.preset, self.seed)
+
+
+def simulate_encoded(encoded_bright, example_id, preset, seed, bright_feature):
+    """Simulate one stored bright image; return ("ok", example) or ("skip", reason, category).
+
+    Args:
+        encoded_bright: the source dataset's PNG bytes of the bright image (stored unchanged).
+        example_id, preset, seed: as `simulate_example`.
+        bright_feature: the source's tfds Image feature (decodes the PNG, uint8 or uint16).
+
+    Returns:
+        ("ok", {dark PNG bytes, bright PNG bytes, id, params, noise_peak}) or
+        ("skip", reason text, "simulation_failed").
+    """
+    try:
+        bright = bright_feature.decode_example(tf.constant(encoded_bright)).numpy()
+        dark, params, noise_peak = simulate_example(bright, example_id, preset, seed)
+    except Exception as error:  # pylint: disable=broad-except
+        return ("skip", f"simulation failed ({type(error).__name__}: {error})",
+                "simulation_failed")
+    return ("ok", {"dark": png.encode_png(dark), "bright": bytes(encoded_bright),
+                   "id": example_id, "params": params, "noise_peak": noise_peak})
 
 
 def load_preset(simulation_params):

@@ -54,6 +54,12 @@ class SkipLog:
         self._seen.add(path)
         self.skipped.append({"path": path, "reason": reason, "category": category})
 
+    def sort_by(self, planned_ids):
+        """Order the entries as the planned inputs (the same for the local pool and Beam,
+        whatever order workers finished in); inputs skipped while planning stay first."""
+        order = {example_id: index for index, example_id in enumerate(planned_ids)}
+        self.skipped.sort(key=lambda entry: order.get(entry["path"], -1))
+
     def is_skipped(self, path):
         """Return True when `path` was already skipped."""
         return path in self._seen

@@ -13,6 +13,7 @@ import numpy as np
 from lowlight_tf import baselines
 from lowlight_tf import calibration
 from lowlight_tf import evaluation
+from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import pretrained
 from lowlight_tf import simulation
 from lowlight_tf import training
@@ -130,8 +131,8 @@ def curve_baseline(run, name, *, fit_spec, val_spec):
 def _curve_row(run, fit, val, dataset):
     """{"rows": [the calibrated-curve baseline of `fit` pairs, scored on `val` pairs]}."""
     curve = baselines.fit_dark_to_bright_curve(fit)
-    scores = np.asarray([evaluation.image_metrics(
-        evaluation.quantize(baselines.apply_curve(pair.dark, curve)), pair.bright) for pair in val])
+    scores = np.asarray([scoring.image_metrics(
+        scoring.quantize(baselines.apply_curve(pair.dark, curve)), pair.bright) for pair in val])
     psnr, psnr_gt_mean, ssim = (float(v) for v in scores.mean(axis=0))
     row = {"method": f"calibrated curve + blur {baselines.CURVE_BLUR_SIGMA:g} ({len(fit)} pairs)",
            "kind": "baseline", "dataset": dataset, "psnr": psnr,

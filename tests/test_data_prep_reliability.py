@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import prepare
+from data_prep import staging
 from data_prep import summary as summary_lib
 from lowlight_tf import data
 from conftest import start_tool  # pylint: disable=import-error
@@ -219,4 +219,4 @@ def test_stale_staging_is_removed_also_when_the_dataset_is_reused(tmp_path):
     live.mkdir()
     assert build("images", out, "kept", input_dir=str(source), splits="train:1")["reused"]
     assert not stale.exists() and live.exists()
-    assert prepare._is_alive(os.getppid())  # pylint: disable=protected-access
+    assert staging.is_alive(os.getppid())

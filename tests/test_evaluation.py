@@ -12,6 +12,7 @@ from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import baselines
 from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import evaluation
+from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import evaluation_report
 from lowlight_tf import training_facts
 from lowlight_tf import metrics
@@ -250,7 +251,7 @@ def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
         bright = np.asarray(Image.open(pairs_dataset / "input" / "high" / f"{i}.png"),
                             np.float32)
         gain = 255.0 * brightness_lib.expected_brightness(dark / 255.0, curve) / dark.mean()
-        scores.append(evaluation.image_metrics(evaluation.quantize(dark * gain), bright)[0])
+        scores.append(scoring.image_metrics(scoring.quantize(dark * gain), bright)[0])
     assert rows[1]["psnr"] == pytest.approx(np.mean(scores), abs=0.05)
     assert rows[1]["psnr"] > rows[0]["psnr"] + 10  # the dark input, brightened
     with pytest.raises(evaluation.EvaluationError, match="not among the evaluated"):
@@ -477,8 +478,8 @@ def test_unpaired_no_reference_check(tiny_model, tmp_path):
     decoded = [np.asarray(Image.open(photos / name).convert("RGB"), np.float32)
                for name in ("bright.jpg", "dim.png")]
     for gain in (1.0, 2.0):
-        stats = [metrics.no_reference_stats(evaluation.quantize(baselines.auto_gain(
-            evaluation.scale_input(d, gain)))) for d in decoded]
+        stats = [metrics.no_reference_stats(scoring.quantize(baselines.auto_gain(
+            scoring.scale_input(d, gain)))) for d in decoded]
         row = unpaired[2 if gain == 1.0 else 5]
         assert row["mean_brightness"] == pytest.approx(np.mean([s[0] for s in stats]),
                                                        abs=1e-4)

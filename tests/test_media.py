@@ -27,19 +27,11 @@ def test_media_imports_no_tensorflow():
     assert result.stdout.strip() == "[]"
 
 
-# Modules of lowlight_tf that still import data_prep, to be switched by their owners (then
-# remove them here): calibration (data_prep.decoding), training and reproduce (prepare,
-# sample_photos).
-_NOT_YET_ONE_WAY = set()
-
-
 def test_lowlight_tf_never_imports_data_prep():
     package = os.path.dirname(os.path.dirname(os.path.abspath(decode.__file__)))
     offenders = []
     for folder, _, names in os.walk(package):
         for name in sorted(n for n in names if n.endswith(".py")):
-            if name in _NOT_YET_ONE_WAY and folder == package:
-                continue
             with open(os.path.join(folder, name), encoding="utf-8") as f:
                 tree = ast.parse(f.read())
             for node in ast.walk(tree):
