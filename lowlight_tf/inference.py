@@ -177,34 +177,51 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
         kind = "a packed bayer mosaic [H/2, W/2, 4]" if channels == 4 else "an RGB image [H, W, 3]"
         raise ValueError(f"This model expects {kind}; got an input of shape {x.shape}. A bayer "
                          "model needs camera raw input and an rgb model needs RGB images.")
-    height, width = x.shape[:2]
     predict = _predictor(model)
     gain = model_lib.exposure_gain(model, x) if exposure_gain is None else float(exposure_gain)
     if stitch == "paper":
-        patch = _round_up(tile or 64, multiple)
-        padded = _pad_to(x, _round_up(height, patch), _round_up(width, patch))
-        rows, cols = padded.shape[0] // patch, padded.shape[1] // patch
-        tiles = [padded[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
-                 for r in range(rows) for c in range(cols)]
-        out = np.empty((rows * patch * out_scale, cols * patch * out_scale, 3), np.float32)
-        side = patch * out_scale
-        for index, prediction in enumerate(_run_batches(predict, tiles, gain)):
-            r, c = divmod(index, cols)
-            out[r * side:(r + 1) * side, c * side:(c + 1) * side] = prediction
-        return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
-
+        return _predict_paper(predict, x, gain, _round_up(tile or 64, multiple), out_scale)
+    height, width = x.shape[:2]
     padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
     padded = _pad_to(x, padded_h, padded_w)
     if tile is None or (tile >= padded_h and tile >= padded_w):
         out = next(_run_batches(predict, [padded], gain))
         return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
-
     tile = _round_up(tile, multiple)
     overlap = _round_up(max(int(overlap), 0), multiple) if overlap else 0
     if overlap > tile // 2:
         raise ValueError(f"overlap ({overlap} px after rounding to the model's multiple "
                          f"{multiple}) must be at most half the tile ({tile} px); use a larger "
                          "tile or a smaller overlap.")
+    return _predict_blended(predict, padded, gain, (height, width), tile, overlap, multiple,
+                            out_scale)
+
+
+def _predict_paper(predict, x, gain, patch, out_scale):
+    """The paper's stitching: non-overlapping `patch`-pixel patches of [h, w, C] input `x`."""
+    height, width = x.shape[:2]
+    padded = _pad_to(x, _round_up(height, patch), _round_up(width, patch))
+    rows, cols = padded.shape[0] // patch, padded.shape[1] // patch
+    tiles = [padded[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
+             for r in range(rows) for c in range(cols)]
+    out = np.empty((rows * patch * out_scale, cols * patch * out_scale, 3), np.float32)
+    side = patch * out_scale
+    for index, prediction in enumerate(_run_batches(predict, tiles, gain)):
+        r, c = divmod(index, cols)
+        out[r * side:(r + 1) * side, c * side:(c + 1) * side] = prediction
+    return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
+
+
+def _predict_blended(predict, padded, gain, size, tile, overlap, multiple, out_scale):
+    """Overlapping tiles of the padded input blended with separable smooth windows.
+
+    Args:
+      padded: the input padded to the model's multiple, [H, W, C]; size: the unpadded (h, w).
+      tile, overlap: already rounded to `multiple`, overlap <= tile / 2.
+    Returns:
+      float32 [h * out_scale, w * out_scale, 3] in [0, 1].
+    """
+    padded_h, padded_w = padded.shape[:2]
     tile_h = _balanced_tile(padded_h, tile, overlap, multiple)
     tile_w = _balanced_tile(padded_w, tile, overlap, multiple)
     starts_y = _tile_starts(padded_h, tile_h, tile_h - overlap)
@@ -220,7 +237,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
     for s, w in zip(starts_x, windows_x):
         sum_x[s * out_scale:(s + tile_w) * out_scale] += w
     # Only the cropped output region is accumulated.
-    out_h, out_w = height * out_scale, width * out_scale
+    out_h, out_w = size[0] * out_scale, size[1] * out_scale
     out = np.zeros((out_h, out_w, 3), np.float32)
     grid = [(iy, ix) for iy in range(len(starts_y)) for ix in range(len(starts_x))]
     batch_size = max(1, MAX_BATCH_PIXELS // (tile_h * tile_w))

@@ -25,6 +25,7 @@ Without a reference (a user's unpaired photos), `no_reference_stats` gives two n
 show a blow-out: the mean brightness and the fraction of pixels with a clipped highlight.
 """
 import collections
+import math
 
 import keras
 import numpy as np
@@ -157,6 +158,22 @@ def match_mean(prediction, reference):
     mean_reference = tf.reduce_mean(reference, axis=[-3, -2, -1], keepdims=True)
     scale = mean_reference / tf.maximum(mean_prediction, 1e-12)
     return tf.clip_by_value(prediction * scale, 0.0, PEAK)
+
+
+def psnr_float64(reference, image):
+    """The same PSNR formula in NumPy float64, without `psnr`'s range checks.
+
+    For reports on float images in [0, 255] that may legitimately sit in (0, 1] (a very dark
+    simulated image, which `psnr` would reject as a [0, 1] / [0, 255] mix-up), e.g. the
+    simulation fidelity of `calibration.report`.
+
+    Args:
+        reference, image: float [H, W, C] arrays in [0, 255].
+    Returns:
+        float in dB (inf for identical images).
+    """
+    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
 def psnr_gt_mean(prediction, reference, *, max_db=None):

@@ -269,23 +269,8 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     _log(config, _start_message(config, strategy, (trainable, frozen), description,
                                 resuming and os.path.join(out_dir, BACKUP_DIR)))
 
-    started = time.perf_counter()
-    try:
-        history = model.fit(
-            train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-            validation_data=val_ds, shuffle=False,
-            # The epoch checkpoint before the backup: a kill between the two repeats that
-            # epoch rather than skipping its checkpoint.
-            callbacks=[guard, checkpoint, backup, monitor, tensorboard, *extra_callbacks],
-            verbose=config.verbose)
-    except tf.errors.InvalidArgumentError:
-        # A NaN prediction trips the metrics' range assertions before the NaN loss reaches
-        # _NanGuard; non-finite weights tell the two apart from a genuine error.
-        if all(np.isfinite(w).all() for w in model.get_weights()):
-            raise
-        guard.bad = (guard.epoch + 1, "?", float("nan"))
-        history = None
-    elapsed = time.perf_counter() - started
+    history, elapsed = _fit(model, train_ds, val_ds, config, guard,
+                            [guard, checkpoint, backup, monitor, tensorboard, *extra_callbacks])
     initial_epoch = backup.restored_epoch
     if resuming or initial_epoch:
         _log(config, f"Resumed after epoch {initial_epoch} from {backup.backup_dir}.")
@@ -308,6 +293,25 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     return TrainResult(final_model_path=final_path if chief else "", history=hist,
                        last_epoch=last_epoch, initial_epoch=initial_epoch,
                        model_dir=config.model_dir)
+
+
+def _fit(model, train_ds, val_ds, config, guard, callbacks):
+    """model.fit for the stage; return (Keras History or None after a NaN, seconds)."""
+    started = time.perf_counter()
+    try:
+        # The callbacks' order matters: the epoch checkpoint before the backup, so a kill
+        # between the two repeats that epoch rather than skipping its checkpoint.
+        history = model.fit(
+            train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+            validation_data=val_ds, shuffle=False, callbacks=callbacks, verbose=config.verbose)
+    except tf.errors.InvalidArgumentError:
+        # A NaN prediction trips the metrics' range assertions before the NaN loss reaches
+        # _NanGuard; non-finite weights tell the two apart from a genuine error.
+        if all(np.isfinite(w).all() for w in model.get_weights()):
+            raise
+        guard.bad = (guard.epoch + 1, "?", float("nan"))
+        history = None
+    return history, time.perf_counter() - started
 
 
 def _enable_determinism():

@@ -231,6 +231,13 @@ def test_cli_user_errors_exit_2(tmp_path):
     result = run_tool("calibrate_simulation", f"--pairs={tmp_path}", "--method=preset",
                       "--preset=unknown_name")
     assert result.returncode == 2 and "Unknown simulation preset" in result.stderr
+    write_pair_folder(str(tmp_path / "pairs"))
+    for foreign in ("my notes, not a report\n", '{"mean": [1, 2]}\n'):
+        (tmp_path / "mine.json").write_text(foreign)
+        result = run_tool("calibrate_simulation", f"--pairs={tmp_path / 'pairs'}",
+                          "--fit_first=2", f"--output={tmp_path / 'mine.json'}", "--draws=1")
+        assert result.returncode == 2 and "not written by calibrate_simulation" in result.stderr
+        assert (tmp_path / "mine.json").read_text() == foreign
 
 
 def test_fit_composite_with_a_fixed_black_level():

@@ -26,7 +26,7 @@ from lowlight_tf.calibration.estimators import (JOINT_EXPONENTS, METHODS, PIXEL_
                                                 composite_noise_free, estimate_pair,
                                                 estimate_paper, fit_composite, fit_joint)
 from lowlight_tf.calibration.report import (fidelity, fidelity_report, format_fidelity_table,
-                                            image_statistics, psnr, summarise_fidelity)
+                                            image_statistics, summarise_fidelity)
 from lowlight_tf.calibration.fit import (calibrate, fit_distribution, fit_tone_curve,
                                          scale_exposure_spread)
 from lowlight_tf.calibration.noise import (NOISE_CROP, NOISE_LEVEL_EDGES, NOISE_PEAK_RANGE,

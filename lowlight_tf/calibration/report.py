@@ -10,19 +10,8 @@ import math
 
 import numpy as np
 
+from lowlight_tf import metrics
 from lowlight_tf.calibration import noise
-
-
-def psnr(reference, image):
-    """PSNR in dB of float [H, W, 3] images in [0, 255] (paper §3.3 formula, peak 255).
-
-    The formula of `lowlight_tf.metrics.psnr`, computed in NumPy float64 without its range
-    checks: a simulated dark image may have its maximum in (0, 1], which `metrics.psnr`
-    rejects as a [0, 1] / [0, 255] mix-up, and the report keeps float64 values.
-    Returns a float (inf for identical images).
-    """
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
 def image_statistics(image, mask):
@@ -38,7 +27,8 @@ def _condition_row(pair, condition, simulated_images, mask):
     return {
         "id": pair.id,
         "condition": condition,
-        "psnr": float(np.mean([psnr(pair.dark, image) for image in simulated_images])),
+        "psnr": float(np.mean([metrics.psnr_float64(pair.dark, image)
+                               for image in simulated_images])),
         "mean": np.mean([s["mean"] for s in stats], 0).tolist(),
         "std": np.mean([s["std"] for s in stats], 0).tolist(),
         "noise": float(np.mean([s["noise"] for s in stats])),
