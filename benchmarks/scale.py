@@ -6,8 +6,10 @@ colour photos resized to 1000 x 1000, each with its own random roll, flip and pe
 so no two are identical and they compress like photos), at --sizes counts (default 200, 600,
 2000), and for each count:
 
-  - builds the `images` TFRecords with tools/make_tfrecords' library call on the local process
-    pool and reports images/s (the Beam runner is not part of this project yet);
+  - builds the `images` TFRecords with tools/make_tfrecords' library call, on the local process
+    pool and on Apache Beam's DirectRunner (multi-processing mode), both with --num_workers
+    processes, and reports images/s of each (Beam skipped cleanly when apache-beam is not
+    installed: pip install -e '.[beam]');
   - runs the training input pipeline (`pipeline.train_dataset`, 128 x 128 patches, batch 8,
     on-the-fly simulation with the eliei_rgb_tone preset, --dim_fraction 0.25, the cache chosen by
     --cache=auto with --cache_budget_mb) in a fresh process, reads batches for --seconds after a
@@ -23,6 +25,7 @@ RAM. Disk use: about 2.5 GB at 2000; everything is deleted at the end (--keep to
   python benchmarks/scale.py                               # about 20 minutes on 2 cores
   python benchmarks/scale.py --sizes=100,300 --seconds=20  # quick check
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -44,6 +47,8 @@ _SECONDS = flags.DEFINE_float("seconds", 60.0, "Timing window of each pipeline, 
 _BUDGET = flags.DEFINE_integer("cache_budget_mb", 2048, "--cache_budget_mb of the pipelines.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Scratch folder (default: a new temp folder).")
 _KEEP = flags.DEFINE_bool("keep", False, "Keep the generated photos and TFRecords.")
+_WORKERS = flags.DEFINE_integer("num_workers", 2, "Decoding processes of both make_tfrecords "
+                                "runs (local pool, DirectRunner).")
 
 SIDE = 1000
 
@@ -57,6 +62,9 @@ source = data.load(parsed.output_dir, parsed.name, parsed.split)
 count = data.num_examples(parsed.output_dir, parsed.name, parsed.split)
 cache, megabytes = pipeline.cache_mode("auto", source, count=count, budget_mb=budget,
                                        patch_size=128)
+if cache == "none":  # as tools/train streams (lowlight_tf.train_data)
+    source = data.load(parsed.output_dir, parsed.name, parsed.split,
+                       readers=pipeline.STREAM_READERS)
 dataset = pipeline.train_dataset(source, patch_size=128, batch_size=8, seed=0,
                                  simulation="eliei_rgb_tone", dim_fraction=0.25, cache=cache)
 iterator = iter(dataset)
@@ -127,6 +135,24 @@ def write_photos(folder, count, start, sources, rng):
         Image.fromarray(image).save(os.path.join(folder, f"photo_{index:05d}.jpg"), quality=90)
 
 
+def _build_rate(prepare, photos, out, count, *, beam):
+    """images/s of make_tfrecords on the photos (local pool, or Beam's DirectRunner); NaN when
+    Beam is asked for and apache-beam is not installed. The Beam output is deleted."""
+    if beam and importlib.util.find_spec("apache_beam") is None:
+        return float("nan")
+    options = (dict(beam_runner="DirectRunner",
+                    beam_options=f"--direct_num_workers={_WORKERS.value} "
+                                 "--direct_running_mode=multi_processing") if beam
+               else dict(num_workers=_WORKERS.value))
+    started = time.perf_counter()
+    prepare.make_tfrecords("images", output_dir=out, name="scale", input_dir=photos,
+                           splits="train:1.0", report=lambda line: None, **options)
+    rate = count / (time.perf_counter() - started)
+    if beam:
+        shutil.rmtree(out)
+    return rate
+
+
 def main(argv):
     del argv
     from data_prep import prepare  # noqa: E402 (after sys.path)
@@ -144,16 +170,15 @@ def main(argv):
             write_photos(photos, count, written, sources, rng)
             written = count
             out = os.path.join(workdir, f"tfrecords_{count}")
-            started = time.perf_counter()
-            prepare.make_tfrecords("images", output_dir=out, name="scale", input_dir=photos,
-                                   splits="train:1.0", report=lambda line: None)
-            build = count / (time.perf_counter() - started)
+            build = _build_rate(prepare, photos, out, count, beam=False)
+            beam = _build_rate(prepare, photos, os.path.join(workdir, "beam"), count, beam=True)
             result = _run_json(PIPELINE, f"{out}/scale:train", str(_BUDGET.value),
                                str(_SECONDS.value))
             disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir)
                        for f in fs) / 2**30
-            rows.append((count, build, result, disk))
-            print(f"  {count} photos: make_tfrecords {build:.1f} images/s; pipeline cache "
+            rows.append((count, build, beam, result, disk))
+            print(f"  {count} photos: make_tfrecords {build:.1f} images/s (local pool), "
+                  f"{beam:.1f} (Beam DirectRunner); pipeline cache "
                   f"{result['cache']} ({result['decoded_mb']:,.0f} MiB decoded), "
                   f"{result['patches_per_s']:.1f} patches/s "
                   f"({result['patches_per_s'] / training:.1f}x training), peak RSS "
@@ -164,11 +189,12 @@ def main(argv):
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nSummary (same run; training consumption {training:.1f} patches/s; cache budget "
           f"{_BUDGET.value} MiB)")
-    print("| photos | decoded (MiB) | cache | make_tfrecords (images/s, local pool) | "
+    print(f"| photos | decoded (MiB) | cache | make_tfrecords (images/s, local pool, "
+          f"{_WORKERS.value} workers) | make_tfrecords (images/s, Beam DirectRunner) | "
           "pipeline (patches/s) | x training | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|")
-    for count, build, r, _ in rows:
-        print(f"| {count} | {r['decoded_mb']:,.0f} | {r['cache']} | {build:.1f} | "
+    print("|---|---|---|---|---|---|---|---|")
+    for count, build, beam, r, _ in rows:
+        print(f"| {count} | {r['decoded_mb']:,.0f} | {r['cache']} | {build:.1f} | {beam:.1f} | "
               f"{r['patches_per_s']:.1f} | {r['patches_per_s'] / training:.1f} | "
               f"{r['peak_rss_mib']:,.0f} |")
 

@@ -137,21 +137,26 @@ def read_summary(output_dir, name):
         return json.load(f)
 
 
-def load_stored(output_dir, name, split, *, file_shard=None):
+def load_stored(output_dir, name, split, *, file_shard=None, readers=None):
     """Return a tf.data.Dataset of examples exactly as stored (uint8/uint16 images).
 
     Deterministic order (files not shuffled). `file_shard=(index, count)` reads only the
     index-th of `count` disjoint sets of the split's files (one input pipeline of several
-    workers; the split needs at least `count` files, `num_shards`). Raises DatasetError for a
+    workers; the split needs at least `count` files, `num_shards`). `readers` is the number of
+    files read at once (TFDS's interleave cycle length; None: TFDS's default of 16): each reader
+    holds decoded examples, so streaming full-size images wants few. Raises DatasetError for a
     missing dataset/split.
     """
     builder = _builder(output_dir, name)
     _check_split(builder, output_dir, name, split)
-    read_config = None
+    read_options = {}
     if file_shard is not None:
         index, count = file_shard
-        read_config = tfds.ReadConfig(input_context=tf.distribute.InputContext(
-            num_input_pipelines=count, input_pipeline_id=index))
+        read_options["input_context"] = tf.distribute.InputContext(
+            num_input_pipelines=count, input_pipeline_id=index)
+    if readers is not None:
+        read_options["interleave_cycle_length"] = int(readers)
+    read_config = tfds.ReadConfig(**read_options) if read_options else None
     return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
 
 
@@ -171,7 +176,7 @@ def _to_float(example):
     return example
 
 
-def load(output_dir, name, split, *, file_shard=None):
+def load(output_dir, name, split, *, file_shard=None, readers=None):
     """Return a tf.data.Dataset of decoded example dicts.
 
     Args:
@@ -180,6 +185,7 @@ def load(output_dir, name, split, *, file_shard=None):
         split: e.g. "train", "test" (TFDS slices like "train[:10]" work too).
         file_shard: None, or (index, count): read only that set of the split's files (see
             `load_stored`).
+        readers: files read at once (see `load_stored`); None for TFDS's default.
 
     Returns:
         tf.data.Dataset of dicts: `bright` (and `dark` for pairs and simulated) float32
@@ -189,7 +195,7 @@ def load(output_dir, name, split, *, file_shard=None):
     Raises:
         DatasetError: missing dataset or split, with the path and what to do.
     """
-    return load_stored(output_dir, name, split, file_shard=file_shard).map(
+    return load_stored(output_dir, name, split, file_shard=file_shard, readers=readers).map(
         _to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 

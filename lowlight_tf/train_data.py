@@ -37,15 +37,16 @@ def _data_specs(config, sample_datasets=None):
     return train_spec, (None if val_spec == NO_VALIDATION else val_spec)
 
 
-def _load_source(spec, default_split, what, file_shard=None):
+def _load_source(spec, default_split, what, file_shard=None, readers=None):
     """Loads a dataset spec; returns (dataset, kind, count). Raises ConfigError when empty.
 
-    `file_shard` (index, count) reads only that set of the files (`data.load`); `count` is the
-    whole split's number of examples.
+    `file_shard` (index, count) reads only that set of the files and `readers` files at once
+    (`data.load`); `count` is the whole split's number of examples.
     """
     try:
         parsed = data.parse_dataset_spec(spec, default_split=default_split)
-        source = data.load(parsed.output_dir, parsed.name, parsed.split, file_shard=file_shard)
+        source = data.load(parsed.output_dir, parsed.name, parsed.split, file_shard=file_shard,
+                           readers=readers)
         kind = data.dataset_kind(parsed.output_dir, parsed.name)
         count = data.num_examples(parsed.output_dir, parsed.name, parsed.split)
     except (ValueError, OSError) as e:
@@ -68,13 +69,15 @@ def _train_dataset(config, spec, preset, steps, worker):
     except (ValueError, OSError) as e:
         raise ConfigError(f"--train_data={spec}: {e}") from e
     policy = distribute.shard_policy(files, workers)
-    source, kind, count = _load_source(
-        spec, "train", "train_data",
-        file_shard=(index, workers) if workers > 1 and policy == "FILE" else None)
+    file_shard = (index, workers) if workers > 1 and policy == "FILE" else None
+    source, kind, count = _load_source(spec, "train", "train_data", file_shard=file_shard)
     try:
         cache, megabytes = pipeline.cache_mode(
             config.cache, source, count=count, budget_mb=config.cache_budget_mb,
             patch_size=config.patch_size)
+        if cache == "none":  # streaming: few files at once, each reader holds full-size images
+            source, _, _ = _load_source(spec, "train", "train_data", file_shard=file_shard,
+                                        readers=pipeline.STREAM_READERS)
         dataset = pipeline.train_dataset(
             source, patch_size=config.patch_size, batch_size=config.batch_size,
             seed=config.seed, simulation=preset if kind == "images" else None,

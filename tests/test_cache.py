@@ -62,3 +62,24 @@ def test_auto_caches_in_memory_only_within_the_budget(tmp_path):
         pipeline.cache_mode(f"disk:{tmp_path / 'missing' / 'c'}", source, count=4, budget_mb=1)
     with pytest.raises(ValueError, match="not one of"):
         pipeline.cache_mode("fast", source, count=4, budget_mb=1)
+
+
+def test_streaming_reads_few_files_at_once_and_the_same_examples(tmp_path):
+    """data.load(readers=) (what --cache=none uses) gives the same examples as the default."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from data_prep import prepare  # pylint: disable=import-outside-toplevel
+    from lowlight_tf import data  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+            tmp_path / f"p{i}.png")
+    out = str(tmp_path / "tfrecords")
+    prepare.make_tfrecords("images", output_dir=out, name="many", input_dir=str(tmp_path),
+                           splits="train:1", max_shard_mb=0.003)
+    assert data.num_shards(out, "many", "train") > pipeline.STREAM_READERS
+    default = {e["id"]: e["bright"] for e in data.load(out, "many", "train").as_numpy_iterator()}
+    few = list(data.load(out, "many", "train", readers=pipeline.STREAM_READERS)
+               .as_numpy_iterator())
+    assert len(few) == len(default) == 12
+    for example in few:
+        np.testing.assert_array_equal(example["bright"], default[example["id"]])
