@@ -59,7 +59,29 @@ def make_options(runner, options_text):
     except ValueError as error:
         raise core.InputError(f"--beam_options={options_text!r} cannot be parsed ({error}); "
                               "pass them as one string of --name=value arguments.") from None
+    if not any(arg.startswith("--default_sdk_harness_log_level") for arg in args):
+        args.append("--default_sdk_harness_log_level=WARNING")  # workers' INFO lines hide ours
     return pipeline_options.PipelineOptions(args, runner=runner)
+
+
+def make_runner(runner, options):
+    """Return what TFDS passes to beam.Pipeline as the runner: the name, or for DirectRunner the
+    FnApiRunner that DirectRunner itself falls back to.
+
+    Beam 2.77's DirectRunner first tries to download the Prism runner binary from GitHub (a
+    network fetch a data job should not make; offline it fails and falls back). Building the
+    FnApiRunner here, as DirectRunner does after that attempt, runs the same way without it
+    (including --direct_num_workers and --direct_running_mode=multi_processing).
+    """
+    if runner != "DirectRunner":
+        return runner
+    # pylint: disable=import-outside-toplevel
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability import portable_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    encoded = portable_runner.JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 class _DecodeFn(beam.DoFn):

@@ -274,9 +274,9 @@ def _download_config(request, staging):
     beam_args = {}
     if request.beam_runner:
         from data_prep import beam  # pylint: disable=import-outside-toplevel
-        beam_args = dict(beam_runner=request.beam_runner,
-                         beam_options=beam.make_options(request.beam_runner,
-                                                        request.beam_options))
+        options = beam.make_options(request.beam_runner, request.beam_options)
+        beam_args = dict(beam_runner=beam.make_runner(request.beam_runner, options),
+                         beam_options=options)
     return _DownloadConfig(
         manual_dir=os.path.abspath(request.input_dir) if request.input_dir else staging,
         try_download_gcs=False,
