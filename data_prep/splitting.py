@@ -99,10 +99,7 @@ def parse_split_ids(values):
             raise ValueError(f"bad --split_ids value {value!r}: write split:ids, e.g. "
                              "calib:4-5,29,38 (file stems, integer ranges allowed)")
         numbers, names = set(), set()
-        for item in (part.strip() for part in listed.split(",")):
-            if not item:
-                continue
-            bounds = ids.parse_id_range(item)
+        for item, bounds in _listed_items(listed):
             if bounds:
                 first, last = bounds
                 if last < first:
@@ -112,6 +109,13 @@ def parse_split_ids(values):
                 names.add(item)
         rules.append((name, numbers, names))
     return rules
+
+
+def _listed_items(listed):
+    """Yield (item, (first, last) or None) for each non-empty item of a comma-separated list."""
+    for item in (part.strip() for part in listed.split(",")):
+        if item:
+            yield item, ids.parse_id_range(item)
 
 
 def explicit_split(example_id, rules):
@@ -144,10 +148,7 @@ def unmatched_split_ids(values, example_ids):
     unmatched = []
     for value in values or ():
         name, _, listed = str(value).partition(":")
-        for item in (part.strip() for part in listed.split(",")):
-            if not item:
-                continue
-            bounds = ids.parse_id_range(item)
+        for item, bounds in _listed_items(listed):
             if bounds:
                 first, last = bounds
                 found = any(first <= number <= last for number in numbers)
