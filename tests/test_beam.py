@@ -120,3 +120,15 @@ def test_a_crashing_decoder_on_beam_skips_only_its_file(tmp_path, monkeypatch):
     beam_lib.read_skips(plan.beam_skips_dir, plan)
     assert plan.skips.skipped == [{"path": "crash.png", "reason": core.CRASH_REASON,
                                    "category": "decoder_crash"}]
+
+
+def test_a_beam_runner_without_apache_beam_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "apache_beam" else real_find_spec(name, *a))
+    write_png8(str(tmp_path / "in" / "a.png"))
+    with pytest.raises(prepare.InputError, match=r"pip install -e '\.\[beam\]'"):
+        build("images", tmp_path / "out", "x", input_dir=str(tmp_path / "in"),
+              beam_runner="DirectRunner")
+    assert not os.path.exists(tmp_path / "out" / "x")
