@@ -10,9 +10,10 @@ decoded examples, ids and splits are the same; only the shard boundaries may dif
 Bad inputs: every skipped input is written as one small JSON file under the build's staging
 folder (`skips_dir`) by the worker that skipped it; `read_skips` turns them back into the
 summary's `skipped` list, in the plan's order (also after a failed pipeline, so that a split
-whose every input failed can be dropped and the build retried, as on the local path). A decoder that crashes (LibRaw segfaults on some corrupt files) takes down only
-the one decoding process each Beam worker keeps (`_DecodeFn`): the file is retried alone and then
-skipped as `decoder_crash`, as in the local pool.
+whose every input failed can be dropped and the build retried, as on the local path). A decoder
+that crashes (LibRaw segfaults on some corrupt files) takes down only the one decoding process
+each Beam worker keeps (`_DecodeFn`): the file is retried alone and then skipped as
+`decoder_crash`, as in the local pool.
 
 apache-beam is an optional dependency (`pip install -e '.[beam]'`); this module imports it at
 the top, so import it only when a Beam runner is requested (`prepare` does).

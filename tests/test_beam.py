@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from data_prep import prepare
-from test_data_prep import build, stored_examples, write_dng, write_png8  # pylint: disable=import-error
+from test_data_prep import (  # pylint: disable=import-error
+    build, stored_examples, write_dng, write_png8)
 
 pytest.importorskip("apache_beam")
 
@@ -27,7 +28,8 @@ def _assert_same_datasets(out, local, beam):
         for example_id, example in a.items():
             assert set(example) == set(b[example_id])
             for key, value in example.items():
-                np.testing.assert_array_equal(value, b[example_id][key], err_msg=f"{example_id} {key}")
+                np.testing.assert_array_equal(value, b[example_id][key],
+                                              err_msg=f"{example_id} {key}")
 
 
 def _image_folder(root):
@@ -125,8 +127,9 @@ def test_a_crashing_decoder_on_beam_skips_only_its_file(tmp_path, monkeypatch):
 def test_a_beam_runner_without_apache_beam_names_the_extra(tmp_path, monkeypatch):
     import importlib.util  # pylint: disable=import-outside-toplevel
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "apache_beam" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: None if name == "apache_beam" else real_find_spec(name, *a))
     write_png8(str(tmp_path / "in" / "a.png"))
     with pytest.raises(prepare.InputError, match=r"pip install -e '\.\[beam\]'"):
         build("images", tmp_path / "out", "x", input_dir=str(tmp_path / "in"),
