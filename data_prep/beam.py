@@ -28,7 +28,6 @@ import os
 import shlex
 
 
-
 class _NoGcpClientWarning(logging.Filter):
     """Drops Beam's root-logger warning that the Google Cloud clients are missing: they are not
     needed to read and write files, and the line would only confuse a user."""
@@ -43,6 +42,7 @@ from apache_beam.options import pipeline_options  # pylint: disable=wrong-import
 
 from data_prep import core  # pylint: disable=wrong-import-position
 from lowlight_tf import files  # pylint: disable=wrong-import-position
+
 
 def make_options(runner, options_text):
     """Return beam PipelineOptions for `runner` from a command-line style `options_text`.
@@ -110,12 +110,13 @@ class _DecodeFn(beam.DoFn):
         try:
             result = self._pool.submit(self._worker_fn, item.task).result()
         except concurrent.futures.process.BrokenProcessPool:
+            self._pool.shutdown(wait=False)  # its process is gone; start a new one
             self._pool = core.decoding_pool(1, self._context)
             result = core.run_isolated(self._worker_fn, item.task, self._context)
-        yield from _tagged(item, result, self._skips_dir)
+        yield from _emit(item, result, self._skips_dir)
 
 
-def _tagged(item, result, skips_dir):
+def _emit(item, result, skips_dir):
     """Yield (id, feature input) for ("ok", example); record ("skip", reason, category) as the
     file SKIPS_DIR/<sha1 of id>.json (idempotent, so a retried bundle writes the same file; and
     written as soon as the input fails, so it survives a pipeline that fails later)."""
@@ -144,7 +145,7 @@ class _SimulateFn(beam.DoFn):
         if example_id not in self._wanted:
             return
         item = core.Item(example_id, "", ())
-        yield from _tagged(item, simulated.simulate_encoded(
+        yield from _emit(item, simulated.simulate_encoded(
             example["bright"], example_id, self._preset, self._seed, self._bright_feature),
             self._skips_dir)
 
