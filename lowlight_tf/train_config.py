@@ -106,6 +106,15 @@ class TrainConfig:
         "clean dim ones, the bright patch darkened 0-3.5 stops in linear light, so an "
         "exposure-normalising model does not blow out dim photos (lowlight_tf.dim_exposure; "
         "beyond the paper).", lower=0.0, upper=1.0)
+    simulated_data: str = option(
+        "", "With paired --train_data (transfer on real pairs): a bright-only dataset "
+        "OUTPUT_DIR/NAME[:split] whose simulated pairs (--simulation_params, e.g. a preset "
+        "calibrated on the same device's pairs) fill --simulated_fraction of every batch "
+        "(beyond the paper). Empty: real pairs only.")
+    simulated_fraction: float = option(
+        0.0, "With --simulated_data: the fraction of every training batch that is simulated; "
+        "the count round(fraction * batch_size) must leave at least one real pair and one "
+        "simulated pair per batch.", lower=0.0, upper=1.0)
     cache: str = option(
         "auto", "Where the training pipeline keeps decoded images between epochs: memory, none "
         "(decode every epoch: bounded memory for datasets larger than RAM), disk:PATH "

@@ -17,6 +17,8 @@ from lowlight_tf import progress
 from lowlight_tf import simulation
 from lowlight_tf.train_config import NO_VALIDATION, SAMPLE, ConfigError
 
+_WORKER_SEED_STRIDE = 7919  # a prime: worker k's simulated patches use seed + k * stride
+
 
 def _data_specs(config, sample_datasets=None):
     """Returns (train_spec, val_spec or None), building the sample datasets when asked to.
@@ -85,16 +87,71 @@ def _train_dataset(config, spec, preset, steps, worker):
             dim_fraction=config.dim_fraction if kind == "images" else 0.0)
     except ValueError as e:
         raise ConfigError(f"--train_data={spec}: {e}") from e
+    simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
+    if config.simulated_fraction or config.simulated_data:
+        dataset, mixed = _with_simulated(config, dataset, kind, preset, steps, index)
+        simulated += mixed
     dataset = distribute.shard_input(dataset, policy)
     if config.data_service:
         dataset = pipeline.through_data_service(dataset, config.data_service)
-    simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
     estimate = f", about {megabytes:,.0f} MiB decoded" if megabytes is not None else ""
     sharding = (f"; {files} file(s) split between {workers} workers by {policy}"
                 if workers > 1 else "")
     sharding += f"; tf.data service {config.data_service}" if config.data_service else ""
     return dataset, (f"train: {spec} ({kind}, {count} examples, fraction "
                      f"{config.train_fraction:g}{simulated}; cache {cache}{estimate}{sharding})")
+
+
+def simulated_count(fraction, batch_size):
+    """Simulated patches per batch for --simulated_fraction: round(fraction * batch_size).
+
+    Raises ConfigError unless it leaves at least one real and one simulated patch per batch.
+    """
+    count = int(round(fraction * batch_size))
+    if not 0 < count < batch_size:
+        raise ConfigError(
+            f"--simulated_fraction={fraction:g} with --batch_size={batch_size} gives {count} "
+            f"simulated patches per batch; choose a fraction that leaves 1 to {batch_size - 1} "
+            "of them (or 0 and no --simulated_data for real pairs only).")
+    return count
+
+
+def _with_simulated(config, real, kind, preset, steps, worker_index):
+    """Mix simulated pairs into every batch of a paired training pipeline (beyond the paper).
+
+    `real` yields batches of `config.batch_size` pairs; the result yields batches of the same
+    size whose last `simulated_count(...)` patches are simulated from `config.simulated_data`
+    with `preset` (float32 [batch_size, patch_size, patch_size, 3] in [0, 1], both parts drawn
+    with their own seeded pipeline, so the batches are reproducible). Every worker reads all of
+    the simulated data with its own seed (`worker_index`), so workers draw different simulated
+    patches whatever the real pairs' sharding. Returns (dataset, note).
+    """
+    if kind == "images" or not config.simulated_data or not config.simulated_fraction:
+        raise ConfigError(
+            "--simulated_data and --simulated_fraction go together, with paired --train_data "
+            f"(got --simulated_data={config.simulated_data!r}, --simulated_fraction="
+            f"{config.simulated_fraction:g}, a training set of {kind}).")
+    count = simulated_count(config.simulated_fraction, config.batch_size)
+    source, sim_kind, sim_count = _load_source(config.simulated_data, "train", "simulated_data")
+    if sim_kind != "images":
+        raise ConfigError(f"--simulated_data={config.simulated_data} holds {sim_kind}; it must "
+                          "be a bright-only images dataset (tools/make_tfrecords --kind=images).")
+    try:
+        simulated = pipeline.train_dataset(
+            source, patch_size=config.patch_size, batch_size=count,
+            seed=config.seed + _WORKER_SEED_STRIDE * worker_index,
+            simulation=preset, simulation_steps=steps, dim_fraction=config.dim_fraction,
+            cache=pipeline.cache_mode(  # a disk cache's path belongs to the real pairs
+                "auto" if config.cache.startswith("disk:") else config.cache, source,
+                count=sim_count, budget_mb=config.cache_budget_mb)[0])
+        real = real.unbatch().batch(config.batch_size - count, drop_remainder=True)
+    except ValueError as e:
+        raise ConfigError(f"--simulated_data={config.simulated_data}: {e}") from e
+    mixed = tf.data.Dataset.zip(real, simulated).map(
+        lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)))
+    note = (f"; {count} of {config.batch_size} patches per batch simulated from "
+            f"{config.simulated_data} ({preset.name})")
+    return mixed.prefetch(tf.data.AUTOTUNE), note
 
 
 def make_datasets(config, worker=(0, 1), sample_datasets=None):
