@@ -15,6 +15,7 @@ finished stages and resumes an interrupted training from its last finished epoch
   pretrain         the U-Net on simulated pairs only (§3.2-3.3).
   eval_pretrain    simulated test set, zero-shot on the target and the device (§3.4).
   transfer_target  last two blocks retrained on the target's calibration pairs.
+  scratch_target   the same pairs from random weights (our row): what pretraining adds there.
   calibrate_device, pretrain_device
                    with --device_calibration: the simulation calibrated again on the device's
                    transfer pairs (the same 10%), the device's calibrated-curve baseline, and a
@@ -166,6 +167,10 @@ def _main_stages(config):
                       "params_path": "params"},
               args=dict(stage="transfer", val_data="", **_schedule(config, "transfer"))),
         _eval("transfer_target", "ours: transfer, last two blocks", ("target_val",)),
+        Stage("scratch_target", stages.train, SELECTED_OR_DONE,
+              inputs={"train_data": "target_calib", "params_path": "params"},
+              args=dict(stage="scratch", val_data="", **_schedule(config, "scratch"))),
+        _eval("scratch_target", "scratch, calibration pairs", ("target_val",)),
     ]
 
 

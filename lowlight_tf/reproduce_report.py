@@ -42,6 +42,7 @@ def _table_rows(results):
 # evaluations share, with a scene-bootstrap 95% interval (lowlight_tf.comparison).
 COMPARISONS = (
     ("transfer_target", "pretrain"),  # issue 6 target 2: same-camera transfer vs zero-shot
+    ("transfer_target", "scratch_target"),  # issue 16: ... vs scratch on the same pairs
     ("transfer_device", "full_device"),  # the paper's 10% transfer vs full supervision
     ("transfer_device", "scratch_device"),  # ... vs scratch on the same 10%
     ("finetune_all_device", "scratch_device"),

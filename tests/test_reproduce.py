@@ -87,8 +87,10 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
               and r["method"] != reproduce.SHIPPED_LABEL]
     datasets = {r["dataset"] for r in models}
     # pretrain on 3 test sets (+ its calibrated-exposure row on the target), the device model,
-    # 5 trained rows
-    assert len(models) == 3 + 1 + 1 + 5
+    # 6 trained rows (transfer and scratch on the target's calibration pairs, 4 device rows)
+    assert len(models) == 3 + 1 + 1 + 6
+    scratch_target = [r for r in models if r["method"] == "scratch, calibration pairs"]
+    assert [r["dataset"] for r in scratch_target] == ["target:val"]
     anchored = [r for r in models if r["method"].endswith("+ calibrated exposure")]
     assert len(anchored) == 1 and anchored[0]["dataset"] == "target:val"
     assert any("simulated_test" in d for d in datasets)
@@ -149,9 +151,9 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     second = reproduce.run_reproduce(config, BUILDERS, progress=again.append)
     assert final.stat().st_mtime_ns == mtime
     records = os.listdir(tmp_path / "run" / "stages")
-    # 13 stages + 6 evaluations of trained models + 2 draws, evaluated, + the shipped model's
+    # 14 stages + 7 evaluations of trained models + 2 draws, evaluated, + the shipped model's
     assert "eval_shipped.json" in records
-    assert len(records) == 24
+    assert len(records) == 26
     assert sum("finished earlier" in line for line in again) == len(records)
     assert [r["psnr"] for r in second["rows"]] == [r["psnr"] for r in report["rows"]]
     # The number of draws may change between runs of a work_dir; one draw reports none.
