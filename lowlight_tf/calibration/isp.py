@@ -18,10 +18,10 @@ al. (CVPR 2019, §3) for the rendering, and the Poissonian-Gaussian noise level 
    Levels where the dark image clips at 0 are left out. A weighted non-negative least-squares
    line gives shot_gain g and read_noise per channel. The read noise is identifiable only when
    the dark image has unclipped pixels near 0 (see the tests).
-4. Spatial correlation (`choose_noise_path`): the real dark images' `neighbour_correlation` is
-   compared with simulations of the fit pairs along `NOISE_PATHS` (i.i.d.; Bayer mosaic and
-   bilinear demosaic; Bayer with increasingly blurred noise, a stand-in for an ISP's
-   denoising); the closest path is kept.
+4. Spatial correlation (`choose_noise_path`): the real dark images' per-channel
+   `neighbour_correlation` is compared with simulations of the fit pairs along `NOISE_PATHS`
+   (i.i.d. noise, blurred or not, a stand-in for an ISP's denoising; or a Bayer mosaic with
+   bilinear demosaic, blurred or not); the closest path (sum of squares over channels) is kept.
 
 The pairs' parameters give the preset: ln(exposure_ratio) ~ N(mean, cov) across pairs, the
 geometric-mean shot gain per channel with the pairs' spread as the shot scale, the median read
@@ -48,8 +48,10 @@ CHI2_MEDIAN = 0.4549364231195724  # median of chi-square(1): median(r^2) / this 
 MIN_MEAN_LEVEL = 1e-6  # linear mean a bright channel needs to define an exposure ratio
 NOISE_CROP = 512  # central crop used for the noise statistics (speed)
 # (bayer, noise_blur px) in order of increasing spatial correlation.
-# Blurs below 0.8 px add too little correlation over the Bayer path's to be told from it.
-NOISE_PATHS = ((False, 0.0), (True, 0.0), (True, 0.8), (True, 1.2), (True, 2.0), (True, 3.0))
+# Without a mosaic every channel's noise is equally correlated; with one, red and blue (sparser
+# sites) more than green: per-channel correlations tell a blur from a Bayer path.
+NOISE_PATHS = ((False, 0.0), (False, 0.5), (False, 0.8), (False, 1.2), (True, 0.0), (True, 0.8),
+               (True, 1.2), (True, 2.0))
 FACTOR_FIELD = (4, 128)  # images and size of the flat fields of `residual_factors`
 
 
@@ -181,7 +183,8 @@ def measure_pair(pair):
     """A pair's exposure ratio [3] and residual noise level function [3, 2] (see above)."""
     return {"id": pair.id, "exposure": exposure_ratio(pair),
             "nlf": fit_noise_level(noise_level_bins(pair), pair.id),
-            "corr": report.neighbour_correlation(pair.dark, noise.noise_mask(pair.dark))}
+            "corr": report.neighbour_correlation(pair.dark, noise.noise_mask(pair.dark),
+                                                 per_channel=True)}
 
 
 def pool(measured, bayer, noise_blur):
@@ -225,10 +228,11 @@ def choose_noise_path(pairs, measured, *, seed=0, paths=NOISE_PATHS):
     """The noise path whose simulated neighbour correlation is closest to the real pairs'.
 
     Returns:
-      ((bayer, noise_blur), candidates): candidates a list of dicts (bayer, noise_blur, corr:
-      the mean simulated correlation over `pairs`), `paths` order.
+      ((bayer, noise_blur), candidates): candidates a list of dicts (bayer, noise_blur, corr
+      and corr_real: the mean simulated and real per-channel correlation [3] over `pairs`),
+      `paths` order.
     """
-    real = float(np.mean([m["corr"] for m in measured]))
+    real = np.mean([m["corr"] for m in measured], axis=0)
     candidates = []
     for bayer, noise_blur in paths:
         isp, scales = pool(measured, bayer, noise_blur)
@@ -239,10 +243,11 @@ def choose_noise_path(pairs, measured, *, seed=0, paths=NOISE_PATHS):
         for index, pair in enumerate(pairs):
             bright = noise.central_crop(pair.bright, NOISE_CROP)
             dark = report.simulate_pair(preset, bright, params[pair.id], seed=seed + index)
-            corrs.append(report.neighbour_correlation(dark, noise.noise_mask(dark)))
+            corrs.append(report.neighbour_correlation(dark, noise.noise_mask(dark),
+                                                      per_channel=True))
         candidates.append({"bayer": bool(bayer), "noise_blur": float(noise_blur),
-                           "corr": float(np.mean(corrs)), "corr_real": real})
-    best = min(candidates, key=lambda c: abs(c["corr"] - real))
+                           "corr": np.mean(corrs, axis=0).tolist(), "corr_real": real.tolist()})
+    best = min(candidates, key=lambda c: float(np.sum(np.subtract(c["corr"], real) ** 2)))
     return (best["bayer"], best["noise_blur"]), candidates
 
 
@@ -252,7 +257,7 @@ def _per_pair_json(measured, isp, scales):
     return [{"id": m["id"], "exposure_ratio": m["exposure"].tolist(),
              "shot_gain": (m["nlf"][:, 0] / factors).tolist(),
              "read_noise": np.sqrt(m["nlf"][:, 1] / factors).tolist(),
-             "shot_scale": float(scale), "corr": m["corr"]}
+             "shot_scale": float(scale), "corr": np.asarray(m["corr"]).tolist()}
             for m, scale in zip(measured, scales)]
 
 
@@ -263,7 +268,7 @@ def _measure_all(pairs, label, say):
         measured.append(measure_pair(pair))
         say(f"  {label} {index + 1}/{len(pairs)} pair {pair.id}: exposure "
             + " ".join(f"{v:.4g}" for v in measured[-1]["exposure"])
-            + f"  corr {measured[-1]['corr']:.3f}")
+            + "  corr " + "/".join(f"{v:.3f}" for v in measured[-1]["corr"]))
     return measured
 
 
@@ -286,9 +291,12 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), draws=4, seed=0, source="", pr
     measured = _measure_all(fit_pairs, "fit", say)
     (bayer, noise_blur), candidates = choose_noise_path(fit_pairs, measured, seed=seed,
                                                         paths=paths)
-    say("  neighbour correlation real {:.3f}; simulated ".format(candidates[0]["corr_real"])
+    def triple(values):
+        return "/".join(f"{v:.3f}" for v in values)
+
+    say(f"  neighbour correlation R/G/B real {triple(candidates[0]['corr_real'])}; simulated "
         + ", ".join(f"{'bayer' if c['bayer'] else 'iid'}+blur {c['noise_blur']:g}: "
-                    f"{c['corr']:.3f}" for c in candidates)
+                    f"{triple(c['corr'])}" for c in candidates)
         + f" -> {'bayer' if bayer else 'iid'}, noise_blur {noise_blur:g}")
     isp, scales = pool(measured, bayer, noise_blur)
     preset = simulation.SimulationPreset(
