@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lowlight_tf import curves, simulation, simulation_isp
+from lowlight_tf import curves, pipeline, simulation, simulation_isp
 
 # A camera-like colour matrix (rows sum to 1) and white balance, so inversion is not trivial.
 CCM = np.array([[1.6, -0.5, -0.1], [-0.2, 1.5, -0.3], [0.05, -0.45, 1.4]])
@@ -166,3 +166,18 @@ def test_isp_preset_errors(tmp_path):
     preset = simulation.preset_from_json(good)
     with pytest.raises(ValueError, match="no sub-tasks"):
         preset.simulate(np.zeros((1, 4, 4, 3), np.float32), seed=[1, 2], steps="bl+cd")
+
+
+def test_training_pipeline_simulates_with_an_isp_preset_unchanged():
+    preset = simulation.SimulationPreset("isp", None, None, quantize=True,
+                                         model=simulation_isp.ISP_MODEL, isp=make_isp(bayer=True))
+    brights = np.random.default_rng(4).integers(0, 256, (4, 40, 48, 3)).astype(np.float32)
+    source = tf.data.Dataset.from_tensor_slices(
+        {"bright": brights, "id": [f"photo_{i}.png" for i in range(4)]})
+    make = lambda: pipeline.train_dataset(source, patch_size=16, batch_size=4, seed=2,  # noqa: E731
+                                          simulation=preset)
+    (dark, bright), = [(d.numpy(), b.numpy()) for d, b in make().take(1)]
+    (again, _), = [(d.numpy(), b.numpy()) for d, b in make().take(1)]
+    assert dark.shape == bright.shape == (4, 16, 16, 3) and dark.dtype == np.float32
+    assert 0.0 <= dark.min() and dark.max() <= 1.0 and dark.mean() < 0.5 * bright.mean()
+    np.testing.assert_array_equal(dark, again)
