@@ -107,7 +107,7 @@ def isp_from_json(data, name="<dict>"):
         wb_gains=_array(data, "wb_gains", (3,), name, np.ones(3)))
     cov = params.log_exposure_cov
     problems = []
-    if not np.allclose(cov, cov.T, atol=1e-9) or np.linalg.eigvalsh((cov + cov.T) / 2).min() < -1e-9:
+    if not np.allclose(cov, cov.T, atol=1e-9) or np.linalg.eigvalsh(cov).min() < -1e-9:
         problems.append("`log_exposure_cov` must be symmetric positive semi-definite")
     if params.shot_gain.min() < 0 or params.read_noise.min() < 0:
         problems.append("`shot_gain` and `read_noise` must be >= 0")
