@@ -275,7 +275,8 @@ class SimulationPreset:
       cov: float64 [5, 5] covariance (None for model "isp").
       noise_peak: Poisson peak of `poisson_noise`, > 0.
       quantize: whether simulated dark images are rounded to 8-bit values.
-      tone_curve: None or float64 [3, 256], the calibrated camera tone curve (`apply_tone_curve`).
+      tone_curve: None or float64 [3, 256], the calibrated camera tone curve (`apply_tone_curve`;
+        for model "isp" the bright image's linear light x 255 per 8-bit value).
       exposure_curve: None or float64 [3, 256] in [0, 255]: the camera's mean bright value per
         8-bit dark value, pooled over the calibration pairs. The simulation does not use it;
         `lowlight_tf.brightness.anchor_exposure` sets an output's brightness with it.
@@ -321,7 +322,8 @@ class SimulationPreset:
                                  f" got steps {steps}. Use the full simulation or a composite "
                                  "preset.")
             return simulation_isp.simulate_isp(bright, params, self.isp, seed=noise_seed,
-                                               quantize=self.quantize), params
+                                               quantize=self.quantize,
+                                               tone_curve=self.tone_curve), params
         dark = simulate(bright, params, seed=noise_seed, steps=steps, noise_peak=self.noise_peak,
                         quantize=self.quantize, tone_curve=self.tone_curve)
         return dark, params
@@ -362,7 +364,8 @@ def preset_from_json(data, name="<dict>"):
     (default DEFAULT_NOISE_PEAK), `quantize` (default False), `tone_curve` ([3, 256], default
     none), `exposure_curve` ([3, 256], default none), `provenance`, `model` (default
     "paper_composite"). With `model` "isp" the key `isp` (`simulation_isp.isp_from_json`)
-    replaces `mean`, `covariance`, `noise_peak` and `tone_curve`; `quantize` defaults to True.
+    replaces `mean`, `covariance` and `noise_peak`, `quantize` defaults to True, and the tone
+    curve is the bright image's linear light (x 255) per 8-bit value (`simulation_isp`).
     """
     model = data.get("model", simulation_isp.PAPER_MODEL)
     if model not in simulation_isp.MODELS:
@@ -370,8 +373,15 @@ def preset_from_json(data, name="<dict>"):
                           f"{simulation_isp.MODELS}.")
     known = {"parameters", "channel_order", "mean", "covariance", "noise_peak", "quantize",
              "provenance", "tone_curve", "exposure_curve", "model", "isp"}
+    tone_curve = data.get("tone_curve")
+    if tone_curve is not None:
+        try:
+            tone_curve = check_tone_curve(tone_curve, f"Preset {name}: `tone_curve`")
+        except ValueError as error:
+            raise PresetError(f"{error} Regenerate the preset with tools/calibrate_simulation "
+                              "--tone_curve.") from error
     common = dict(name=name, model=model, exposure_curve=_exposure_curve(data, name),
-                  provenance=dict(data.get("provenance", {})),
+                  tone_curve=tone_curve, provenance=dict(data.get("provenance", {})),
                   extra={k: v for k, v in data.items() if k not in known})
     if model == simulation_isp.ISP_MODEL:
         try:
@@ -384,16 +394,8 @@ def preset_from_json(data, name="<dict>"):
     noise_peak = float(data.get("noise_peak", DEFAULT_NOISE_PEAK))
     if not noise_peak > 0:
         raise PresetError(f"Preset {name}: `noise_peak` must be > 0, got {noise_peak}.")
-    tone_curve = data.get("tone_curve")
-    if tone_curve is not None:
-        try:
-            tone_curve = check_tone_curve(tone_curve, f"Preset {name}: `tone_curve`")
-        except ValueError as error:
-            raise PresetError(f"{error} Regenerate the preset with tools/calibrate_simulation "
-                              "--tone_curve.") from error
     return SimulationPreset(mean=mean, cov=cov, noise_peak=noise_peak,
-                            quantize=bool(data.get("quantize", False)), tone_curve=tone_curve,
-                            **common)
+                            quantize=bool(data.get("quantize", False)), **common)
 
 
 def _distribution(data, name):

@@ -8,7 +8,8 @@ dark frame is not the bright image with i.i.d. noise: its noise went through dem
 the colour/tone rendering, so it is spatially correlated, chroma-structured and differs per
 channel. From a bright sRGB image B (float32 [B, H, W, 3] in [0, 255]):
 
-    L   = srgb_to_linear(B / 255)                   linear sRGB in [0, 1]      (IEC 61966-2-1)
+    L   = srgb_to_linear(B / 255)                   linear sRGB in [0, 1]      (IEC 61966-2-1),
+                                                    or T(B) / 255 with a calibrated tone curve T
     C   = (L M^-T) / wb                             camera RGB (M: camera -> sRGB colour matrix,
                                                     rows summing to 1; wb: white-balance gains)
     D   = k * C                                     per-channel exposure_ratio k [3] in (0, 1]
@@ -22,6 +23,10 @@ channel. From a bright sRGB image B (float32 [B, H, W, 3] in [0, 255]):
 
 The per-channel exposure ratio is the common exposure times the change of white balance between
 the dark and the bright rendering, so it also carries the dark image's colour cast. Per image,
+The optional tone curve T (float [3, 256], `simulation_tone.apply_tone_curve`) is the camera's
+bright rendering inverted: linear light x 255 per 8-bit bright value, fitted from pairs
+(`calibration.isp`) where the sRGB curve does not describe how the camera renders (highlight
+compression); the dark image is still rendered with the sRGB curve. Per image,
 ln k ~ N(log_exposure_mean, log_exposure_cov) and ln s ~ N(0, log_shot_gain_std^2) (named
 sampler `sample_isp_params`); the transforms are deterministic, the noise drawn from a
 stateless seed, so the same seed and inputs give bit-identical outputs. Calibrated from real
@@ -32,6 +37,8 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+
+from lowlight_tf.simulation_tone import apply_tone_curve
 
 PAPER_MODEL = "paper_composite"
 ISP_MODEL = "isp"
@@ -195,9 +202,16 @@ def blur_noise(noise, sigma):
     return tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")
 
 
-def unprocess(bright, isp):
-    """Bright sRGB float32 [B, H, W, 3] in [0, 255] -> linear camera RGB (Brooks et al. §3)."""
-    linear = srgb_to_linear(tf.convert_to_tensor(bright, tf.float32) / 255.0)
+def unprocess(bright, isp, tone_curve=None):
+    """Bright sRGB float32 [B, H, W, 3] in [0, 255] -> linear camera RGB (Brooks et al. §3).
+
+    The tone is inverted by the sRGB curve, or by `tone_curve` (float [3, 256], linear light
+    x 255 per 8-bit value) when given.
+    """
+    if tone_curve is not None:
+        linear = apply_tone_curve(bright, tone_curve) / 255.0
+    else:
+        linear = srgb_to_linear(tf.convert_to_tensor(bright, tf.float32) / 255.0)
     camera = apply_colour(linear, np.linalg.inv(isp.ccm))
     return camera / tf.constant(isp.wb_gains, tf.float32)
 
@@ -237,7 +251,7 @@ def add_sensor_noise(raw, shot_gain, read_noise, isp, *, seed):
     return demosaic_bilinear(mosaic * mask)
 
 
-def simulate_isp(bright, params, isp, *, seed, quantize=True, noise=True):
+def simulate_isp(bright, params, isp, *, seed, quantize=True, noise=True, tone_curve=None):
     """Simulate dark sRGB images with the ISP model (module docstring for the equations).
 
     Args:
@@ -248,11 +262,13 @@ def simulate_isp(bright, params, isp, *, seed, quantize=True, noise=True):
       seed: int [2] stateless seed of the noise.
       quantize: round to integer 8-bit values (a camera writes 8-bit dark images).
       noise: False gives the noise-free rendering (for fidelity reports).
+      tone_curve: None (invert the sRGB curve) or float [3, 256], the bright image's linear
+        light x 255 per 8-bit value (see the module docstring).
     Returns:
       float32 [B, H, W, 3] in [0, 255]. Same seed and inputs give bit-identical outputs.
     """
     params = tf.convert_to_tensor(params, tf.float32)
-    camera = unprocess(bright, isp)  # sRGB -> linear sRGB -> camera RGB
+    camera = unprocess(bright, isp, tone_curve)  # sRGB -> linear sRGB -> camera RGB
     raw = camera * params[:, None, None, 0:3]  # the dark exposure, per channel
     if noise:
         shot_gain = params[:, 3:4] * tf.constant(isp.shot_gain[None], tf.float32)

@@ -6,7 +6,9 @@ al. (CVPR 2019, §3) for the rendering, and the Poissonian-Gaussian noise level 
 
 1. Linear light: both images through the inverse sRGB curve (the model's tone). The colour
    matrix and white balance stay the identity: from rendered pairs they cannot be told apart
-   from the per-channel exposure ratio, which absorbs the dark image's colour cast.
+   from the per-channel exposure ratio, which absorbs the dark image's colour cast. Optionally
+   (`fit_bright_tone_curve`) the bright image's linear light is a fitted tone curve instead:
+   one monotone curve per channel shared by the pairs, with linear dark ~ k * T(bright) / 255.
 2. `exposure_ratio` per pair and channel: mean linear dark / mean linear bright over the pixels
    that are unsaturated in the bright image.
 3. Noise level function per pair and channel (`noise_level_bins`, `fit_noise_level`): the
@@ -36,9 +38,10 @@ from scipy import optimize
 from lowlight_tf import curves
 from lowlight_tf import simulation
 from lowlight_tf import simulation_isp
+from lowlight_tf.calibration import fit
 from lowlight_tf.calibration import noise
 from lowlight_tf.calibration import report
-from lowlight_tf.calibration.pairs import CalibrationError
+from lowlight_tf.calibration.pairs import CalibrationError, Pair
 
 SATURATED = 250.0  # bright pixels at or above this (any channel) do not measure the exposure
 LEVEL_EDGES = tuple(np.geomspace(1e-4, 0.5, 31))  # linear-level bins of the noise level function
@@ -60,17 +63,37 @@ def linear(image):
     return curves.srgb_to_linear(np.clip(np.asarray(image, np.float64) / 255.0, 0.0, 1.0))
 
 
-def exposure_ratio(pair):
+def bright_linear(bright, tone_curve=None):
+    """The bright image's linear light float64 [H, W, 3] in [0, 1]: inverse sRGB, or
+    `tone_curve` (float [3, 256], linear light x 255 per 8-bit value) when given."""
+    if tone_curve is None:
+        return linear(bright)
+    return curves.tone_map(bright, tone_curve) / 255.0
+
+
+def fit_bright_tone_curve(pairs):
+    """Tone curve T [3, 256] with linear(dark) * 255 ~ k_pair * T(bright) per channel.
+
+    `curves.fit_tone_curve` on the pairs with their dark images in linear light: T(255) = 255,
+    monotone, shared by the pairs; the camera's rendering of bright images where the sRGB curve
+    does not describe it (highlight compression). CalibrationError if the pairs cannot give one.
+    """
+    curve, _ = fit.fit_tone_curve([Pair(p.id, linear(p.dark) * 255.0, p.bright) for p in pairs])
+    return curve
+
+
+def exposure_ratio(pair, tone_curve=None):
     """Per-channel linear-light ratio dark / bright of a pair: float64 [3], > 0.
 
     Means over the pixels where the bright image is below `SATURATED` in every channel (the
-    dark image's noise averages out; its clipping at 0 biases very dark pairs slightly up).
+    dark image's noise averages out; its clipping at 0 biases very dark pairs slightly up);
+    the bright image's linear light from `bright_linear(bright, tone_curve)`.
     """
     unsaturated = np.all(pair.bright < SATURATED, axis=-1)
     if unsaturated.sum() < 100:
         raise CalibrationError(f"Pair {pair.id}: fewer than 100 unsaturated bright pixels; its "
                                "exposure ratio is undefined. Leave this pair out.")
-    bright = linear(pair.bright)[unsaturated].mean(axis=0)
+    bright = bright_linear(pair.bright, tone_curve)[unsaturated].mean(axis=0)
     dark = linear(pair.dark)[unsaturated].mean(axis=0)
     if bright.min() < MIN_MEAN_LEVEL or dark.min() <= 0:
         raise CalibrationError(f"Pair {pair.id}: a channel is black in the bright or the dark "
@@ -179,9 +202,10 @@ def fit_noise_level(bins, pair_id):
     return fitted
 
 
-def measure_pair(pair):
-    """A pair's exposure ratio [3] and residual noise level function [3, 2] (see above)."""
-    return {"id": pair.id, "exposure": exposure_ratio(pair),
+def measure_pair(pair, tone_curve=None):
+    """A pair's exposure ratio [3], residual noise level function [3, 2] (see above) and
+    per-channel neighbour correlation [3]."""
+    return {"id": pair.id, "exposure": exposure_ratio(pair, tone_curve),
             "nlf": fit_noise_level(noise_level_bins(pair), pair.id),
             "corr": report.neighbour_correlation(pair.dark, noise.noise_mask(pair.dark),
                                                  per_channel=True)}
@@ -224,7 +248,7 @@ def own_params(measured, scales):
             for m, scale in zip(measured, scales)}
 
 
-def choose_noise_path(pairs, measured, *, seed=0, paths=NOISE_PATHS):
+def choose_noise_path(pairs, measured, *, seed=0, paths=NOISE_PATHS, tone_curve=None):
     """The noise path whose simulated neighbour correlation is closest to the real pairs'.
 
     Returns:
@@ -237,6 +261,7 @@ def choose_noise_path(pairs, measured, *, seed=0, paths=NOISE_PATHS):
     for bayer, noise_blur in paths:
         isp, scales = pool(measured, bayer, noise_blur)
         preset = simulation.SimulationPreset("candidate", None, None, quantize=True,
+                                             tone_curve=tone_curve,
                                              model=simulation_isp.ISP_MODEL, isp=isp)
         params = own_params(measured, scales)
         corrs = []
@@ -261,23 +286,25 @@ def _per_pair_json(measured, isp, scales):
             for m, scale in zip(measured, scales)]
 
 
-def _measure_all(pairs, label, say):
+def _measure_all(pairs, label, say, tone_curve):
     """measure_pair over pairs with one progress line each."""
     measured = []
     for index, pair in enumerate(pairs):
-        measured.append(measure_pair(pair))
+        measured.append(measure_pair(pair, tone_curve))
         say(f"  {label} {index + 1}/{len(pairs)} pair {pair.id}: exposure "
             + " ".join(f"{v:.4g}" for v in measured[-1]["exposure"])
             + "  corr " + "/".join(f"{v:.3f}" for v in measured[-1]["corr"]))
     return measured
 
 
-def calibrate_isp(fit_pairs, *, holdout_pairs=(), draws=4, seed=0, source="", progress=print,
-                  paths=NOISE_PATHS):
+def calibrate_isp(fit_pairs, *, holdout_pairs=(), tone_curve=False, draws=4, seed=0, source="",
+                  progress=print, paths=NOISE_PATHS):
     """Fit an ISP-model preset on `fit_pairs`; report its fidelity on `holdout_pairs`.
 
     Args:
       fit_pairs, holdout_pairs: lists of Pair (disjoint).
+      tone_curve: if True, the bright images' linear light is a tone curve fitted on
+        `fit_pairs` (`fit_bright_tone_curve`), which the preset carries; else inverse sRGB.
       draws: parameter draws per held-out pair for the `drawn_noisy` fidelity condition.
       seed: seed of the simulations (path choice, fidelity).
       source: where the pairs came from (provenance).
@@ -288,9 +315,13 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), draws=4, seed=0, source="", pr
       measurements, the noise-path candidates and the fidelity table) and the fidelity rows.
     """
     say = progress or (lambda *_: None)
-    measured = _measure_all(fit_pairs, "fit", say)
+    curve = fit_bright_tone_curve(fit_pairs) if tone_curve else None
+    if curve is not None:
+        say("  bright tone curve (G, linear x 255): " + ", ".join(
+            f"{v}->{curve[1, v]:.1f}" for v in (32, 64, 128, 192, 224, 255)))
+    measured = _measure_all(fit_pairs, "fit", say, curve)
     (bayer, noise_blur), candidates = choose_noise_path(fit_pairs, measured, seed=seed,
-                                                        paths=paths)
+                                                        paths=paths, tone_curve=curve)
     def triple(values):
         return "/".join(f"{v:.3f}" for v in values)
 
@@ -300,14 +331,17 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), draws=4, seed=0, source="", pr
         + f" -> {'bayer' if bayer else 'iid'}, noise_blur {noise_blur:g}")
     isp, scales = pool(measured, bayer, noise_blur)
     preset = simulation.SimulationPreset(
-        name="calibrated-isp", mean=None, cov=None, quantize=True, model=simulation_isp.ISP_MODEL,
-        isp=isp, exposure_curve=curves.fit_dark_to_bright_curve(fit_pairs),
+        name="calibrated-isp" + ("+tone" if tone_curve else ""), mean=None, cov=None,
+        quantize=True, model=simulation_isp.ISP_MODEL, isp=isp, tone_curve=curve,
+        exposure_curve=curves.fit_dark_to_bright_curve(fit_pairs),
         provenance={"method": "isp", "source": str(source),
+                    "tone_curve": ("bright linear light fitted on the fit pairs "
+                                   "(fit_bright_tone_curve)" if tone_curve else "sRGB"),
                     "fit_ids": [pair.id for pair in fit_pairs],
                     "holdout_ids": [pair.id for pair in holdout_pairs],
                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                         timespec="seconds")})
-    holdout = _measure_all(holdout_pairs, "holdout", say)
+    holdout = _measure_all(holdout_pairs, "holdout", say, curve)
     holdout_scales = shot_scales(np.stack([m["nlf"][:, 0] / residual_factors(bayer, noise_blur)
                                            for m in holdout]), isp.shot_gain) if holdout else []
     rows = []

@@ -64,7 +64,8 @@ def simulate_pair(preset, bright, params, *, seed, noisy=True):
     if preset.model == simulation_isp.ISP_MODEL:
         return simulation_isp.simulate_isp(
             np.asarray(bright, np.float32)[None], np.asarray(params, np.float32)[None],
-            preset.isp, seed=[seed, 0], quantize=preset.quantize, noise=noisy).numpy()[0]
+            preset.isp, seed=[seed, 0], quantize=preset.quantize, noise=noisy,
+            tone_curve=preset.tone_curve).numpy()[0]
     if not noisy:
         return noise.simulate_one(bright, params, seed=seed, steps=("bl", "cd", "gc"),
                                   quantize=preset.quantize, tone_curve=preset.tone_curve)
