@@ -194,12 +194,13 @@ def blur_noise(noise, sigma):
         return noise
     radius = int(np.ceil(3.0 * sigma))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    kernel = np.outer(taps, taps)
-    kernel /= np.sqrt(np.sum(kernel ** 2))
+    taps /= np.sqrt(np.sum(taps ** 2))  # the separable 2-D kernel outer(taps, taps) has unit energy
     channels = int(noise.shape[-1])
-    kernel = tf.constant(np.repeat(kernel[:, :, None, None], channels, axis=2), tf.float32)
+    column = tf.constant(np.tile(taps[:, None, None, None], (1, 1, channels, 1)), tf.float32)
     padded = tf.pad(noise, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    return tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")
+    blurred = tf.nn.depthwise_conv2d(padded, column, strides=[1, 1, 1, 1], padding="VALID")
+    row = tf.transpose(column, [1, 0, 2, 3])
+    return tf.nn.depthwise_conv2d(blurred, row, strides=[1, 1, 1, 1], padding="VALID")
 
 
 def unprocess(bright, isp, tone_curve=None):
