@@ -5,7 +5,10 @@ Compares, in one run and on one core (TensorFlow intra/inter-op threads = 1):
   - the batched TF composite GC(PN(CD(BL(B)))) with our fast Poisson sampler (what training uses),
   - the same composite with tf.random.stateless_poisson (exact reference sampler),
   - a naive per-pixel NumPy implementation with np.vectorize, as in the authors' code,
-and the cost of the camera tone curve (preset eliei_rgb_tone) against the same composite without.
+and the cost of the camera tone curve (preset eliei_rgb_tone) against the same composite without,
+and the ISP-aware model (lowlight_tf.simulation_isp: i.i.d. noise; blurred i.i.d. noise with a
+bright tone curve, what the ELIEI calibrations chose; Bayer mosaic + bilinear demosaic + blurred
+noise, its costliest path) against the composite.
 Run:  python benchmarks/simulation.py [--batch_size=16] [--seconds=3]
 """
 import argparse
@@ -17,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lowlight_tf import poisson, simulation  # noqa: E402
+from lowlight_tf import poisson, simulation, simulation_isp  # noqa: E402
 
 PATCH = 64
 
@@ -108,7 +111,31 @@ def main():
     print(f"  composite               : {plain_rate:8.0f} patches/s/core")
     print(f"  tone curve + composite  : {curve_rate:8.0f} patches/s/core "
           f"({curve_rate / plain_rate:.2f}x)")
+    isp_rows(bright, plain_rate, args.seconds)
     print("target: >= 2000 patches/s/core for the composite")
+
+
+def isp_function(isp, tone_curve=None):
+    """A traced simulate_isp for `isp`, with time_tf's signature (the noise peak unused)."""
+    return tf.function(lambda b, p, s, n: simulation_isp.simulate_isp(b, p, isp, seed=s,
+                                                                      tone_curve=tone_curve))
+
+
+def isp_rows(bright, composite_rate, seconds):
+    """Print the ISP model's throughput against the composite's (both on pre-drawn parameters)."""
+    print("ISP model (sRGB inversion, exposure, shot + read noise, re-rendering, 8-bit):")
+    # A bright tone curve of the shape calibration fits (linear light x 255 per 8-bit value).
+    curve = np.tile(255.0 * (np.arange(256.0) / 255.0) ** 2.2, (3, 1))
+    for label, bayer, blur, tone in (("i.i.d. noise", False, 0.0, None),
+                                     ("i.i.d. + blur 0.5 + tone curve", False, 0.5, curve),
+                                     ("Bayer + demosaic + blur 0.8", True, 0.8, None)):
+        isp = simulation_isp.IspParams(np.log([0.015, 0.013, 0.017]), np.eye(3) * 0.1,
+                                       np.array([3e-5, 1e-5, 4e-5]), np.array([2e-4] * 3),
+                                       log_shot_gain_std=0.3, bayer=bayer, noise_blur=blur)
+        params = simulation_isp.sample_isp_params(int(bright.shape[0]), isp, seed=[1, 2])
+        rate = time_tf(isp_function(isp, tone), bright, params, tf.constant(0.0), seconds)
+        print(f"  {label:<30}: {rate:8.0f} patches/s/core "
+              f"({rate / composite_rate:.2f}x the composite)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ holding the camera's floor).
 Presets (`SimulationPreset`, `load_preset`) hold a distribution, its noise peak, whether simulated
 dark images are quantised to 8 bits, the optional tone curve, and where the numbers came from.
 `paper` is the authors' distribution shipped in `lowlight_tf/presets/paper.json`; calibration
-writes the same JSON format.
+writes the same JSON format. A preset's `model` chooses the simulation: `paper_composite` (this
+module, the default; files without the key) or `isp` (`lowlight_tf.simulation_isp`, its
+parameters under the key `isp`); `SimulationPreset.simulate` dispatches.
 """
 import dataclasses
 import importlib.resources
@@ -44,7 +46,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from lowlight_tf import simulation_isp
 from lowlight_tf.poisson import sample_poisson
+from lowlight_tf.simulation_tone import apply_tone_curve, check_tone_curve
 
 PARAMETER_NAMES = ("black_level", "w_r", "w_g", "w_b", "gamma_exponent")
 STEPS = ("bl", "cd", "pn", "gc")
@@ -118,39 +122,6 @@ def gamma_correction(image, exponent):
     # exp(e * log x) is about 5x faster than tf.pow on CPU; log(0) = -inf gives exp(-inf) = 0.
     powered = tf.exp(_per_image(exponent, 4) * tf.math.log(tf.maximum(image, 0.0)))
     return tf.clip_by_value(powered, 0.0, 255.0)
-
-
-def apply_tone_curve(image, curve):
-    """Map each channel through its tone curve, linearly interpolated between integer values.
-
-    Args:
-      image: float32 [B, H, W, 3] in [0, 255] (values outside are clipped to it first).
-      curve: float [3, 256], curve[c, v] = output for input value v of channel c (RGB), in
-        [0, 255] and non-decreasing along v (`check_tone_curve`).
-    Returns:
-      float32 [B, H, W, 3] in [0, 255].
-    """
-    image = tf.clip_by_value(tf.convert_to_tensor(image, tf.float32), 0.0, 255.0)
-    table = tf.reshape(tf.transpose(tf.convert_to_tensor(curve, tf.float32)), [-1])  # [256 * 3]
-    lower = tf.minimum(tf.floor(image), 254.0)
-    fraction = image - lower
-    index = tf.cast(lower, tf.int32) * 3 + tf.range(3)  # row v, column c of the [256, 3] table
-    below = tf.gather(table, index)
-    above = tf.gather(table, index + 3)
-    return below + fraction * (above - below)
-
-
-def check_tone_curve(curve, name="tone curve"):
-    """Return a valid tone curve as float64 [3, 256]; a ValueError says what is wrong."""
-    curve = np.asarray(curve, np.float64)
-    if curve.shape != (3, 256):
-        raise ValueError(f"{name} must have shape [3, 256] (one 256-entry curve per RGB channel), "
-                         f"got {curve.shape}.")
-    if not np.all(np.isfinite(curve)) or curve.min() < 0.0 or curve.max() > 255.0:
-        raise ValueError(f"{name} values must be finite and in [0, 255].")
-    if np.any(np.diff(curve, axis=1) < -1e-6):
-        raise ValueError(f"{name} must be non-decreasing along its 256 input values.")
-    return curve
 
 
 def quantize_8bit(image):
@@ -300,16 +271,19 @@ class SimulationPreset:
 
     Attributes:
       name: preset name or file path it came from.
-      mean: float64 [5], order PARAMETER_NAMES, 8-bit units.
-      cov: float64 [5, 5] covariance.
+      mean: float64 [5], order PARAMETER_NAMES, 8-bit units (None for model "isp").
+      cov: float64 [5, 5] covariance (None for model "isp").
       noise_peak: Poisson peak of `poisson_noise`, > 0.
       quantize: whether simulated dark images are rounded to 8-bit values.
-      tone_curve: None or float64 [3, 256], the calibrated camera tone curve (`apply_tone_curve`).
+      tone_curve: None or float64 [3, 256], the calibrated camera tone curve (`apply_tone_curve`;
+        for model "isp" the bright image's linear light x 255 per 8-bit value).
       exposure_curve: None or float64 [3, 256] in [0, 255]: the camera's mean bright value per
         8-bit dark value, pooled over the calibration pairs. The simulation does not use it;
         `lowlight_tf.brightness.anchor_exposure` sets an output's brightness with it.
       provenance: free-form dict (source, method, pairs used, date, ...).
       extra: any other keys of the JSON file (per-pair fits, fidelity table, notes), kept as read.
+      model: "paper_composite" (the §3.1 composite) or "isp" (`simulation_isp`).
+      isp: `simulation_isp.IspParams` for model "isp", else None.
     """
     name: str
     mean: np.ndarray
@@ -320,9 +294,13 @@ class SimulationPreset:
     exposure_curve: np.ndarray = None
     provenance: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
+    model: str = simulation_isp.PAPER_MODEL
+    isp: simulation_isp.IspParams = None
 
     def sample(self, n, *, seed):
-        """Draw float32 [n, 5] positive parameters from this preset (see `sample_params`)."""
+        """Draw per-image parameters: float32 [n, 5] (`sample_params`) or [n, 4] for "isp"."""
+        if self.model == simulation_isp.ISP_MODEL:
+            return simulation_isp.sample_isp_params(n, self.isp, seed=seed)
         return sample_params(n, self.mean, self.cov, seed=seed)
 
     def simulate(self, bright, *, seed, steps=STEPS):
@@ -331,20 +309,33 @@ class SimulationPreset:
         Args:
           bright: float32 [B, H, W, 3] in [0, 255].
           seed: int [2] stateless seed (split into a parameter seed and a noise seed).
-          steps: see `simulate`.
+          steps: see `simulate`; the "isp" model has no sub-tasks (only the full STEPS).
         Returns:
-          dark float32 [B, H, W, 3] in [0, 255], params float32 [B, 5].
+          dark float32 [B, H, W, 3] in [0, 255], params float32 [B, 5] ([B, 4] for "isp").
         """
         bright = tf.convert_to_tensor(bright, tf.float32)
         param_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         params = self.sample(tf.shape(bright)[0], seed=param_seed)
+        if self.model == simulation_isp.ISP_MODEL:
+            if _check_steps(steps) != STEPS:
+                raise ValueError(f"Preset {self.name} uses the ISP model, which has no sub-tasks;"
+                                 f" got steps {steps}. Use the full simulation or a composite "
+                                 "preset.")
+            return simulation_isp.simulate_isp(bright, params, self.isp, seed=noise_seed,
+                                               quantize=self.quantize,
+                                               tone_curve=self.tone_curve), params
         dark = simulate(bright, params, seed=noise_seed, steps=steps, noise_peak=self.noise_peak,
                         quantize=self.quantize, tone_curve=self.tone_curve)
         return dark, params
 
     def to_json(self):
         """Return a JSON-ready dict with the keys of the authors' file plus ours."""
-        data = dict(self.extra)
+        data = dict(self.extra, model=self.model)
+        if self.model == simulation_isp.ISP_MODEL:
+            data.update(parameters=list(simulation_isp.ISP_PARAMETER_NAMES), channel_order="RGB",
+                        isp=self.isp.to_json(), quantize=bool(self.quantize),
+                        provenance=self.provenance)
+            return _with_curves(data, self)
         data.update({
             "parameters": list(PARAMETER_NAMES),
             "channel_order": "RGB",
@@ -354,12 +345,15 @@ class SimulationPreset:
             "quantize": bool(self.quantize),
             "provenance": self.provenance,
         })
-        if self.tone_curve is not None:
-            data["tone_curve"] = [[round(float(v), 4) for v in row] for row in self.tone_curve]
-        if self.exposure_curve is not None:
-            data["exposure_curve"] = [[round(float(v), 4) for v in row]
-                                      for row in self.exposure_curve]
-        return data
+        return _with_curves(data, self)
+
+
+def _with_curves(data, preset):
+    """`data` plus the preset's tone and exposure curves (rounded), when it has them."""
+    for key in ("tone_curve", "exposure_curve"):
+        if getattr(preset, key) is not None:
+            data[key] = [[round(float(v), 4) for v in row] for row in getattr(preset, key)]
+    return data
 
 
 def preset_from_json(data, name="<dict>"):
@@ -368,8 +362,45 @@ def preset_from_json(data, name="<dict>"):
     Required keys: `mean` [5], `covariance` [5, 5]. Optional: `parameters` (names; any
     permutation of PARAMETER_NAMES is reordered, e.g. the authors' BGR order), `noise_peak`
     (default DEFAULT_NOISE_PEAK), `quantize` (default False), `tone_curve` ([3, 256], default
-    none), `exposure_curve` ([3, 256], default none), `provenance`.
+    none), `exposure_curve` ([3, 256], default none), `provenance`, `model` (default
+    "paper_composite"). With `model` "isp" the key `isp` (`simulation_isp.isp_from_json`)
+    replaces `mean`, `covariance` and `noise_peak`, `quantize` defaults to True, and the tone
+    curve is the bright image's linear light (x 255) per 8-bit value (`simulation_isp`).
     """
+    model = data.get("model", simulation_isp.PAPER_MODEL)
+    if model not in simulation_isp.MODELS:
+        raise PresetError(f"Preset {name}: unknown `model` {model!r}; use one of "
+                          f"{simulation_isp.MODELS}.")
+    known = {"parameters", "channel_order", "mean", "covariance", "noise_peak", "quantize",
+             "provenance", "tone_curve", "exposure_curve", "model", "isp"}
+    tone_curve = data.get("tone_curve")
+    if tone_curve is not None:
+        try:
+            tone_curve = check_tone_curve(tone_curve, f"Preset {name}: `tone_curve`")
+        except ValueError as error:
+            raise PresetError(f"{error} Regenerate the preset with tools/calibrate_simulation "
+                              "--tone_curve.") from error
+    common = dict(name=name, model=model, exposure_curve=_exposure_curve(data, name),
+                  tone_curve=tone_curve, provenance=dict(data.get("provenance", {})),
+                  extra={k: v for k, v in data.items() if k not in known})
+    if model == simulation_isp.ISP_MODEL:
+        try:
+            isp = simulation_isp.isp_from_json(data.get("isp"), name)
+        except ValueError as error:
+            raise PresetError(str(error)) from error
+        return SimulationPreset(mean=None, cov=None, isp=isp,
+                                quantize=bool(data.get("quantize", True)), **common)
+    mean, cov = _distribution(data, name)
+    noise_peak = float(data.get("noise_peak", DEFAULT_NOISE_PEAK))
+    if not noise_peak > 0:
+        raise PresetError(f"Preset {name}: `noise_peak` must be > 0, got {noise_peak}.")
+    return SimulationPreset(mean=mean, cov=cov, noise_peak=noise_peak,
+                            quantize=bool(data.get("quantize", False)), **common)
+
+
+def _distribution(data, name):
+    """The composite's `mean` [5] and `covariance` [5, 5] of a preset dict, in PARAMETER_NAMES
+    order (float64); PresetError if missing or malformed."""
     missing = [key for key in ("mean", "covariance") if key not in data]
     if missing:
         raise PresetError(f"Preset {name} lacks the key(s) {missing}; a preset JSON needs `mean` "
@@ -390,32 +421,21 @@ def preset_from_json(data, name="<dict>"):
         raise PresetError(f"Preset {name}: `covariance` is not symmetric.")
     if np.linalg.eigvalsh(cov).min() < -1e-8 * max(1.0, np.abs(cov).max()):
         raise PresetError(f"Preset {name}: `covariance` is not positive semi-definite.")
-    noise_peak = float(data.get("noise_peak", DEFAULT_NOISE_PEAK))
-    if not noise_peak > 0:
-        raise PresetError(f"Preset {name}: `noise_peak` must be > 0, got {noise_peak}.")
-    tone_curve = data.get("tone_curve")
-    if tone_curve is not None:
-        try:
-            tone_curve = check_tone_curve(tone_curve, f"Preset {name}: `tone_curve`")
-        except ValueError as error:
-            raise PresetError(f"{error} Regenerate the preset with tools/calibrate_simulation "
-                              "--tone_curve.") from error
+    return mean, cov
+
+
+def _exposure_curve(data, name):
+    """The optional `exposure_curve` of a preset dict: None or float64 [3, 256] in [0, 255]."""
     exposure_curve = data.get("exposure_curve")
-    if exposure_curve is not None:
-        exposure_curve = np.asarray(exposure_curve, np.float64)
-        if exposure_curve.shape != (3, 256) or not np.all(np.isfinite(exposure_curve)) \
-                or exposure_curve.min() < 0 or exposure_curve.max() > 255:
-            raise PresetError(f"Preset {name}: `exposure_curve` must be [3, 256] values in "
-                              f"[0, 255], got shape {exposure_curve.shape}. Regenerate the preset "
-                              "with tools/calibrate_simulation.")
-    known = {"parameters", "channel_order", "mean", "covariance", "noise_peak", "quantize",
-             "provenance", "tone_curve", "exposure_curve"}
-    return SimulationPreset(
-        name=name, mean=mean, cov=cov, noise_peak=noise_peak,
-        quantize=bool(data.get("quantize", False)), tone_curve=tone_curve,
-        exposure_curve=exposure_curve,
-        provenance=dict(data.get("provenance", {})),
-        extra={k: v for k, v in data.items() if k not in known})
+    if exposure_curve is None:
+        return None
+    exposure_curve = np.asarray(exposure_curve, np.float64)
+    if exposure_curve.shape != (3, 256) or not np.all(np.isfinite(exposure_curve)) \
+            or exposure_curve.min() < 0 or exposure_curve.max() > 255:
+        raise PresetError(f"Preset {name}: `exposure_curve` must be [3, 256] values in "
+                          f"[0, 255], got shape {exposure_curve.shape}. Regenerate the preset "
+                          "with tools/calibrate_simulation.")
+    return exposure_curve
 
 
 def available_presets():

@@ -15,18 +15,25 @@ Optionally (`calibrate(tone_curve=True)`, beyond the paper) a camera tone curve 
 pairs is fitted first (`fit_tone_curve`, `lowlight_tf.curves`) and the per-pair parameters are
 then fitted on (dark, T(bright)); the preset carries T.
 
-`fidelity` measures how close simulated dark images are to real ones on held-out pairs.
+`fidelity` measures how close simulated dark images are to real ones on held-out pairs, for
+either simulation model.
+
+Beyond the paper, `calibrate_isp` (module `isp`) fits the ISP-aware model of
+`lowlight_tf.simulation_isp`: per-pair exposure ratios, per-channel noise level functions and
+the noise's spatial correlation.
 
 Modules: `pairs` (reading and splitting pairs), `estimators`, `noise`, `report` (fidelity),
-`fit` (`calibrate`, the distribution). This package exposes their public API, so callers write
-`calibration.calibrate`, `calibration.load_pairs`, `calibration.CalibrationError`, ... Images
-are NumPy float32 [H, W, 3] in [0, 255].
+`fit` (`calibrate`, the distribution), `isp`. This package exposes their public API, so callers
+write `calibration.calibrate`, `calibration.load_pairs`, `calibration.CalibrationError`, ...
+Images are NumPy float32 [H, W, 3] in [0, 255].
 """
 from lowlight_tf.calibration.estimators import (JOINT_EXPONENTS, METHODS, PIXEL_RANGE,
                                                 composite_noise_free, estimate_pair,
                                                 estimate_paper, fit_composite, fit_joint)
-from lowlight_tf.calibration.report import (fidelity, fidelity_report, format_fidelity_table,
-                                            image_statistics, summarise_fidelity)
+from lowlight_tf.calibration.report import (channel_noise, fidelity, fidelity_report,
+                                            format_fidelity_table, image_statistics,
+                                            neighbour_correlation, simulate_pair,
+                                            summarise_fidelity)
 from lowlight_tf.calibration.fit import (calibrate, fit_distribution, fit_tone_curve,
                                          scale_exposure_spread)
 from lowlight_tf.calibration.noise import (NOISE_CROP, NOISE_LEVEL_EDGES, NOISE_PEAK_RANGE,
@@ -35,3 +42,4 @@ from lowlight_tf.calibration.noise import (NOISE_CROP, NOISE_LEVEL_EDGES, NOISE_
 from lowlight_tf.calibration.pairs import (CalibrationError, Pair,
                                            id_sort_key, load_pair_folder, load_pairs,
                                            parse_id_list, read_image, split_pairs)
+from lowlight_tf.calibration.isp import calibrate_isp, exposure_ratio
