@@ -130,7 +130,7 @@ def features_for(kind, dtype):
             "dark": image_feature(np.uint8),
             "bright": image_feature(dtype),
             "id": tfds.features.Text(),
-            "params": tfds.features.Tensor(shape=(5,), dtype=np.float32),
+            "params": tfds.features.Tensor(shape=(None,), dtype=np.float32),
             "noise_peak": tfds.features.Scalar(dtype=np.float32),
         })
     raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")

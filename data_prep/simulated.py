@@ -1,20 +1,25 @@
 """The `simulated` builder: a fixed, reproducible simulated test set (paper §3.1, §4 RAISE).
 
 The paper evaluates pretrained models on bright RAISE images darkened by its §3.1 simulation. This
-builder takes the bright images of an existing `images` dataset, samples one parameter 5-vector
-(black_level, w_r, w_g, w_b, gamma_exponent) per image from a simulation preset and stores the
-quantised 8-bit simulated dark image next to the bright one, the parameters and the noise peak.
+builder takes the bright images of an existing `images` dataset, samples one parameter row per
+image from a simulation preset (the composite's 5-vector (black_level, w_r, w_g, w_b,
+gamma_exponent), or the ISP model's (exposure_r, exposure_g, exposure_b, shot_scale)) and stores
+the quantised 8-bit simulated dark image next to the bright one, the parameters and the noise
+peak.
 
 Reproducibility: each image's randomness depends only on (seed, id) - a stateless seed built from
 the seed flag and a hash of the id - so the same image gets the same dark version whatever else is
 in the dataset and in whatever order it is processed.
 """
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_prep import core
 from data_prep import splitting
+from lowlight_tf import simulation_isp
 from lowlight_tf.media import formats
 from lowlight_tf.media import png
 
@@ -30,24 +35,23 @@ def simulate_example(bright, example_id, preset, seed):
     Args:
         bright: uint8 or uint16 [H, W, 3] array (uint16 maps to [0, 255] by / 257).
         example_id: the image id (its hash seeds this image's randomness).
-        preset: lowlight_tf.simulation.SimulationPreset (mean, cov, noise_peak, tone_curve).
+        preset: lowlight_tf.simulation.SimulationPreset, either model (the paper's composite or
+            "isp"); the dark image is always quantised to 8 bits.
         seed: int, the dataset seed.
 
     Returns:
-        (dark uint8 [H, W, 3] in [0, 255], params float32 [5], noise_peak float32).
+        (dark uint8 [H, W, 3] in [0, 255], params float32 [5] (composite, PARAMETER_NAMES) or
+        [4] ("isp", ISP_PARAMETER_NAMES), noise_peak float32: the composite's Poisson peak, 0
+        for "isp", whose noise is described by the preset's shot gain and read noise).
     """
-    from lowlight_tf import simulation  # pylint: disable=import-outside-toplevel
-    param_seed, noise_seed = tf.unstack(
-        tf.random.experimental.stateless_split(example_seed(seed, example_id), 2))
     bright = np.asarray(bright)
     scale = float(formats.UINT16_PER_UINT8) if bright.dtype == np.uint16 else 1.0
     bright_float = tf.convert_to_tensor(bright.astype(np.float32) / scale)[None]
-    params = simulation.sample_params(1, preset.mean, preset.cov, seed=param_seed)
-    dark = simulation.simulate(bright_float, params, seed=noise_seed,
-                               noise_peak=preset.noise_peak, quantize=True,
-                               tone_curve=preset.tone_curve)
+    dark, params = dataclasses.replace(preset, quantize=True).simulate(
+        bright_float, seed=example_seed(seed, example_id))
     dark = np.clip(np.round(dark.numpy()[0]), 0, 255).astype(np.uint8)
-    return dark, np.asarray(params.numpy()[0], np.float32), np.float32(preset.noise_peak)
+    peak = 0.0 if preset.model == simulation_isp.ISP_MODEL else preset.noise_peak
+    return dark, np.asarray(params.numpy()[0], np.float32), np.float32(peak)
 
 
 def _source_builder(source):

@@ -23,6 +23,7 @@ from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
 from data_prep import pairs
 from data_prep import prepare
+from data_prep import simulated as simulated_lib
 from data_prep import splitting
 from lowlight_tf import data
 from lowlight_tf.media import decode
@@ -588,3 +589,36 @@ def test_parallel_map_survives_a_crashing_worker(tmp_path, monkeypatch, num_work
             assert result == ("skip", core.CRASH_REASON, "decoder_crash")
         else:
             assert result == ("ok", task.upper())
+
+
+@pytest.mark.parametrize("model", ["paper_composite", "isp"])
+def test_simulated_dataset_stores_what_the_preset_simulates(tmp_path, model):
+    from lowlight_tf import simulation, simulation_isp  # pylint: disable=import-outside-toplevel
+    source = tmp_path / "in"
+    for i in range(2):
+        write_png8(str(source / f"s{i}.png"), seed=i, shape=(16, 16))
+    out = str(tmp_path / "out")
+    build("images", out, "bright", input_dir=str(source), splits="test:1")
+    preset = simulation.load_preset("paper")
+    if model == "isp":
+        preset = simulation.SimulationPreset(
+            "isp_test", None, None, quantize=True, model=simulation_isp.ISP_MODEL,
+            isp=simulation_isp.IspParams(
+                log_exposure_mean=np.log([0.1, 0.12, 0.08]), log_exposure_cov=np.eye(3) * 0.01,
+                shot_gain=np.array([4e-4, 3e-4, 5e-4]), read_noise=np.array([6e-4, 5e-4, 7e-4]),
+                log_shot_gain_std=0.1))
+    simulation.save_preset(preset, tmp_path / "preset.json")
+    build("simulated", out, "sim", source_data=f"{out}/bright", splits="test:1", seed=3,
+          simulation_params=str(tmp_path / "preset.json"))
+    for key, example in stored_examples(out, "sim", "test").items():
+        seed = simulated_lib.example_seed(3, key)
+        dark, params = preset.simulate(example["bright"][None].astype(np.float32), seed=seed)
+        if model == "paper_composite":  # the composite's dark images are always quantised
+            dark, _ = simulation.simulate(
+                example["bright"][None].astype(np.float32), params, noise_peak=preset.noise_peak,
+                seed=tf.unstack(tf.random.experimental.stateless_split(seed, 2))[1],
+                quantize=True, tone_curve=preset.tone_curve), None
+        np.testing.assert_array_equal(example["dark"], np.round(dark.numpy()[0]))
+        np.testing.assert_array_equal(example["params"], params.numpy()[0])
+        assert example["params"].shape == ((4,) if model == "isp" else (5,))
+        assert example["noise_peak"] == (0.0 if model == "isp" else np.float32(preset.noise_peak))
