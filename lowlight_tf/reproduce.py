@@ -379,8 +379,12 @@ def _check_config(config):
             ("tone_curve", config.tone_curve, "fits a tone curve during calibration")):
         if value and not fitted:
             raise ReproduceError(f"--{flag} {what}, but --calibration=none uses the fixed preset "
-                                 f"{preset}; choose --calibration=joint or paper, or drop "
+                                 f"{preset}; choose --calibration=joint, paper or isp, or drop "
                                  f"--{flag}.")
+    if config.calibration == "isp" and config.exposure_spread != 1.0:
+        raise ReproduceError(f"--exposure_spread={config.exposure_spread:g} scales the "
+                             "composite's calibrated distribution; --calibration=isp fits the "
+                             "ISP model's exposure distribution as measured: drop the flag.")
     if config.calibrated_exposure and not fitted:
         try:
             has_curve = simulation.load_preset(preset).exposure_curve is not None

@@ -18,7 +18,7 @@ STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "eval_ship
           "eval_pretrain", "transfer_target", "scratch_target", "calibrate_device",
           "pretrain_device", "transfer_device", "finetune_all_device", "scratch_device", "full_device",
           "device_subsets", "report")
-CALIBRATION_METHODS = ("joint", "paper", "none")
+CALIBRATION_METHODS = ("joint", "paper", "isp", "none")
 # The TrainConfig options that tools/reproduce exposes, shared by all its training stages (the
 # others - model_dir, stage, data, init_from, epochs, ... - are set per stage by the run).
 TRAIN_OPTIONS = ("simulation_params", "simulation_steps", "patch_size", "batch_size",
@@ -62,9 +62,11 @@ class ReproduceConfig:
         "transfer rows from that model (the paper's protocol: the simulation is fitted on the "
         "device it transfers to).")
     calibration: str = option(
-        "joint", "How the simulation's parameters are obtained: joint or paper fits them with "
-        "that estimator on the target camera's calibration pairs (paper §3.1); none uses the "
-        "preset --simulation_params as it is.", choices=CALIBRATION_METHODS)
+        "joint", "How the simulation's parameters are obtained: joint or paper fits the paper's "
+        "composite with that estimator on the target camera's calibration pairs (paper §3.1); "
+        "isp fits the ISP-aware model (lowlight_tf.simulation_isp, beyond the paper) on the "
+        "same pairs; none uses the preset --simulation_params as it is.",
+        choices=CALIBRATION_METHODS)
     tone_curve: bool = option(
         False, "With --calibration=joint or paper: also fit the target camera's tone curve on "
         "the calibration pairs (beyond the paper; see calibration.fit_tone_curve).")

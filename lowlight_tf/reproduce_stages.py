@@ -98,10 +98,15 @@ def calibrate(run, name, *, calib_spec, val_spec):
 def _fit_simulation(run, fit, holdout, params_path, *, source):
     """calibration.calibrate with the run's settings; saves the preset, returns the record."""
     config = run.config
-    preset, rows = calibration.calibrate(
-        fit, method=config.calibration, holdout_pairs=holdout, tone_curve=config.tone_curve,
-        exposure_spread=config.exposure_spread, seed=config.train.seed, source=source,
-        progress=run.report_line)
+    if config.calibration == "isp":
+        preset, rows = calibration.calibrate_isp(
+            fit, holdout_pairs=holdout, tone_curve=config.tone_curve, seed=config.train.seed,
+            source=source, progress=run.report_line)
+    else:
+        preset, rows = calibration.calibrate(
+            fit, method=config.calibration, holdout_pairs=holdout, tone_curve=config.tone_curve,
+            exposure_spread=config.exposure_spread, seed=config.train.seed, source=source,
+            progress=run.report_line)
     simulation.save_preset(preset, params_path)
     comparison = {}
     for preset_name in ("paper",):

@@ -270,3 +270,20 @@ def test_importing_the_library_never_imports_data_prep():
                             text=True, timeout=300, check=False,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_isp_calibration_feeds_the_simulated_test_set(inputs, tmp_path):
+    config = reproduce.ReproduceConfig.create(
+        work_dir=str(tmp_path / "run"), bright_dir=str(inputs / "bright"),
+        bright_splits="train:0.5,val:0.25,test:0.25", target_pairs=str(inputs / "target"),
+        target_calib_ids="1-3", calibration="isp", tone_curve=True,
+        stages="prepare,calibrate,simulated_test", **TINY)
+    report = reproduce.run_reproduce(config, BUILDERS, progress=None)
+    preset = simulation.load_preset(str(tmp_path / "run" / "simulation_params.json"))
+    assert preset.model == "isp" and preset.tone_curve is not None
+    assert preset.provenance["fit_ids"] == ["1.png", "2.png", "3.png"]
+    stored = list(data.load_spec(report["datasets"]["simulated_test"]).as_numpy_iterator())
+    assert stored and all(e["params"].shape == (4,) and e["noise_peak"] == 0 for e in stored)
+    with pytest.raises(reproduce.ReproduceError, match="--exposure_spread=0.5"):
+        reproduce.run_reproduce(dataclasses.replace(config, exposure_spread=0.5), BUILDERS,
+                                progress=None)
