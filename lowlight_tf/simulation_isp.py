@@ -22,7 +22,7 @@ channel. From a bright sRGB image B (float32 [B, H, W, 3] in [0, 255]):
     out = 255 * linear_to_srgb(clip((D' * wb) M^T, 0, 1)), rounded to 8 bits if quantised
 
 The per-channel exposure ratio is the common exposure times the change of white balance between
-the dark and the bright rendering, so it also carries the dark image's colour cast. Per image,
+the dark and the bright rendering, so it also carries the dark image's colour cast.
 The optional tone curve T (float [3, 256], `simulation_tone.apply_tone_curve`) is the camera's
 bright rendering inverted: linear light x 255 per 8-bit bright value, fitted from pairs
 (`calibration.isp`) where the sRGB curve does not describe how the camera renders (highlight
