@@ -90,14 +90,17 @@ def noise_curve(image, level, mask, edges=NOISE_LEVEL_EDGES, min_pixels=500):
 
 
 def estimate_noise_peak(dark, bright, params, *, quantize=True, seed=0,
-                        peak_range=NOISE_PEAK_RANGE, steps=10):
+                        peak_range=NOISE_PEAK_RANGE, steps=10, scan=12):
     """Poisson peak at which simulated dark images carry the real dark image's noise energy.
 
     Bisection in log(peak): the bright image is simulated with `params` (full composite, 8-bit
     quantised if `quantize`, one fixed noise seed) and its `noise_energy` is compared with the
-    real dark image's on the same pixels. The energy falls as the peak grows; the result is
-    clamped to `peak_range` (the high end means the real image is no noisier than image content
-    and quantisation alone).
+    real dark image's on the same pixels. Above a few counts per full scale the energy falls as
+    the peak grows; the result is clamped to `peak_range` (the high end means the real image is
+    no noisier than image content and quantisation alone). Below that the energy falls again
+    (almost every pixel draws 0 counts), so when even the lowest peak is too clean the
+    bisection starts from the noisiest of `scan` log-spaced peaks instead, and when no peak is
+    noisy enough that noisiest peak is returned.
 
     Args:
       dark, bright: float [H, W, 3] in [0, 255].
@@ -116,7 +119,12 @@ def estimate_noise_peak(dark, bright, params, *, quantize=True, seed=0,
     if energy(math.exp(high)) >= target:
         return float(peak_range[1])
     if energy(math.exp(low)) <= target:
-        return float(peak_range[0])
+        grid = np.linspace(low, high, scan + 2)[1:-1]
+        energies = [energy(math.exp(value)) for value in grid]
+        noisiest = int(np.argmax(energies))
+        if energies[noisiest] <= target:
+            return float(math.exp(grid[noisiest]))
+        low = float(grid[noisiest])
     for _ in range(steps):
         middle = 0.5 * (low + high)
         if energy(math.exp(middle)) > target:
