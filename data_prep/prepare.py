@@ -34,6 +34,7 @@ import data_prep
 from data_prep import core
 from data_prep import fingerprint as fingerprint_lib
 from data_prep import request as request_lib
+from data_prep import simulated
 from data_prep import staging as staging_lib
 from data_prep import summary as summary_lib
 from lowlight_tf import files
@@ -296,7 +297,8 @@ def _summary(request, split_fractions, scan, plan, info, dropped, staged_dir):
     skips = plan.skips
     simulated_options = ({"simulation_params": request.simulation_params,
                           "seed": int(request.seed),
-                          "noise_peak": float(scan.attributes["preset"].noise_peak)}
+                          "noise_peak": simulated.stored_noise_peak(
+                              scan.attributes["preset"])}
                          if request.kind == "simulated" else {})
     return {
         "kind": request.kind,

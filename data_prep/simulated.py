@@ -50,8 +50,12 @@ def simulate_example(bright, example_id, preset, seed):
     dark, params = dataclasses.replace(preset, quantize=True).simulate(
         bright_float, seed=example_seed(seed, example_id))
     dark = np.clip(np.round(dark.numpy()[0]), 0, 255).astype(np.uint8)
-    peak = 0.0 if preset.model == simulation_isp.ISP_MODEL else preset.noise_peak
-    return dark, np.asarray(params.numpy()[0], np.float32), np.float32(peak)
+    return dark, np.asarray(params.numpy()[0], np.float32), np.float32(stored_noise_peak(preset))
+
+
+def stored_noise_peak(preset):
+    """The `noise_peak` a simulated dataset stores: the composite's Poisson peak, 0 for "isp"."""
+    return 0.0 if preset.model == simulation_isp.ISP_MODEL else float(preset.noise_peak)
 
 
 def _source_builder(source):

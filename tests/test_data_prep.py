@@ -622,3 +622,5 @@ def test_simulated_dataset_stores_what_the_preset_simulates(tmp_path, model):
         np.testing.assert_array_equal(example["params"], params.numpy()[0])
         assert example["params"].shape == ((4,) if model == "isp" else (5,))
         assert example["noise_peak"] == (0.0 if model == "isp" else np.float32(preset.noise_peak))
+    summary = json.loads((tmp_path / "out" / "sim" / core.VERSION / "summary.json").read_text())
+    assert summary["options"]["noise_peak"] == (0.0 if model == "isp" else preset.noise_peak)
