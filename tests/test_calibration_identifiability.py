@@ -22,6 +22,7 @@ def _relative_errors(params, true):
     return errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("true, peak", [(STEEP, 40.0), (STEEP, 400.0), (MILD, 40.0)])
 def test_noise_peak_recovered_with_true_params(true, peak):
     # At peak 40 and exponent 1.6 the noise energy first rises with the peak (below a few

@@ -43,6 +43,7 @@ def known_pairs(bayer, size=256, tone_curve=None):
     return pairs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bayer", [True, False])
 def test_calibration_recovers_known_isp_parameters(bayer):
     """Exposure ratio (per pair, per channel) and shot gain (per channel) within 10%, and the
@@ -64,6 +65,7 @@ def test_calibration_recovers_known_isp_parameters(bayer):
     assert abs(summary["corr"] - summary["corr_real"]) < 0.05
 
 
+@pytest.mark.slow
 def test_calibration_recovers_a_bright_tone_curve():
     """A camera whose bright rendering is not sRGB (highlights compressed): the fitted curve
     and the exposure ratios measured through it come back within 10%."""

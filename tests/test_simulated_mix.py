@@ -7,6 +7,7 @@ from data_prep import prepare
 from lowlight_tf import data, pipeline, simulation, train_config, train_data
 
 BATCH, PATCH, SIMULATED = 4, 16, 1
+pytestmark = pytest.mark.slow  # builds two datasets (keeps the fast subset under 2 minutes)
 
 
 @pytest.fixture(scope="module")
