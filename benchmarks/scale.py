@@ -70,12 +70,12 @@ def peak_rss_mib():
 # Run in a fresh process per size so that each peak RSS is that pipeline's alone.
 PIPELINE = PEAK_RSS + """
 import json, sys, time
-from lowlight_tf import data, pipeline
+from lowlight_tf import data, pipeline, pipeline_cache
 spec, budget, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 parsed = data.parse_dataset_spec(spec)
 source = data.load(parsed.output_dir, parsed.name, parsed.split)
 count = data.num_examples(parsed.output_dir, parsed.name, parsed.split)
-cache, megabytes = pipeline.cache_mode("auto", source, count=count, budget_mb=budget,
+cache, megabytes = pipeline_cache.cache_mode("auto", source, count=count, budget_mb=budget,
                                        patch_size=128)
 if cache == "none":  # as tools/train streams (lowlight_tf.train_data)
     source = data.load(parsed.output_dir, parsed.name, parsed.split,

@@ -131,7 +131,7 @@ def _enhance_with(model, core, images):
     if layer is not None:
         # The gain of each whole, unpadded image, as ExposureNormalization computes it.
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        images = images * (layer.target_mean / tf.maximum(mean, layer.MIN_MEAN))
+        images = images * model_lib.normalization_gain(mean, layer.target_mean)
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
     padded_h = (height + multiple - 1) // multiple * multiple

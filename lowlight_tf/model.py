@@ -14,6 +14,7 @@ Transfer learning (§3.4) retrains only the last two blocks (Figure 4, blue): `u
 Every layer name starts with its block name and `_` so `set_trainable_blocks` can select them;
 the only exceptions are the input layer and `space_to_depth`, which hold no weights.
 """
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,9 @@ CHECKPOINT_DIR = "checkpoints"
 # of ELIEI's real low-light photos (10/255, its data README), so the network sees the levels and
 # 8-bit quantisation of real dark photos.
 CANONICAL_DARK_MEAN = 10.0 / 255.0
+# The exposure normalisation's floor on an image's mean level ([0, 1]): a black image is not
+# amplified more than CANONICAL_DARK_MEAN / MIN_MEAN.
+MIN_MEAN = 0.25 / 255.0
 _CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.weights\.h5$")
 
 
@@ -99,6 +103,15 @@ class DepthToSpace(keras.layers.Layer):
         return config
 
 
+def normalization_gain(mean, target_mean):
+    """The exposure normalisation's gain: target_mean / max(mean, MIN_MEAN).
+
+    `mean` is an image's mean level in [0, 1] (float or float32 tensor, any shape); the floor
+    keeps a black image from being amplified without bound. Returns the same type and shape.
+    """
+    return target_mean / tf.maximum(mean, MIN_MEAN)
+
+
 @keras.saving.register_keras_serializable(package="lowlight_tf")
 class ExposureNormalization(keras.layers.Layer):
     """Scales each image so its mean is `target_mean`: the network sees one canonical darkness.
@@ -109,20 +122,26 @@ class ExposureNormalization(keras.layers.Layer):
     [B, H, W, C] float32 in [0, 1] -> same shape, each image times target_mean / its mean
     (the mean floored at `MIN_MEAN`, so a black image is not amplified without bound).
     Tiled inference computes the gain once on the whole image (`exposure_gain`) and runs the
-    layers after this one (`after_exposure_normalization`), so tiles share one gain.
+    layers after this one (`after_exposure_normalization`), so tiles share one gain. Training
+    with `--exposure_gain=image` does the same for patches: the input pipeline multiplies each
+    patch by its whole image's gain, and `exposure_applied_outside` makes this layer pass its
+    input through while the model is fitted.
     """
 
-    MIN_MEAN = 0.25 / 255.0
+    MIN_MEAN = MIN_MEAN
 
     def __init__(self, target_mean=CANONICAL_DARK_MEAN, **kwargs):
         super().__init__(**kwargs)
         self.target_mean = float(target_mean)
         if not 0.0 < self.target_mean < 1.0:
             raise ValueError(f"target_mean must be in (0, 1), got {target_mean}.")
+        self.applied_outside = False  # set by exposure_applied_outside; never saved
 
     def call(self, inputs):
+        if self.applied_outside:
+            return inputs
         mean = tf.reduce_mean(inputs, axis=[1, 2, 3], keepdims=True)
-        return inputs * (self.target_mean / tf.maximum(mean, self.MIN_MEAN))
+        return inputs * normalization_gain(mean, self.target_mean)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -158,8 +177,28 @@ def exposure_gain(model, image):
     for begin in range(0, image.shape[0], 256):  # row bands: no full-size float copy
         band = np.asarray(image[begin:begin + 256], np.float64)
         total, count = total + float(band.sum()), count + band.size
-    mean = total / max(count, 1)
-    return layer.target_mean / max(mean, layer.MIN_MEAN)
+    return float(normalization_gain(total / max(count, 1), layer.target_mean))
+
+
+@contextlib.contextmanager
+def exposure_applied_outside(model):
+    """While inside, the model's ExposureNormalization passes its input through unchanged.
+
+    For training on patches the input pipeline has already multiplied by their whole image's
+    gain (`--exposure_gain=image`), as tiled inference does with `exposure_gain`. Keras traces
+    its train/test functions inside, so they are dropped on exit: later calls trace again with
+    the layer active. A model without the layer is unaffected.
+    """
+    layer = exposure_layer(model)
+    if layer is None:
+        yield model
+        return
+    layer.applied_outside = True
+    try:
+        yield model
+    finally:
+        layer.applied_outside = False
+        model.train_function = model.test_function = model.predict_function = None
 
 
 def after_exposure_normalization(model):

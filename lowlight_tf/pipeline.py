@@ -10,7 +10,7 @@ with parameters sampled per patch.
     select_fraction   a deterministic subset by a hash of `id` (e.g. the paper's 10% of pairs)
     _prepare          keep dark/bright, stack them into one [H, W, 6] tensor, extend small images,
                       store as uint16 codes (value * 257)
-    cache             in memory, on disk or not at all (`cache_mode`), after the deterministic
+    cache             in memory, on disk or not at all (`pipeline_cache`), after the deterministic
                       work, before any randomness
     shuffle, repeat   seeded; a new order every epoch (streaming, --cache=none: repeat, cut
                       the patch, then shuffle patches: memory bounded by the patch buffer)
@@ -20,6 +20,15 @@ with parameters sampled per patch.
     _finish_batch     uint16 codes -> float32 [0, 255]; for bright-only data simulate the dark
                       batch (vectorised, seed from the global seed and the batch counter); -> [0, 1]
     prefetch          AUTOTUNE
+
+With `exposure_normalization` (an exposure-normalising model trained with --exposure_gain=image,
+beyond the paper) every patch carries a context strip: its whole image area-resized to
+[patch_size, CONTEXT_COLUMNS], cached with the image and appended to the patch's right side after
+the crop. The strip is simulated with the patch (same parameters, same dim stops), so its mean
+is the whole dark image's mean; the dark patch leaves the pipeline multiplied by that image's
+gain (`model.normalization_gain`), as tiled inference multiplies each tile, and the strip is
+cut off. Per-patch normalisation instead would scale every shadow and every highlight patch to
+the same mean, which inference never does.
 
 Every random draw is stateless and derived from `seed` plus an element or batch counter, so the
 same seed gives the same patches (and the same simulated noise) in every run, regardless of the
@@ -35,13 +44,14 @@ and for 16-bit sources (data.load maps uint16 to [0, 255] by dividing by 257), a
 memory of float32.
 """
 import numbers
-import os
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from lowlight_tf import dim_exposure
+from lowlight_tf import model as model_lib
+from lowlight_tf import pipeline_cache
 from lowlight_tf import simulation as simulation_lib
 from lowlight_tf.media import formats
 
@@ -51,6 +61,9 @@ DEFAULT_SHUFFLE_BUFFER = 256
 # 1000 1-MP photos in 16 files): peak RSS 3,223 MiB with 16 readers, 1,348 MiB with 2, at the
 # same patches/s (decoding bound).
 STREAM_READERS = 2
+# Columns of the whole-image context strip appended to each patch for image-level exposure
+# normalisation (its mean is the image's; 16 columns cost 12.5% more simulation at 128 px).
+CONTEXT_COLUMNS = 16
 # data.load maps uint16 to [0, 255] by dividing by 257 (docs/interfaces.md); v * 257 is exact.
 _CODE_SCALE = float(formats.UINT16_PER_UINT8)
 # Hash range of select_fraction; 2^62 makes ties between different ids practically impossible.
@@ -82,6 +95,12 @@ def _check_fraction(fraction):
             or not 0.0 < fraction <= 1.0:
         raise ValueError(f"The training fraction must be in (0, 1], got {fraction!r} "
                          "(e.g. 0.1 for the paper's 10% of the real pairs).")
+
+
+def _check_exposure_normalization(target_mean):
+    if not 0.0 <= target_mean < 1.0:
+        raise ValueError(f"exposure_normalization must be 0 (off) or a mean level in (0, 1), "
+                         f"got {target_mean}.")
 
 
 def _check_source(source, simulation):
@@ -192,14 +211,21 @@ def _extend_to(image, size, axis):
     return tf.cond(length < size, extend, lambda: image)
 
 
-def _prepare(example, paired, patch_size):
+def _to_codes(images):
+    """float32 in [0, 255] -> uint16 codes round(v * 257)."""
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0) * _CODE_SCALE), tf.uint16)
+
+
+def _prepare(example, paired, patch_size, context=False):
     """Decode stage: stack dark and bright, extend small images, encode as uint16 codes.
 
     Args:
         example: dict from data.load: `bright` (and `dark`) float32 [H, W, 3] in [0, 255].
+        context: also return the whole image's context strip (see the module docstring).
     Returns:
         uint16 [H', W', 6] (dark then bright channels) or [H', W', 3] (bright only),
-        H' = max(H, patch_size), W' = max(W, patch_size), values round(v * 257).
+        H' = max(H, patch_size), W' = max(W, patch_size), values round(v * 257); with
+        `context`, a tuple of it and the strip, uint16 [patch_size, CONTEXT_COLUMNS, 6 or 3].
     """
     bright = example["bright"]
     if paired:
@@ -211,9 +237,21 @@ def _prepare(example, paired, patch_size):
         images = tf.concat([dark, bright], axis=-1)
     else:
         images = bright
-    images = _extend_to(_extend_to(images, patch_size, 0), patch_size, 1)
-    codes = tf.round(tf.clip_by_value(images, 0.0, 255.0) * _CODE_SCALE)
-    return tf.cast(codes, tf.uint16)
+    codes = _to_codes(_extend_to(_extend_to(images, patch_size, 0), patch_size, 1))
+    if not context:
+        return codes
+    strip = tf.image.resize(images, [patch_size, CONTEXT_COLUMNS], method="area")
+    return codes, _to_codes(strip)
+
+
+def _with_strip(patch, element, context):
+    """The patch with the context strip of `element` appended on its right (if `context`)."""
+    return tf.concat([patch, element[1]], axis=1) if context else patch
+
+
+def _images(element, context):
+    """The uint16 images of a prepared element (without its context strip)."""
+    return element[0] if context else element
 
 
 def _random_patch(images, patch_size, seed):
@@ -259,15 +297,20 @@ def _decode_codes(codes):
     return tf.cast(codes, tf.float32) / _CODE_SCALE
 
 
-def _to_pair(patches, paired, preset, steps, seed, dim_fraction=0.0, dim_seed=None):
-    """Split or simulate, then scale: returns (dark, bright) float32 [..., P, P, 3] in [0, 1].
+def _to_pair(patches, paired, preset, steps, seed, dim_fraction=0.0, dim_seed=None,
+             exposure_normalization=0.0):
+    """Split or simulate, then scale: returns (dark, bright) float32 [B, P, P, 3] in [0, 1].
 
     Args:
-        patches: float32 [B, P, P, 6] (pairs: dark, bright) or [B, P, P, 3] (bright) in [0, 255].
+        patches: float32 [B, P, W, 6] (pairs: dark, bright) or [B, P, W, 3] (bright) in
+            [0, 255]; W = P, or P + CONTEXT_COLUMNS with `exposure_normalization`.
         seed: int64 [2] stateless seed of this batch (simulation only): parameters are sampled
             per patch and the Poisson noise drawn from it.
         dim_fraction, dim_seed: simulation only; `dim_exposure.mix_dim` replaces this fraction
             of the simulated patches by dim ones, drawn from `dim_seed`.
+        exposure_normalization: 0, or the model's target mean in (0, 1): the last
+            CONTEXT_COLUMNS columns are the context strip; each dark patch is multiplied by the
+            gain of its strip's mean (then above 1 where it is brighter than the target).
     """
     if paired:
         dark, bright = patches[..., :3], patches[..., 3:]
@@ -276,70 +319,12 @@ def _to_pair(patches, paired, preset, steps, seed, dim_fraction=0.0, dim_seed=No
         dark, _ = preset.simulate(bright, seed=seed, steps=steps)  # per-patch parameters
         dark = dim_exposure.mix_dim(dark, bright, dim_fraction, seed=dim_seed)
         dark = tf.ensure_shape(dark, bright.shape)
+    if exposure_normalization:
+        size = patches.shape[-2] - CONTEXT_COLUMNS
+        image_mean = tf.reduce_mean(dark[..., size:, :], axis=[-3, -2, -1], keepdims=True)
+        gain = model_lib.normalization_gain(image_mean / 255.0, exposure_normalization)
+        dark, bright = dark[..., :size, :] * gain, bright[..., :size, :]
     return dark / 255.0, bright / 255.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache.
-# ---------------------------------------------------------------------------------------------
-def cache_mode(mode, source, *, count, budget_mb, patch_size=0):
-    """Resolve a --cache value: "auto" becomes "memory" or "none"; others are checked and kept.
-
-    "auto" estimates the decoded cache as `count` times the first example's size (uint16 codes,
-    dark and bright for pairs; images smaller than `patch_size` extended to it) and caches in
-    memory only when that fits `budget_mb`.
-
-    Args:
-      mode: "auto", "memory", "none" or "disk:PATH".
-      source: the dataset `train_dataset` will read (dicts from `data.load`).
-      count: number of examples it holds.
-      budget_mb: the largest decoded size (MiB) "auto" caches in memory.
-    Returns:
-      (mode, estimated_megabytes or None).
-    Raises:
-      ValueError: an unknown mode, or a disk cache whose folder does not exist.
-    """
-    if mode in ("memory", "none"):
-        return mode, None
-    if mode.startswith("disk:"):
-        folder = os.path.dirname(os.path.abspath(mode[len("disk:"):]))
-        if not mode[len("disk:"):] or not os.path.isdir(folder):
-            raise ValueError(f"--cache={mode}: the cache's folder {folder} does not exist; "
-                             "create it, or use memory, none or auto.")
-        return mode, None
-    if mode != "auto":
-        raise ValueError(f"--cache={mode} is not one of auto, memory, none, disk:PATH.")
-    for example in source.take(1):
-        height, width = (max(int(d), patch_size) for d in example["bright"].shape[:2])
-        channels = 6 if "dark" in example else 3
-        megabytes = count * height * width * channels * 2 / 2**20
-        return ("memory" if megabytes <= budget_mb else "none"), megabytes
-    return "memory", 0.0
-
-
-def through_data_service(dataset, address):
-    """Run `dataset`'s work on tf.data service workers (the batches arrive in the same order).
-
-    The whole pipeline (decode, cache, patches, simulation) is sent to the dispatcher at
-    `address` (grpc://HOST:PORT or HOST:PORT) and processed by its workers, so the trainer's
-    CPUs only feed the model; with one service worker the elements are exactly the local ones.
-    """
-    target = address if "://" in address else f"grpc://{address}"
-    dataset = dataset.apply(tf.data.experimental.service.distribute(
-        processing_mode=tf.data.experimental.service.ShardingPolicy.OFF, service=target))
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _cache(dataset, cache):
-    """Apply the cache choice of `train_dataset` (see its docstring)."""
-    if cache is True or cache == "memory":
-        return dataset.cache()
-    if cache is False or cache == "none":
-        return dataset
-    if isinstance(cache, str) and cache.startswith("disk:"):
-        return dataset.cache(cache[len("disk:"):])
-    raise ValueError(f"cache={cache!r}: use memory, none or disk:PATH (resolve auto with "
-                     "cache_mode).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +339,8 @@ def _check_not_empty(dataset, what):
 
 def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=None,
                   simulation_steps=simulation_lib.STEPS, train_fraction=1.0, cache=True,
-                  shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, dim_fraction=0.0):
+                  shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, dim_fraction=0.0,
+                  exposure_normalization=0.0):
     """Build the infinite training pipeline of random aligned patches (paper §3.2).
 
     Args:
@@ -374,14 +360,18 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
             exist; one pipeline per PATH at a time), False or "none" (streaming: decode every
             epoch, cut each image to its patch at once and shuffle patches, not images: bounded
             memory for datasets larger than RAM; other batches than the cached modes, which
-            give identical ones). See `cache_mode` for "auto".
+            give identical ones). See `pipeline_cache.cache_mode` for "auto".
         shuffle_buffer: images (cached modes) or patches (streaming) in the shuffle buffer.
         dim_fraction: in [0, 1], bright-only data only: the fraction of simulated dark patches
             replaced by clean dim ones (`dim_exposure.mix_dim`, beyond the paper).
+        exposure_normalization: 0, or the target mean in (0, 1) of the model's
+            ExposureNormalization: each dark patch is multiplied by its whole image's gain
+            (module docstring), and the model is fitted inside `model.exposure_applied_outside`.
 
     Returns:
         Infinite tf.data.Dataset of (dark, bright), both float32
-        [batch_size, patch_size, patch_size, 3] in [0, 1].
+        [batch_size, patch_size, patch_size, 3] in [0, 1] (dark above 1 where an
+        exposure-normalised patch is brighter than the target).
 
     Raises:
         ValueError: bad arguments, a source without the expected structure, a missing or
@@ -400,14 +390,18 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
         raise ValueError(f"dim_fraction must be in [0, 1] and needs simulated (bright-only) "
                          f"data; got {dim_fraction} for {what}.")
 
+    _check_exposure_normalization(exposure_normalization)
+    context = bool(exposure_normalization)
+
     dataset = select_fraction(source, train_fraction, seed=seed, what=what)
     if train_fraction == 1.0:
         _check_not_empty(dataset, "training")
-    dataset = dataset.map(lambda example: _prepare(example, paired, patch_size),
+    dataset = dataset.map(lambda example: _prepare(example, paired, patch_size, context),
                           num_parallel_calls=tf.data.AUTOTUNE)
     crop_seed = _stream_seed(seed, _STREAM_CROP)
-    crop = lambda index, images: _random_patch(  # noqa: E731
-        images, patch_size, tf.random.experimental.stateless_fold_in(crop_seed, index))
+    crop = lambda index, element: _with_strip(_random_patch(  # noqa: E731
+        _images(element, context), patch_size,
+        tf.random.experimental.stateless_fold_in(crop_seed, index)), element, context)
     if cache is False or cache == "none":
         # Streaming: each decoded image is cut to its patch at once and the shuffle buffer holds
         # patches, so memory does not grow with the images' size or number. Images come in file
@@ -415,7 +409,7 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
         dataset = dataset.repeat().enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     else:
-        dataset = _cache(dataset, cache)  # deterministic work above, randomness below
+        dataset = pipeline_cache.apply_cache(dataset, cache)  # deterministic work above
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.repeat().enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
@@ -425,18 +419,23 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
         lambda index, codes: _to_pair(
             _decode_codes(codes), paired, preset, simulation_steps,
             tf.random.experimental.stateless_fold_in(simulation_seed, index), float(dim_fraction),
-            tf.random.experimental.stateless_fold_in(dim_seed, index)),
+            tf.random.experimental.stateless_fold_in(dim_seed, index),
+            float(exposure_normalization)),
         num_parallel_calls=tf.data.AUTOTUNE)
     logging.info("training pipeline: %s, %dx%d patches, batch %d, seed %d, %s", what,
                  patch_size, patch_size, batch_size, seed,
                  f"simulation {preset.name} steps {'+'.join(simulation_steps)}"
                  f"{f', dim fraction {dim_fraction:g}' if dim_fraction else ''}" if preset
                  else "stored dark images")
+    if context:
+        logging.info("dark patches multiplied by their whole image's exposure gain (target "
+                     "mean %g)", exposure_normalization)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def validation_dataset(source, *, patch_size, batch_size, seed=0, simulation=None,
-                       simulation_steps=simulation_lib.STEPS, max_patches=None):
+                       simulation_steps=simulation_lib.STEPS, max_patches=None,
+                       exposure_normalization=0.0):
     """Build the finite validation pipeline: one fixed patch per image, identical every epoch.
 
     Each image gives one patch at a position drawn from (seed, image index), without flip or
@@ -451,6 +450,7 @@ def validation_dataset(source, *, patch_size, batch_size, seed=0, simulation=Non
         simulation: as in `train_dataset`.
         simulation_steps: as in `train_dataset`.
         max_patches: optional positive int, use only the first max_patches images.
+        exposure_normalization: as in `train_dataset`.
 
     Returns:
         Finite tf.data.Dataset of (dark, bright), float32 [b, patch_size, patch_size, 3] in
@@ -465,22 +465,26 @@ def validation_dataset(source, *, patch_size, batch_size, seed=0, simulation=Non
     seed = int(seed)
     if max_patches is not None:
         _check_positive_int("max_patches", max_patches)
+    _check_exposure_normalization(exposure_normalization)
+    context = bool(exposure_normalization)
     preset = _resolve_simulation(simulation)
     paired = _check_source(source, preset)
     _check_not_empty(source, "validation")
 
     dataset = source.take(max_patches) if max_patches is not None else source
-    dataset = dataset.map(lambda example: _prepare(example, paired, patch_size),
+    dataset = dataset.map(lambda example: _prepare(example, paired, patch_size, context),
                           num_parallel_calls=tf.data.AUTOTUNE)
     crop_seed = _stream_seed(seed, _STREAM_VALIDATION_CROP)
     simulation_seed = _stream_seed(seed, _STREAM_VALIDATION_SIMULATION)
 
-    def fixed_pair(index, codes):
-        patch = _fixed_patch(codes, patch_size,
-                             tf.random.experimental.stateless_fold_in(crop_seed, index))
+    def fixed_pair(index, element):
+        patch = _with_strip(_fixed_patch(
+            _images(element, context), patch_size,
+            tf.random.experimental.stateless_fold_in(crop_seed, index)), element, context)
         dark, bright = _to_pair(
             _decode_codes(patch)[None], paired, preset, simulation_steps,
-            tf.random.experimental.stateless_fold_in(simulation_seed, index))
+            tf.random.experimental.stateless_fold_in(simulation_seed, index),
+            exposure_normalization=float(exposure_normalization))
         return (tf.ensure_shape(dark[0], [patch_size, patch_size, 3]),
                 tf.ensure_shape(bright[0], [patch_size, patch_size, 3]))
 

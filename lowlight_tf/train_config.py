@@ -14,6 +14,7 @@ STRATEGIES = ("mirrored", "multi_worker", "default")
 LR_SCHEDULES = ("constant", "cosine")
 SAMPLE = "sample"  # --train_data value selecting the embedded sample photos
 NO_VALIDATION = "none"
+EXPOSURE_GAINS = ("patch", "image")
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,12 @@ class TrainConfig:
         "scales each input so its mean is this level before the U-Net, so its output does not "
         "depend on how dark the input is (beyond the paper). Default: the --init_from model's, "
         "else 0.", lower=0.0, upper=0.99)
+    exposure_gain: str = option(
+        "patch", "How an exposure-normalising model's training patches are normalised. patch: "
+        "each patch scaled to the target mean by its own model layer (sessions 5-8). image: the "
+        "input pipeline multiplies each patch by its whole image's gain, as tiled inference "
+        "does, so shadows stay darker than highlights. No effect on the paper's model.",
+        choices=EXPOSURE_GAINS)
     train_fraction: float = option(
         1.0, "Fraction of the training examples to use, a deterministic subset by id hash "
         "(paper: 0.1 for transfer); in (0, 1].", lower=0.0, upper=1.0)

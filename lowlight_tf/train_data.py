@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from lowlight_tf import data
 from lowlight_tf import distribute
 from lowlight_tf import pipeline
+from lowlight_tf import pipeline_cache
 from lowlight_tf import progress
 from lowlight_tf import simulation
 from lowlight_tf.train_config import NO_VALIDATION, SAMPLE, ConfigError
@@ -74,7 +75,7 @@ def _train_dataset(config, spec, preset, steps, worker):
     file_shard = (index, workers) if workers > 1 and policy == "FILE" else None
     source, kind, count = _load_source(spec, "train", "train_data", file_shard=file_shard)
     try:
-        cache, megabytes = pipeline.cache_mode(
+        cache, megabytes = pipeline_cache.cache_mode(
             config.cache, source, count=count, budget_mb=config.cache_budget_mb,
             patch_size=config.patch_size)
         if cache == "none":  # streaming: few files at once, each reader holds full-size images
@@ -84,7 +85,8 @@ def _train_dataset(config, spec, preset, steps, worker):
             source, patch_size=config.patch_size, batch_size=config.batch_size,
             seed=config.seed, simulation=preset if kind == "images" else None,
             simulation_steps=steps, train_fraction=config.train_fraction, cache=cache,
-            dim_fraction=config.dim_fraction if kind == "images" else 0.0)
+            dim_fraction=config.dim_fraction if kind == "images" else 0.0,
+            exposure_normalization=pipeline_exposure(config))
     except ValueError as e:
         raise ConfigError(f"--train_data={spec}: {e}") from e
     simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
@@ -93,13 +95,23 @@ def _train_dataset(config, spec, preset, steps, worker):
         simulated += mixed
     dataset = distribute.shard_input(dataset, policy)
     if config.data_service:
-        dataset = pipeline.through_data_service(dataset, config.data_service)
+        dataset = pipeline_cache.through_data_service(dataset, config.data_service)
     estimate = f", about {megabytes:,.0f} MiB decoded" if megabytes is not None else ""
     sharding = (f"; {files} file(s) split between {workers} workers by {policy}"
                 if workers > 1 else "")
     sharding += f"; tf.data service {config.data_service}" if config.data_service else ""
     return dataset, (f"train: {spec} ({kind}, {count} examples, fraction "
                      f"{config.train_fraction:g}{simulated}; cache {cache}{estimate}{sharding})")
+
+
+def pipeline_exposure(config):
+    """The target mean the input pipeline normalises patches to, 0 when the model does it.
+
+    Non-zero for an exposure-normalising model trained with --exposure_gain=image: each patch
+    gets its whole image's gain in the pipeline (`pipeline.train_dataset`), and `training`
+    fits the model with its own layer passed through (`model.exposure_applied_outside`).
+    """
+    return config.exposure_normalization if config.exposure_gain == "image" else 0.0
 
 
 def simulated_count(fraction, batch_size):
@@ -141,7 +153,8 @@ def _with_simulated(config, real, kind, preset, steps, worker_index):
             source, patch_size=config.patch_size, batch_size=count,
             seed=config.seed + _WORKER_SEED_STRIDE * worker_index,
             simulation=preset, simulation_steps=steps, dim_fraction=config.dim_fraction,
-            cache=pipeline.cache_mode(  # a disk cache's path belongs to the real pairs
+            exposure_normalization=pipeline_exposure(config),
+            cache=pipeline_cache.cache_mode(  # a disk cache's path belongs to the real pairs
                 "auto" if config.cache.startswith("disk:") else config.cache, source,
                 count=sim_count, budget_mb=config.cache_budget_mb)[0])
         real = real.unbatch().batch(config.batch_size - count, drop_remainder=True)
@@ -180,7 +193,8 @@ def make_datasets(config, worker=(0, 1), sample_datasets=None):
                 val_source, patch_size=config.patch_size, batch_size=config.batch_size,
                 seed=config.seed, simulation=preset if val_kind == "images" else None,
                 simulation_steps=steps,
-                max_patches=config.validation_steps * config.batch_size or None)
+                max_patches=config.validation_steps * config.batch_size or None,
+                exposure_normalization=pipeline_exposure(config))
         except ValueError as e:
             raise ConfigError(f"--val_data={val_spec}: {e}") from e
         val_ds = distribute.shard_input(val_ds, "DATA")

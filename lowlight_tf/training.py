@@ -20,6 +20,7 @@ same command resumes after its last finished epoch), `final.keras`, and TensorBo
 `train/` and `validation/` (MAE, PSNR, SSIM, learning rate, examples/s, and an image grid
 dark | prediction | bright of fixed validation patches every epoch).
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -269,8 +270,12 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     _log(config, _start_message(config, strategy, (trainable, frozen), description,
                                 resuming and os.path.join(out_dir, BACKUP_DIR)))
 
-    history, elapsed = _fit(model, train_ds, val_ds, config, guard,
-                            [guard, checkpoint, backup, monitor, tensorboard, *extra_callbacks])
+    normalised_outside = (model_lib.exposure_applied_outside(model)
+                          if train_data.pipeline_exposure(config) else contextlib.nullcontext())
+    with normalised_outside:  # the pipeline already multiplied each patch by its image's gain
+        history, elapsed = _fit(model, train_ds, val_ds, config, guard,
+                                [guard, checkpoint, backup, monitor, tensorboard,
+                                 *extra_callbacks])
     initial_epoch = backup.restored_epoch
     if resuming or initial_epoch:
         _log(config, f"Resumed after epoch {initial_epoch} from {backup.backup_dir}.")

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from lowlight_tf import pipeline
+from lowlight_tf import pipeline_cache
 
 
 def _source(count=4, size=(40, 48), seed=0):
@@ -52,16 +53,16 @@ def test_streaming_visits_every_image_each_epoch():
 def test_auto_caches_in_memory_only_within_the_budget(tmp_path):
     source = _source(count=4, size=(40, 48))
     # 4 images of 40 x 48 x 3 uint16 codes = 0.044 MiB; patch 64 extends them to 64 x 64.
-    mode, megabytes = pipeline.cache_mode("auto", source, count=4, budget_mb=1)
+    mode, megabytes = pipeline_cache.cache_mode("auto", source, count=4, budget_mb=1)
     assert mode == "memory" and megabytes == pytest.approx(4 * 40 * 48 * 3 * 2 / 2**20)
-    mode, megabytes = pipeline.cache_mode("auto", source, count=1000, budget_mb=1,
+    mode, megabytes = pipeline_cache.cache_mode("auto", source, count=1000, budget_mb=1,
                                           patch_size=64)
     assert mode == "none" and megabytes == pytest.approx(1000 * 64 * 64 * 3 * 2 / 2**20)
-    assert pipeline.cache_mode("none", source, count=4, budget_mb=1) == ("none", None)
+    assert pipeline_cache.cache_mode("none", source, count=4, budget_mb=1) == ("none", None)
     with pytest.raises(ValueError, match="does not exist"):
-        pipeline.cache_mode(f"disk:{tmp_path / 'missing' / 'c'}", source, count=4, budget_mb=1)
+        pipeline_cache.cache_mode(f"disk:{tmp_path / 'missing' / 'c'}", source, count=4, budget_mb=1)
     with pytest.raises(ValueError, match="not one of"):
-        pipeline.cache_mode("fast", source, count=4, budget_mb=1)
+        pipeline_cache.cache_mode("fast", source, count=4, budget_mb=1)
 
 
 def test_streaming_reads_few_files_at_once_and_the_same_examples(tmp_path):

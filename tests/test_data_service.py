@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep import sample_photos
-from lowlight_tf import pipeline, training
+from lowlight_tf import pipeline, pipeline_cache, training
 from lowlight_tf.train_config import TrainConfig
 
 
@@ -26,7 +26,7 @@ def test_the_service_gives_the_local_batches(service):
         "id": [f"p{i}.png" for i in range(4)]})
     local = pipeline.train_dataset(source, patch_size=16, batch_size=3, seed=4,
                                    simulation="paper", dim_fraction=0.25)
-    remote = pipeline.through_data_service(local, service)
+    remote = pipeline_cache.through_data_service(local, service)
     for (dark_a, bright_a), (dark_b, bright_b) in zip(local.take(6), remote.take(6)):
         np.testing.assert_array_equal(dark_a.numpy(), dark_b.numpy())
         np.testing.assert_array_equal(bright_a.numpy(), bright_b.numpy())
