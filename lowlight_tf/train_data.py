@@ -74,6 +74,7 @@ def _train_dataset(config, spec, preset, steps, worker):
     policy = distribute.shard_policy(files, workers)
     file_shard = (index, workers) if workers > 1 and policy == "FILE" else None
     source, kind, count = _load_source(spec, "train", "train_data", file_shard=file_shard)
+    simulated_share = _simulated_share(config, kind)
     try:
         cache, megabytes = pipeline_cache.cache_mode(
             config.cache, source, count=count, budget_mb=config.cache_budget_mb,
@@ -82,7 +83,7 @@ def _train_dataset(config, spec, preset, steps, worker):
             source, _, _ = _load_source(spec, "train", "train_data", file_shard=file_shard,
                                         readers=pipeline.STREAM_READERS)
         dataset = pipeline.train_dataset(
-            source, patch_size=config.patch_size, batch_size=config.batch_size,
+            source, patch_size=config.patch_size, batch_size=config.batch_size - simulated_share,
             seed=config.seed, simulation=preset if kind == "images" else None,
             simulation_steps=steps, train_fraction=config.train_fraction, cache=cache,
             dim_fraction=config.dim_fraction if kind == "images" else 0.0,
@@ -90,8 +91,8 @@ def _train_dataset(config, spec, preset, steps, worker):
     except ValueError as e:
         raise ConfigError(f"--train_data={spec}: {e}") from e
     simulated = f", simulated {'+'.join(steps)}" if kind == "images" else ""
-    if config.simulated_fraction or config.simulated_data:
-        dataset, mixed = _with_simulated(config, dataset, kind, preset, steps, index)
+    if simulated_share:
+        dataset, mixed = _with_simulated(config, dataset, simulated_share, preset, steps, index)
         simulated += mixed
     dataset = distribute.shard_input(dataset, policy)
     if config.data_service:
@@ -128,22 +129,29 @@ def simulated_count(fraction, batch_size):
     return count
 
 
-def _with_simulated(config, real, kind, preset, steps, worker_index):
-    """Mix simulated pairs into every batch of a paired training pipeline (beyond the paper).
-
-    `real` yields batches of `config.batch_size` pairs; the result yields batches of the same
-    size whose last `simulated_count(...)` patches are simulated from `config.simulated_data`
-    with `preset` (float32 [batch_size, patch_size, patch_size, 3] in [0, 1], both parts drawn
-    with their own seeded pipeline, so the batches are reproducible). Every worker reads all of
-    the simulated data with its own seed (`worker_index`), so workers draw different simulated
-    patches whatever the real pairs' sharding. Returns (dataset, note).
-    """
+def _simulated_share(config, kind):
+    """Simulated patches per batch of the training pipeline: 0, or `simulated_count` with
+    --simulated_data and --simulated_fraction on paired data (ConfigError for half a mix)."""
+    if not (config.simulated_fraction or config.simulated_data):
+        return 0
     if kind == "images" or not config.simulated_data or not config.simulated_fraction:
         raise ConfigError(
             "--simulated_data and --simulated_fraction go together, with paired --train_data "
             f"(got --simulated_data={config.simulated_data!r}, --simulated_fraction="
             f"{config.simulated_fraction:g}, a training set of {kind}).")
-    count = simulated_count(config.simulated_fraction, config.batch_size)
+    return simulated_count(config.simulated_fraction, config.batch_size)
+
+
+def _with_simulated(config, real, count, preset, steps, worker_index):
+    """Mix simulated pairs into every batch of a paired training pipeline (beyond the paper).
+
+    `real` yields batches of `config.batch_size - count` pairs; the result yields batches of
+    `config.batch_size` whose last `count` patches are simulated from `config.simulated_data`
+    with `preset` (float32 [batch_size, patch_size, patch_size, 3] in [0, 1], both parts drawn
+    with their own seeded pipeline, so the batches are reproducible). Every worker reads all of
+    the simulated data with its own seed (`worker_index`), so workers draw different simulated
+    patches whatever the real pairs' sharding. Returns (dataset, note).
+    """
     source, sim_kind, sim_count = _load_source(config.simulated_data, "train", "simulated_data")
     if sim_kind != "images":
         raise ConfigError(f"--simulated_data={config.simulated_data} holds {sim_kind}; it must "
@@ -157,7 +165,6 @@ def _with_simulated(config, real, kind, preset, steps, worker_index):
             cache=pipeline_cache.cache_mode(  # a disk cache's path belongs to the real pairs
                 "auto" if config.cache.startswith("disk:") else config.cache, source,
                 count=sim_count, budget_mb=config.cache_budget_mb)[0])
-        real = real.unbatch().batch(config.batch_size - count, drop_remainder=True)
     except ValueError as e:
         raise ConfigError(f"--simulated_data={config.simulated_data}: {e}") from e
     mixed = tf.data.Dataset.zip(real, simulated).map(
