@@ -110,12 +110,13 @@ def training_facts(model_path):
         if key is not None:
             facts.training_images[key] = facts.training_images.get(key, 0) + count
     own = chain[0]
-    epochs = own.get("epochs", "?")
+    epochs = own.get("epochs", NOT_AVAILABLE)
     checkpoint = re.match(r"^epoch_(\d+)\.weights\.h5$", os.path.basename(str(model_path)))
     if checkpoint:  # a per-epoch checkpoint: the epochs it has seen, not the run's target
         epochs = str(int(checkpoint.group(1)))
     if own.get("init_from"):
-        initial = chain[1].get("epochs", "?") if len(chain) > 1 else "?"
+        # An --init_from without flags.txt (e.g. the shipped .keras) has no epochs on record.
+        initial = chain[1].get("epochs", NOT_AVAILABLE) if len(chain) > 1 else NOT_AVAILABLE
         facts.epochs = f"{initial} / {epochs}"
     else:
         facts.epochs = f"{epochs} / -"

@@ -225,6 +225,11 @@ def test_training_facts_for_pretrain_and_unknown(model_dirs, tmp_path):
     checkpoint = pretrain / "checkpoints" / "epoch_002.weights.h5"
     assert training_facts.training_facts(str(checkpoint)).epochs == "2 / -"
     assert training_facts.training_facts(str(tmp_path / "x.keras")).epochs == "n/a"
+    # A transfer from a lone .keras (no flags.txt beside it): its epochs are not on record.
+    run = tmp_path / "from_lone_model"
+    run.mkdir()
+    (run / "flags.txt").write_text(f"--init_from={tmp_path / 'lone.keras'}\n--epochs=15\n")
+    assert training_facts.training_facts(str(run)).epochs == "n/a / 15"
 
 
 def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
