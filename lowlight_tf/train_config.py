@@ -100,11 +100,11 @@ class TrainConfig:
         "depend on how dark the input is (beyond the paper). Default: the --init_from model's, "
         "else 0.", lower=0.0, upper=0.99)
     exposure_gain: str = option(
-        "patch", "How an exposure-normalising model's training patches are normalised. patch: "
-        "each patch scaled to the target mean by its own model layer (sessions 5-8). image: the "
-        "input pipeline multiplies each patch by its whole image's gain, as tiled inference "
-        "does, so shadows stay darker than highlights. No effect on the paper's model.",
-        choices=EXPOSURE_GAINS)
+        "image", "How an exposure-normalising model's training patches are normalised. image: "
+        "the input pipeline multiplies each patch by its whole image's gain, as inference does "
+        "with a whole photo, so shadows stay darker than highlights. patch: each patch scaled "
+        "to the target mean by the model's own layer (sessions 5-8; measured worse, RESULTS.md "
+        "session 9). No effect on the paper's model.", choices=EXPOSURE_GAINS)
     train_fraction: float = option(
         1.0, "Fraction of the training examples to use, a deterministic subset by id hash "
         "(paper: 0.1 for transfer); in (0, 1].", lower=0.0, upper=1.0)
