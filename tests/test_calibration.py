@@ -64,7 +64,7 @@ def test_joint_fit_recovers_parameters_and_noise_peak_noisy():
     peak = 400.0
     dark = synthetic_dark(bright, TRUE_PARAMS, noise_peak=peak, seed=5)
     fit = calibration.fit_joint(dark, bright, exponents=(0.6, 1.0, 1.6))
-    assert fit["params"][4] == 1.0  # the noise curve picks the true exponent
+    assert fit["params"][4] == 1.0  # brightness and noise pick the true exponent
     np.testing.assert_allclose(fit["params"][:4], TRUE_PARAMS[:4], rtol=0.03, atol=1.5)
     assert peak / 1.5 < fit["noise_peak"] < peak * 1.5
 

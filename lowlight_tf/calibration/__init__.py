@@ -2,11 +2,12 @@
 
 Two per-pair estimators of the 5-vector (black_level, w_r, w_g, w_b, gamma_exponent)
 (`estimators`): `estimate_paper`, the §3.1 estimators in the authors' order, and `fit_joint`,
-our improvement (least squares for brightness and colour; the noise peak and the gamma exponent
-from the noise of the real dark image, measured by `noise`).
+our improvement (the gamma exponent and the noise peak searched together, each candidate scored
+on the dark means against the exact mean of the noisy 8-bit composite, `moments`, and on the
+dark image's high-pass noise; `joint`).
 
 The per-pair parameters give the distribution (mean, covariance across pairs, as §3.1). For
-`joint`, the exponent is shared by all pairs (the one with the best mean noise-curve match; the
+`joint`, the exponent is shared by all pairs (the candidate with the lowest total score; the
 peak that matches a given noise level depends steeply on the exponent, so peaks fitted with
 different exponents cannot be averaged), and the per-pair peaks give one `noise_peak`
 (geometric mean).
@@ -22,8 +23,8 @@ Beyond the paper, `calibrate_isp` (module `isp`) fits the ISP-aware model of
 `lowlight_tf.simulation_isp`: per-pair exposure ratios, per-channel noise level functions and
 the noise's spatial correlation.
 
-Modules: `pairs` (reading and splitting pairs), `estimators`, `noise`, `report` (fidelity),
-`fit` (`calibrate`, the distribution), `isp`. This package exposes their public API, so callers
+Modules: `pairs` (reading and splitting pairs), `estimators`, `joint` and `moments` (the joint
+fit), `noise`, `report` (fidelity), `fit` (`calibrate`, the distribution), `isp`. This package exposes their public API, so callers
 write `calibration.calibrate`, `calibration.load_pairs`, `calibration.CalibrationError`, ...
 Images are NumPy float32 [H, W, 3] in [0, 255].
 """

@@ -8,10 +8,10 @@ The composite maps a bright image b to a dark one d = GC(PN(CD(BL(b)))) with the
     w_c = mean(d_c / BL(b)_c)        per channel c             (§3.1.2)
     e   = mean(log d / log CD(BL(b)))                          (§3.1.4, the paper's 1/gamma)
 - `fit_composite`: least squares of the noise-free composite (`composite_noise_free`) against d.
-- `fit_joint`: our improvement. `fit_composite` for brightness and colour, and the noise of the
-  real dark image for the rest: the Poisson peak matching its high-pass energy
-  (`noise.estimate_noise_peak`), and the gamma exponent, which brightness alone hardly
-  determines, whose simulated noise-versus-intensity curve is closest to the real one.
+- `fit_joint`: our improvement. The gamma exponent and the Poisson peak are searched together
+  (`joint.search`), each (e, peak) scored on brightness (dark means against the exact mean of
+  the noisy, 8-bit composite, `moments`, with bl and w fitted by least squares) and noise (the
+  high-pass residual against the model's variance) at once.
 
 Images are NumPy float [H, W, 3] in [0, 255].
 """
@@ -20,12 +20,12 @@ import math
 import numpy as np
 from scipy import optimize
 
-from lowlight_tf.calibration import noise
+from lowlight_tf.calibration import joint
 from lowlight_tf.calibration.pairs import CalibrationError
 
 PIXEL_RANGE = (5.0, 250.0)  # §3.1: "we only consider pixel values in [5, 250]"
 METHODS = ("paper", "joint")
-# Candidate gamma exponents of the joint fit (the noise shape decides among them).
+# Candidate gamma exponents of the joint fit (refined between them, `joint.search`).
 JOINT_EXPONENTS = (0.6, 0.8, 1.0, 1.25, 1.6, 2.0)
 
 
@@ -134,55 +134,57 @@ def fit_composite(dark, bright, *, exponent=None, black_level=None, initial=None
 
 
 def fit_joint(dark, bright, *, exponents=JOINT_EXPONENTS, black_level=None, quantize=True,
-              max_pixels=30000, seed=0):
-    """Our joint fit: brightness and colour by least squares, noise level and shape from d.
+              max_pixels=None, seed=0, refine=True):
+    """Our joint fit: exponent and noise peak searched together, each scored on brightness and
+    noise at once (`joint.search`).
 
-    Brightness alone leaves the exponent e nearly undetermined (w^e and e trade off), but e
-    decides how the Poisson noise, added before GC, varies with intensity: the simulated noise
-    variance grows like d^(2 - 1/e). So for each e of `exponents`: fit (bl, w_r, w_g, w_b) by
-    least squares (`fit_composite`), find the peak that matches the real image's high-pass noise
-    energy (`noise.estimate_noise_peak`), and compare the noise energy per intensity level
-    (`noise.noise_curve`) of the simulated and real dark images (both on the central
-    `noise.NOISE_CROP` square); keep the e with the closest curve (mean squared log ratio).
+    Brightness alone fixes only w^e, and the noise curve alone cannot tell exponents apart when
+    there is little noise, so every (e, peak) is scored by chi^2 of the dark means per bright
+    value against the exact mean of the noisy composite (`moments`; black level and colour
+    weights fitted by least squares at that (e, peak)) plus the Gaussian -2 log-likelihood of
+    the dark image's high-pass noise under the model's variance. For each candidate exponent the
+    best peak is searched (log grid, then Brent); with `refine`, e is then searched between the
+    best candidate's neighbours and kept if significantly better (`joint.SIGNIFICANT`).
 
     Args:
       dark, bright: float [H, W, 3] in [0, 255].
-      exponents: candidate gamma exponents.
+      exponents: candidate gamma exponents (increasing).
       black_level: fix the black level (see `fit_composite`); None fits it.
-      quantize: simulate 8-bit dark images (as the real ones are) when matching noise.
-      max_pixels, seed: least-squares subsample.
+      quantize: model the 8-bit rounding of the dark image (as real ones are written); it is
+        modelled only when `dark` holds integer values (a float dark image is not rounded).
+      max_pixels, seed: fit the brightness on a random subsample of this many pixels (None:
+        all of them).
+      refine: search exponents between the candidates (off for `calibrate`, which shares one
+        candidate exponent between pairs).
     Returns:
-      dict: `params` float64 [5], `noise_peak` float, `rms` (8-bit units), `curve_error`,
-      `candidates` (per exponent: exponent, params, noise_peak, rms, curve_error).
+      dict: `params` float64 [5], `noise_peak` float, `rms` (dark means' misfit, 8-bit units),
+      `score` (-2 log L), `candidates` (per exponent: exponent, params, noise_peak, rms, score).
     """
-    dark_crop, bright_crop = noise.central_crop(dark), noise.central_crop(bright)
-    mask = noise.noise_mask(dark_crop)
-    level = noise.noise_level(dark_crop)
-    real_curve = noise.noise_curve(dark_crop, level, mask)
-    candidates = []
-    previous = None
-    for exponent in exponents:
-        params, rms = fit_composite(dark, bright, exponent=exponent, black_level=black_level,
-                                    max_pixels=max_pixels, seed=seed, initial=previous)
-        previous = params
-        peak = noise.estimate_noise_peak(dark_crop, bright_crop, params, quantize=quantize,
-                                         seed=seed)
-        simulated = noise.simulate_one(bright_crop, params, seed=seed, noise_peak=peak,
-                                       quantize=quantize)
-        curve = noise.noise_curve(simulated, level, mask)
-        valid = np.isfinite(real_curve) & np.isfinite(curve)
-        log_ratio = np.log(curve[valid] + 0.05) - np.log(real_curve[valid] + 0.05)
-        error = float(np.mean(log_ratio ** 2))
-        candidates.append({"exponent": float(exponent), "params": params.tolist(),
-                           "noise_peak": peak, "rms": rms, "curve_error": error})
-    best = min(candidates, key=lambda c: c["curve_error"])
-    return {"params": np.asarray(best["params"]), "noise_peak": best["noise_peak"],
-            "rms": best["rms"], "curve_error": best["curve_error"], "candidates": candidates}
+    dark = np.asarray(dark, np.float64)
+    bright = np.asarray(bright, np.float64)
+    if max_pixels is not None and dark.shape[0] * dark.shape[1] > max_pixels:
+        chosen = np.random.default_rng(seed).choice(dark.shape[0] * dark.shape[1], max_pixels,
+                                                    replace=False)
+        sample = (dark.reshape(-1, 1, 3)[chosen], bright.reshape(-1, 1, 3)[chosen])
+    else:
+        sample = (dark, bright)
+    rounded = bool(quantize) and bool(np.all(dark == np.round(dark)))
+    best, candidates = joint.search(dark, bright, list(exponents), black_level=black_level,
+                                    rounded=rounded, refine=refine, brightness_pixels=sample)
+
+    def row(point):
+        return {"exponent": float(point.params[4]), "params": point.params.tolist(),
+                "noise_peak": point.noise_peak, "rms": point.rms, "score": point.score}
+
+    return {"params": np.asarray(best.params), "noise_peak": best.noise_peak, "rms": best.rms,
+            "score": best.score, "candidates": [row(point) for point in candidates]}
 
 
 def estimate_pair(pair, method, *, pixel_range=PIXEL_RANGE, quantize=True, max_pixels=30000,
-                  seed=0, exponents=JOINT_EXPONENTS, black_level=None):
+                  seed=0, exponents=JOINT_EXPONENTS, black_level=None, refine=True):
     """Per-pair estimate with the given method ("paper" or "joint").
+
+    `refine` (joint only): see `fit_joint`.
 
     Returns:
       dict with `params` float64 [5] and `noise_peak` (the joint fit's peak; None for `paper`,
@@ -192,5 +194,5 @@ def estimate_pair(pair, method, *, pixel_range=PIXEL_RANGE, quantize=True, max_p
         return {"params": estimate_paper(pair.dark, pair.bright, pixel_range), "noise_peak": None}
     if method == "joint":
         return fit_joint(pair.dark, pair.bright, exponents=exponents, black_level=black_level,
-                         quantize=quantize, max_pixels=max_pixels, seed=seed)
+                         quantize=quantize, max_pixels=max_pixels, seed=seed, refine=refine)
     raise ValueError(f"Unknown calibration method {method!r}; use one of {METHODS}.")

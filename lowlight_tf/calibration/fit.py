@@ -85,7 +85,7 @@ def _estimate_pairs(pairs, label, *, method, say, pixel_range, quantize, max_pix
 
     Pairs whose estimate is undefined (no pixels in `pixel_range`) are skipped. Rows hold `id`,
     `params` (list of 5 floats), `noise_peak` (float or None) and, for `joint`, `rms`,
-    `curve_error` and `candidates`.
+    `score` and `candidates`.
     """
     fits = []
     for index, pair in enumerate(pairs):
@@ -98,8 +98,7 @@ def _estimate_pairs(pairs, label, *, method, say, pixel_range, quantize, max_pix
             continue
         row = {"id": pair.id, "params": params.tolist(), "noise_peak": fit["noise_peak"]}
         if "candidates" in fit:
-            row.update(rms=fit["rms"], curve_error=fit["curve_error"],
-                       candidates=fit["candidates"])
+            row.update(rms=fit["rms"], score=fit["score"], candidates=fit["candidates"])
         fits.append(row)
         peak = "" if fit["noise_peak"] is None else f"  peak {fit['noise_peak']:.4g}"
         say(f"  {label} {index + 1}/{len(pairs)} pair {pair.id}: "
@@ -110,23 +109,24 @@ def _estimate_pairs(pairs, label, *, method, say, pixel_range, quantize, max_pix
 def _share_exponent(per_pair, say):
     """Give every joint row the candidate of one shared exponent; returns that exponent.
 
-    One exponent for all pairs: the one whose simulated noise-vs-intensity curves match the
-    real ones best on average. Per-pair exponents trade off against the peak (the peak that
-    matches a given noise level grows steeply with e), so averaging peaks over different
-    exponents would be meaningless. Rows' `params`, `noise_peak`, `rms` and `curve_error` are
-    replaced in place.
+    One exponent for all pairs: the candidate with the lowest total score (-2 log-likelihood of
+    brightness and noise, `estimators.fit_joint`) over the pairs, each pair with its own peak,
+    black level and weights at that exponent. Per-pair exponents trade off against the peak
+    (the peak that matches a given noise level grows steeply with e), so averaging peaks over
+    different exponents would be meaningless. Rows' `params`, `noise_peak`, `rms` and `score`
+    are replaced in place.
     """
     exponents = [c["exponent"] for c in per_pair[0]["candidates"]]
-    errors = [np.mean([row["candidates"][i]["curve_error"] for row in per_pair])
+    totals = [np.sum([row["candidates"][i]["score"] for row in per_pair])
               for i in range(len(exponents))]
-    shared = int(np.argmin(errors))
-    say("  mean noise-curve error per exponent: " + ", ".join(
-        f"{e:g}: {err:.3f}" for e, err in zip(exponents, errors))
+    shared = int(np.argmin(totals))
+    say("  total score (-2 log L) per exponent: " + ", ".join(
+        f"{e:g}: {total:.6g}" for e, total in zip(exponents, totals))
         + f" -> exponent {exponents[shared]:g}")
     for row in per_pair:
         chosen = row["candidates"][shared]
         row.update(params=chosen["params"], noise_peak=chosen["noise_peak"], rms=chosen["rms"],
-                   curve_error=chosen["curve_error"])
+                   score=chosen["score"])
     return exponents[shared]
 
 
@@ -205,11 +205,13 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
     measured_holdout = _tone_mapped(holdout_pairs, curve)
     # With a tone curve, the curve holds the camera's floor: a black level subtracted on top
     # crushed shadows to 0 (2-14% of simulated pixels against 0.1-0.4% real), so joint fixes it
-    # at 0. The exponent is still chosen by noise shape: fixing it at 1 as well matched the
+    # at 0. The exponent is still fitted (brightness and noise): fixing it at 1 as well matched the
     # histograms better (fidelity 31.1 vs 29.9 dB) but trained a model that transferred worse
     # (RESULTS.md, runs 3 and 4).
     options = {"black_level": 0.0} if curve is not None and method == "joint" else {}
-    per_pair = estimate(measured_fit, "fit", **options)
+    # The fit pairs share one candidate exponent (`_share_exponent`): no refinement between them.
+    per_pair = estimate(measured_fit, "fit", **options,
+                        **({"refine": False} if method == "joint" else {}))
     if not per_pair:
         raise CalibrationError("No pair gave a usable estimate; check the pairs and pixel range.")
     if method == "joint":  # held-out pairs are then fitted with the shared exponent only
