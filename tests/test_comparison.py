@@ -112,6 +112,18 @@ def test_compare_cli(tmp_path):
     assert missing.returncode == 2 and "nowhere" in missing.stderr
     assert run_tool("compare", a).returncode == 2
     assert run_tool("compare", a, b, "--metrics=mae").returncode == 2
+    # Exposure sweeps: --gain picks the rows of one input gain in both files.
+    for folder, values in ((tmp_path / "sa", (20.0, 30.0)), (tmp_path / "sb", (20.0, 25.0))):
+        folder.mkdir()
+        (folder / "per_image.csv").write_text(
+            "dataset,id,method,gain,psnr,psnr_gt_mean,ssim\n"
+            f"d:test,1.png,m,1,{values[0]},21.0,0.2\nd:test,1.png,m,2,{values[1]},31.0,0.3\n")
+    sweep = [str(tmp_path / "sa"), str(tmp_path / "sb"), "--metrics=psnr"]
+    assert "A - B: +0.00 dB PSNR" in run_tool("compare", *sweep).stdout
+    at_two = run_tool("compare", *sweep, "--gain=2")
+    assert "at input gain 2" in at_two.stdout and "A - B: +5.00 dB PSNR" in at_two.stdout
+    missing_gain = run_tool("compare", *sweep, "--gain=4")
+    assert missing_gain.returncode == 2 and "gain 4" in missing_gain.stderr
 
 
 def test_read_per_image_takes_one_gain_of_an_exposure_sweep(tmp_path):
