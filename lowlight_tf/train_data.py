@@ -112,7 +112,9 @@ def pipeline_exposure(config):
     gets its whole image's gain in the pipeline (`pipeline.train_dataset`), and `training`
     fits the model with its own layer passed through (`model.exposure_applied_outside`).
     """
-    return config.exposure_normalization if config.exposure_gain == "image" else 0.0
+    if config.exposure_gain != "image":
+        return 0.0
+    return config.exposure_normalization or 0.0  # None: a config not yet resolved
 
 
 def simulated_count(fraction, batch_size):
