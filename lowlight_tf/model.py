@@ -24,11 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lowlight_tf import layers
+
 INPUT_MODES = ("rgb", "bayer")
 # Chen et al. (2018) and the paper use LeakyReLU with slope 0.2 after every 3x3 convolution.
 LEAKY_SLOPE = 0.2
-# Depth-to-space factor of the head: 12 channels -> 3 channels at twice the resolution.
-BLOCK_SIZE = 2
 # model_dir layout shared with lowlight_tf.training (docs/interfaces.md).
 FINAL_MODEL_NAME = "final.keras"
 ARCHITECTURE_NAME = "model.json"
@@ -40,6 +40,8 @@ CANONICAL_DARK_MEAN = 10.0 / 255.0
 # The exposure normalisation's floor on an image's mean level ([0, 1]): a black image is not
 # amplified more than CANONICAL_DARK_MEAN / MIN_MEAN.
 MIN_MEAN = 0.25 / 255.0
+# Name of the 1x1 adapter convolutions inside a block (`down1_adapter1`; lowlight_tf.adapters).
+ADAPTER = "adapter"
 _CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.weights\.h5$")
 
 
@@ -49,58 +51,6 @@ class ModelLoadError(ValueError):
 
 class ArchitectureMismatchError(ValueError):
     """Weights that do not fit a model; the message names the first layer that differs."""
-
-
-@keras.saving.register_keras_serializable(package="lowlight_tf")
-class SpaceToDepth(keras.layers.Layer):
-    """Moves each `block_size` x `block_size` spatial block into channels (tf.nn.space_to_depth).
-
-    [B, H, W, C] -> [B, H / block_size, W / block_size, C * block_size**2], same dtype.
-    """
-
-    def __init__(self, block_size=BLOCK_SIZE, **kwargs):
-        super().__init__(**kwargs)
-        self.block_size = int(block_size)
-
-    def call(self, inputs):
-        return tf.nn.space_to_depth(inputs, self.block_size)
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        b = self.block_size
-        return (batch, None if height is None else height // b,
-                None if width is None else width // b, channels * b * b)
-
-    def get_config(self):
-        config = super().get_config()
-        config["block_size"] = self.block_size
-        return config
-
-
-@keras.saving.register_keras_serializable(package="lowlight_tf")
-class DepthToSpace(keras.layers.Layer):
-    """Moves channels into `block_size` x `block_size` spatial blocks (tf.nn.depth_to_space).
-
-    [B, H, W, C] -> [B, H * block_size, W * block_size, C / block_size**2], same dtype.
-    """
-
-    def __init__(self, block_size=BLOCK_SIZE, **kwargs):
-        super().__init__(**kwargs)
-        self.block_size = int(block_size)
-
-    def call(self, inputs):
-        return tf.nn.depth_to_space(inputs, self.block_size)
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        b = self.block_size
-        return (batch, None if height is None else height * b,
-                None if width is None else width * b, channels // (b * b))
-
-    def get_config(self):
-        config = super().get_config()
-        config["block_size"] = self.block_size
-        return config
 
 
 def normalization_gain(mean, target_mean):
@@ -127,8 +77,6 @@ class ExposureNormalization(keras.layers.Layer):
     patch by its whole image's gain, and `exposure_applied_outside` makes this layer pass its
     input through while the model is fitted.
     """
-
-    MIN_MEAN = MIN_MEAN
 
     def __init__(self, target_mean=CANONICAL_DARK_MEAN, **kwargs):
         super().__init__(**kwargs)
@@ -212,15 +160,24 @@ def after_exposure_normalization(model):
     return keras.Model(layer.output, model.output, name=f"{model.name}_after_exposure")
 
 
-def _conv_pair(x, filters, block):
-    """Two 3x3 'same' convolutions, each followed by LeakyReLU(0.2), named `block_conv1..2`."""
+def _conv_pair(x, filters, block, adapters=False):
+    """Two 3x3 'same' convolutions, each followed by LeakyReLU(0.2), named `block_conv1..2`.
+
+    With `adapters`, a zero-initialised 1x1 convolution `block_adapterI` is added beside each
+    (`lowlight_tf.adapters`: trained on a device's pairs, then merged into the 3x3 kernel).
+    """
     for i in (1, 2):
-        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"{block}_conv{i}")(x)
-        x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{block}_lrelu{i}")(x)
+        conv = keras.layers.Conv2D(filters, 3, padding="same", name=f"{block}_conv{i}")(x)
+        if adapters:
+            side = keras.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer="zeros",
+                                       name=f"{block}_{ADAPTER}{i}")(x)
+            conv = keras.layers.Add(name=f"{block}_adapted{i}")([conv, side])
+        x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{block}_lrelu{i}")(conv)
     return x
 
 
-def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalization=0.0):
+def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalization=0.0,
+               adapters=False):
     """Builds the paper's U-Net (Figure 4) as a Keras functional model.
 
     Args:
@@ -232,6 +189,8 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
       depth: number of encoder (and decoder) blocks; the paper uses 4.
       exposure_normalization: 0 for the paper's model; a mean in (0, 1) inserts
         `ExposureNormalization(target_mean=exposure_normalization)` after the input (rgb only).
+      adapters: also a zero-initialised 1x1 `..._adapterI` beside every 3x3 convolution (the
+        output is unchanged until they train; `lowlight_tf.adapters`).
 
     Returns:
       An uncompiled keras.Model named "unet" whose output is float32 [B, H, W, 3], the enhanced
@@ -251,7 +210,7 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
         x = inputs
         if exposure_normalization:
             x = ExposureNormalization(exposure_normalization, name="exposure_normalization")(x)
-        x = SpaceToDepth(BLOCK_SIZE, name="space_to_depth")(x)
+        x = layers.SpaceToDepth(layers.BLOCK_SIZE, name="space_to_depth")(x)
     else:
         inputs = keras.Input(shape=(None, None, 4), name="dark_bayer")
         x = inputs
@@ -259,11 +218,11 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
     skips = []
     for i in range(1, depth + 1):
         block = f"down{i}"
-        x = _conv_pair(x, base_filters * 2 ** (i - 1), block)
+        x = _conv_pair(x, base_filters * 2 ** (i - 1), block, adapters)
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"{block}_pool")(x)
 
-    x = _conv_pair(x, base_filters * 2 ** depth, "bottleneck")
+    x = _conv_pair(x, base_filters * 2 ** depth, "bottleneck", adapters)
 
     for i in range(1, depth + 1):
         block = f"up{i}"
@@ -271,10 +230,10 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
         x = keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
                                          name=f"{block}_upconv")(x)
         x = keras.layers.Concatenate(axis=-1, name=f"{block}_concat")([x, skips[depth - i]])
-        x = _conv_pair(x, filters, block)
+        x = _conv_pair(x, filters, block, adapters)
 
-    x = keras.layers.Conv2D(3 * BLOCK_SIZE ** 2, 1, name="head_conv")(x)
-    outputs = DepthToSpace(BLOCK_SIZE, name="head_depth_to_space")(x)
+    x = keras.layers.Conv2D(3 * layers.BLOCK_SIZE ** 2, 1, name="head_conv")(x)
+    outputs = layers.DepthToSpace(layers.BLOCK_SIZE, name="head_depth_to_space")(x)
     return keras.Model(inputs, outputs, name="unet")
 
 
@@ -284,6 +243,11 @@ def block_of(layer_name):
     if re.fullmatch(r"down\d+|up\d+|bottleneck|head", block):
         return block
     return None
+
+
+def is_adapter(layer_name):
+    """True for the 1x1 adapter convolutions of `build_unet(adapters=True)`."""
+    return layer_name.split("_", 1)[-1].startswith(ADAPTER)
 
 
 def block_names(model):
@@ -352,7 +316,7 @@ def size_multiple(model):
     for layer in model.layers:
         if isinstance(layer, keras.layers.MaxPooling2D):
             multiple *= int(np.prod(layer.pool_size) ** 0.5)
-        elif isinstance(layer, SpaceToDepth):
+        elif isinstance(layer, layers.SpaceToDepth):
             multiple *= layer.block_size
     return multiple
 
@@ -360,18 +324,23 @@ def size_multiple(model):
 def architecture(model):
     """Returns the build_unet arguments of a model: {"input_mode", "base_filters", "depth"}, plus
     "exposure_normalization" for a model that normalises exposure."""
-    input_mode = "rgb" if any(isinstance(l, SpaceToDepth) for l in model.layers) else "bayer"
+    input_mode = "rgb" if any(isinstance(l, layers.SpaceToDepth) for l in model.layers) else "bayer"
     depth = sum(isinstance(l, keras.layers.MaxPooling2D) for l in model.layers)
     base_filters = model.get_layer("down1_conv1").filters
     layer = exposure_layer(model)
     arch = {"input_mode": input_mode, "base_filters": int(base_filters), "depth": int(depth)}
     if layer is not None:
         arch["exposure_normalization"] = layer.target_mean
+    if any(is_adapter(l.name) for l in model.layers):
+        arch["adapters"] = True
     return arch
 
 
 def copy_weights(source, target):
     """Copies every weight of `source` into the same-named layer of `target`.
+
+    Adapters of `target` that `source` lacks keep their zeros (a plain model into one with
+    adapters: the same function).
 
     Raises:
       ArchitectureMismatchError: naming the first layer whose weights are missing or differ in
@@ -382,6 +351,8 @@ def copy_weights(source, target):
         if not layer.weights:
             continue
         other = source_layers.pop(layer.name, None)
+        if other is None and is_adapter(layer.name):
+            continue
         if other is None:
             raise ArchitectureMismatchError(
                 f"Layer {layer.name!r} of the new model has no counterpart in the checkpoint "

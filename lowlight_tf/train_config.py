@@ -56,6 +56,11 @@ class TrainConfig:
     trainable_blocks: str = option(
         "", "Comma-separated blocks to train (down1..downN, bottleneck, up1..upN, head, or all). "
         "Empty means upN,head for --stage=transfer and all otherwise.")
+    adapters: bool = option(
+        False, "Transfer with device adapters (beyond the paper, after LED): a zero-initialised "
+        "1x1 convolution beside every 3x3 convolution trains with --trainable_blocks while the "
+        "pretrained 3x3 kernels stay frozen; final.keras has them merged into the 3x3 kernels "
+        "(the plain U-Net). Needs --init_from.")
     simulation_params: str = option(
         "paper", "Simulation preset for bright-only data: a shipped preset's name ('paper', the "
         "authors' distribution; 'eliei_rgb_tone', ...) or the path of a preset JSON written by "

@@ -5,7 +5,8 @@ Stages:
                 patches are simulated on the fly (§3.1 presets);
   transfer      --init_from a pretrained model, only `trainable_blocks` (default: the last
                 decoder block and the head, the blue blocks of Figure 4), usually 10% of the
-                target device's real pairs;
+                target device's real pairs; with --adapters also a 1x1 adapter beside every
+                frozen 3x3 convolution, merged into it in final.keras (`lowlight_tf.adapters`);
   finetune_all  --init_from, every block trainable;
   scratch       random init, every block, real pairs (the "trained on 100%" reference).
 
@@ -33,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from lowlight_tf import adapters
 from lowlight_tf import config as config_lib
 from lowlight_tf import distribute
 from lowlight_tf import files
@@ -103,6 +105,9 @@ def resolve_config(config):
     if c.stage in ("transfer", "finetune_all") and not c.init_from:
         raise ConfigError(f"--stage={c.stage} needs --init_from: a pretrained .keras model, an "
                           "epoch_NNN.weights.h5 checkpoint or the model_dir of a pretrain run.")
+    if c.adapters and not c.init_from:
+        raise ConfigError("--adapters retunes a pretrained model's frozen blocks; give the "
+                          "model with --init_from (and --stage=transfer).")
     if c.stage == "scratch" and c.init_from:
         raise ConfigError("--stage=scratch trains from random weights; drop --init_from or use "
                           "--stage=finetune_all.")
@@ -175,12 +180,17 @@ def create_model(config, strategy):
       ValueError: an unknown --trainable_blocks name.
     """
     source = model_lib.load_model(config.init_from) if config.init_from else None
+    if source is not None and not config.adapters:
+        source = adapters.merge_adapters(source)  # e.g. a checkpoint of an --adapters run
     with strategy.scope():
         model = model_lib.build_unet("rgb", config.base_filters, config.depth,
-                                     exposure_normalization=config.exposure_normalization)
+                                     exposure_normalization=config.exposure_normalization,
+                                     adapters=config.adapters)
         if source is not None:
             model_lib.copy_weights(source, model)
         trainable, frozen = model_lib.set_trainable_blocks(model, config.trainable_blocks)
+        if config.adapters:
+            trainable, frozen = adapters.set_adapters_trainable(model)
         optimizer = keras.optimizers.Adam(learning_rate_schedule(config),
                                           clipnorm=config.clipnorm or None)
         model.compile(optimizer=optimizer, loss=metrics.MAESSIMLoss(config.ssim_weight),
@@ -284,7 +294,8 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
         raise _diverged(guard, checkpoint.last_path or model_lib.latest_checkpoint(out_dir))
 
     final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
-    files.save_model(model, final_path)  # atomic: a kill leaves the backup to resume from
+    # atomic: a kill leaves the backup to resume from; adapters merged: the plain U-Net
+    files.save_model(adapters.merge_adapters(model), final_path)
     run_dir.remove_backup(os.path.join(out_dir, BACKUP_DIR))
     last_epoch = initial_epoch + len(history.history.get("loss", []))
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}
@@ -347,7 +358,7 @@ def _finish_from_checkpoint(config, model, strategy, checkpoint, out_dir):
         model.optimizer.build(model.trainable_variables)
         model.load_weights(checkpoint)
     final_path = os.path.join(out_dir, model_lib.FINAL_MODEL_NAME)
-    files.save_model(model, final_path)
+    files.save_model(adapters.merge_adapters(model), final_path)
     _log(config, f"All {config.epochs} epochs were already trained: wrote {final_path} "
                  f"from {checkpoint}.")
     epoch = run_dir.checkpoint_epoch(checkpoint)
@@ -360,7 +371,8 @@ def _start_message(config, strategy, params, description, resuming_from):
     trainable, frozen = params
     return "\n".join([
         f"Stage {config.stage}: U-Net base_filters={config.base_filters} depth={config.depth}, "
-        f"trainable blocks {config.trainable_blocks} ({trainable:,} trainable / {frozen:,} frozen "
+        f"trainable blocks {config.trainable_blocks}{' + adapters' if config.adapters else ''} "
+        f"({trainable:,} trainable / {frozen:,} frozen "
         "parameters)",
         *description,
         f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch "

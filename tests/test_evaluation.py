@@ -16,6 +16,7 @@ from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import evaluation_report
 from lowlight_tf import training_facts
 from lowlight_tf import metrics
+from lowlight_tf import layers
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
 
@@ -243,8 +244,8 @@ def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
     # An identity "model" keeps the dark input, so its anchored output is the dark image times
     # one gain that gives it the curve's expected brightness.
     inputs = keras.Input(shape=(None, None, 3))
-    identity = keras.Model(inputs, model_lib.DepthToSpace(2, name="head_depth_to_space")(
-        model_lib.SpaceToDepth(2, name="space_to_depth")(inputs)))
+    identity = keras.Model(inputs, layers.DepthToSpace(2, name="head_depth_to_space")(
+        layers.SpaceToDepth(2, name="space_to_depth")(inputs)))
     rows = evaluation.evaluate(identity, [toy], str(tmp_path / "b"), save_images=0,
                                baselines=("input",), model_label="identity",
                                exposure_curves={toy: curve}, progress=None)

@@ -16,6 +16,7 @@ from lowlight_tf import files
 from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import enhance as enhance_lib
 from lowlight_tf import inference
+from lowlight_tf import layers
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
 from lowlight_tf.media import decode
@@ -34,8 +35,8 @@ def tiny_model():
 def identity_model():
     """A model whose output equals its input (SpaceToDepth then DepthToSpace), multiple 2."""
     inputs = keras.Input(shape=(None, None, 3))
-    x = model_lib.SpaceToDepth(2, name="space_to_depth")(inputs)
-    outputs = model_lib.DepthToSpace(2, name="head_depth_to_space")(x)
+    x = layers.SpaceToDepth(2, name="space_to_depth")(inputs)
+    outputs = layers.DepthToSpace(2, name="head_depth_to_space")(x)
     return keras.Model(inputs, outputs)
 
 
@@ -568,8 +569,8 @@ def test_no_reference_stats_by_hand():
 
 def test_enhance_brightness_and_stats_lines(tmp_path):
     inputs = keras.Input(shape=(None, None, 3))
-    x = model_lib.SpaceToDepth(2, name="space_to_depth")(inputs)
-    x = model_lib.DepthToSpace(2, name="head_depth_to_space")(x)
+    x = layers.SpaceToDepth(2, name="space_to_depth")(inputs)
+    x = layers.DepthToSpace(2, name="head_depth_to_space")(x)
     tripling = keras.Model(inputs, keras.layers.Rescaling(3.0, name="head_gain")(x))
     folder = tmp_path / "in"
     folder.mkdir()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lowlight_tf import layers
 from lowlight_tf import model as model_lib
 
 
@@ -63,15 +64,15 @@ def test_size_multiple_of_default_models():
 def test_depth_to_space_in_graph_and_matches_numpy():
     unet = model_lib.build_unet("rgb", base_filters=4, depth=2)
     last = unet.layers[-1]
-    assert isinstance(last, model_lib.DepthToSpace) and last.name.startswith("head")
+    assert isinstance(last, layers.DepthToSpace) and last.name.startswith("head")
     ops = {op.type for op in tf.function(unet).get_concrete_function(
         tf.TensorSpec([1, 8, 8, 3], tf.float32)).graph.get_operations()}
     assert "DepthToSpace" in ops and "SpaceToDepth" in ops
     # Independent reference: output[h*2+i, w*2+j, c] = input[h, w, (i*2 + j)*C + c].
     x = np.arange(2 * 3 * 12, dtype=np.float32).reshape(1, 2, 3, 12)
     expected = x.reshape(1, 2, 3, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(1, 4, 6, 3)
-    np.testing.assert_array_equal(model_lib.DepthToSpace(2)(x).numpy(), expected)
-    np.testing.assert_array_equal(model_lib.SpaceToDepth(2)(expected).numpy(), x)
+    np.testing.assert_array_equal(layers.DepthToSpace(2)(x).numpy(), expected)
+    np.testing.assert_array_equal(layers.SpaceToDepth(2)(expected).numpy(), x)
 
 
 def test_every_layer_name_starts_with_its_block():
