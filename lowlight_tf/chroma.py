@@ -36,6 +36,13 @@ YCBCR = np.array([[0.299, 0.587, 0.114],
                   [-0.168736, -0.331264, 0.5],
                   [0.5, -0.418688, -0.081312]])
 _PLANE_PARAMETERS = 3
+# The measure in one sentence, for reports.
+DEFINITION = (
+    f"std (8-bit units) of the BT.601 Cb and Cr channels in the reference's flat dark regions "
+    f"({BLOCK}x{BLOCK} blocks whose mean reference luma is at most the {DARK_PERCENTILE:g}th "
+    f"percentile of the image's block means and at most {DARK_LEVEL:g} of 255, the "
+    f"{FLAT_FRACTION:.0%} of those with the least luma texture), each block's chroma plane "
+    "(colour cast and gradient) removed")
 _RANGE_TOLERANCE = 1e-3
 
 

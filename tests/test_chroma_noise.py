@@ -1,8 +1,16 @@
 """Tests for lowlight_tf.chroma (chroma noise in flat dark regions) and its evaluation columns."""
+import csv
+import json
+
+import keras
 import numpy as np
 import pytest
+from PIL import Image
 
+from data_prep import prepare
 from lowlight_tf import chroma
+from lowlight_tf import evaluation
+from lowlight_tf import model as model_lib
 
 SIGMA = 4.0
 
@@ -91,3 +99,62 @@ def test_bad_inputs_raise():
         chroma.chroma_noise(reference[:32], reference)
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         chroma.chroma_noise(reference[..., 0], reference[..., 0])
+
+
+def test_evaluation_reports_chroma_noise_of_outputs_and_references(tmp_path):
+    """The per-image CSV and summary carry the model's and the baselines' chroma noise next to
+    the reference's, measured on the same blocks; the old columns keep their order."""
+    rng = np.random.default_rng(6)
+    for folder in ("low", "high"):
+        (tmp_path / "input" / folder).mkdir(parents=True)
+    for i in range(3):
+        # Dark flat left part with a little chroma noise of its own, a bright textured right.
+        bright = np.full((32, 64, 3), 40.0)
+        bright[:, :32] += rng.normal(0.0, 1.0, (32, 32, 3))
+        bright[:, 32:] = rng.uniform(100.0, 250.0, (32, 32, 3))
+        bright = np.clip(np.round(bright), 0, 255).astype(np.uint8)
+        dark = np.clip(bright * 0.1 + rng.normal(0.0, 1.5, bright.shape), 0, 255)
+        Image.fromarray(np.round(dark).astype(np.uint8)).save(
+            tmp_path / "input" / "low" / f"{i}.png")
+        Image.fromarray(bright).save(tmp_path / "input" / "high" / f"{i}.png")
+    prepare.make_tfrecords("pairs", output_dir=str(tmp_path / "tfr"), name="toy",
+                           input_dir=str(tmp_path / "input"), splits="test:1.0")
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_unet("rgb", base_filters=4, depth=2)
+    rows = evaluation.evaluate(model, [str(tmp_path / "tfr" / "toy")], str(tmp_path / "eval"),
+                               save_images=0, baselines=("input", "he"), model_label="tiny",
+                               progress=None)
+
+    with open(tmp_path / "eval" / "per_image.csv", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        per_image = list(reader)
+    assert reader.fieldnames == ["dataset", "id", "method", "gain", "psnr", "psnr_gt_mean",
+                                 "ssim", "brightness_ratio", "chroma_noise",
+                                 "chroma_noise_reference"]
+    brights = {f"{i}.png": np.asarray(Image.open(tmp_path / "input" / "high" / f"{i}.png"),
+                                      np.float64) for i in range(3)}
+    darks = {f"{i}.png": np.asarray(Image.open(tmp_path / "input" / "low" / f"{i}.png"),
+                                    np.float64) for i in range(3)}
+    assert len(per_image) == 3 * 3
+    for line in per_image:
+        bright = brights[line["id"]]
+        real = chroma.chroma_noise(bright, bright)
+        assert 0.3 < real < 2.0  # the references' own noise, about 0.7 (std 1 per channel)
+        assert float(line["chroma_noise_reference"]) == pytest.approx(real, abs=1e-4)
+        if line["method"] == "input":
+            assert float(line["chroma_noise"]) == pytest.approx(
+                chroma.chroma_noise(darks[line["id"]], bright), abs=1e-4)
+        assert np.isfinite(float(line["chroma_noise"]))
+
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert "flat dark" in summary["metrics"]["chroma_noise"]
+    for row in rows:
+        lines = [r for r in per_image if r["method"] == row["method"]]
+        assert row["chroma_noise"] == pytest.approx(
+            np.mean([float(r["chroma_noise"]) for r in lines]), abs=1e-3)
+        assert row["chroma_noise_reference"] == pytest.approx(
+            np.mean([chroma.chroma_noise(b, b) for b in brights.values()]), abs=1e-6)
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "| Chroma noise in flat dark regions: output / reference |" in table
+    real = rows[0]["chroma_noise_reference"]
+    assert f"| {rows[0]['chroma_noise']:.2f} / {real:.2f} |" in table
