@@ -15,7 +15,9 @@ baseline rows computed on the same images (lowlight_tf.baselines), and writes:
 
 Beyond the paper, an exposure sweep: with `input_gains` every dark input is also scaled by each
 gain (an 8-bit multiply with clipping, as if exposed longer or shorter) and scored against the
-same reference, one row per (method, dataset, gain), with the output / reference brightness; and
+same reference, one row per (method, dataset, gain), with the output / reference brightness; the
+chroma noise of each output in the reference's flat dark regions beside the reference's own on
+the same pixels (lowlight_tf.chroma: the coloured blotches in shadows that PSNR barely sees); and
 a no-reference check on unpaired photos (`unpaired`: mean brightness and clipped highlights of
 each method's outputs, in `unpaired.csv` and `summary.json`'s `unpaired_rows`).
 
@@ -200,10 +202,13 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
 
     Returns:
       The summary rows: dicts with method, kind ("model" | "baseline"), dataset, gain, psnr,
-      psnr_gt_mean, ssim, brightness_ratio, images, training_images, epochs. PSNR and GT-mean
-      PSNR in dB; `brightness_ratio` is the geometric mean over images of the per-image ratio
-      mean(output) / mean(reference) (a mean of ratios, not a ratio of means; 1 = the
-      reference's brightness).
+      psnr_gt_mean, ssim, brightness_ratio, images, training_images, epochs, chroma_noise,
+      chroma_noise_reference. PSNR and GT-mean PSNR in dB; `brightness_ratio` is the geometric
+      mean over images of the per-image ratio mean(output) / mean(reference) (a mean of ratios,
+      not a ratio of means; 1 = the reference's brightness); `chroma_noise` and
+      `chroma_noise_reference` are the mean over images of `chroma.chroma_noise` of the output
+      and of the reference, on the reference's flat dark blocks (8-bit units; images without
+      such blocks left out, NaN when none has them).
 
     Raises:
       EvaluationError: missing/corrupt model, model/data mismatch, unusable or empty dataset,

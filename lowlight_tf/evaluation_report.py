@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from lowlight_tf import chroma
 from lowlight_tf import files
 from lowlight_tf.training_facts import NOT_AVAILABLE
 
@@ -168,14 +169,16 @@ def _format_number(value, digits):
 
 def format_table(rows):
     """Markdown table in the shape of the paper's Table 1 (plus SSIM, GT-mean PSNR, the input
-    gain and the output / reference brightness, in their own columns).
+    gain, the output / reference brightness and the chroma noise in flat dark regions of the
+    output and of the reference, in their own columns; "n/a" where a row has no value).
 
     GT-mean PSNR (prediction scaled to the reference's mean first) is never mixed with PSNR.
     """
     lines = [
         "| Model | Dataset | No. training images from dataset | No. epochs initial / transfer "
-        "| PSNR (dB) | SSIM | GT-mean PSNR (dB) | Input gain | Output / reference brightness |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| PSNR (dB) | SSIM | GT-mean PSNR (dB) | Input gain | Output / reference brightness "
+        "| Chroma noise in flat dark regions: output / reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         is_baseline = row.get("kind") == "baseline"
@@ -185,7 +188,9 @@ def format_table(rows):
             f"| {'-' if is_baseline else row.get('epochs', NOT_AVAILABLE)} "
             f"| {_format_number(row['psnr'], 2)} | {_format_number(row['ssim'], 3)} "
             f"| {_format_number(row['psnr_gt_mean'], 2)} | {row.get('gain', 1.0):g} "
-            f"| {_format_number(row.get('brightness_ratio'), 2)} |")
+            f"| {_format_number(row.get('brightness_ratio'), 2)} "
+            f"| {_format_number(row.get('chroma_noise'), 2)} / "
+            f"{_format_number(row.get('chroma_noise_reference'), 2)} |")
     return "\n".join(lines)
 
 
@@ -218,9 +223,27 @@ def _csv_text(fieldnames, lines):
     return buffer.getvalue()
 
 
+# New columns go at the end: readers of older files (and scripts) may rely on the order.
 PER_IMAGE_FIELDS = ["dataset", "id", "method", "gain", "psnr", "psnr_gt_mean", "ssim",
-                    "brightness_ratio"]
+                    "brightness_ratio", "chroma_noise", "chroma_noise_reference"]
 UNPAIRED_FIELDS = ["dataset", "id", "method", "gain", "mean_brightness", "clipped_fraction"]
+
+
+# What each column of per_image.csv and each summary row holds (summary.json "metrics").
+METRIC_DESCRIPTIONS = {
+    "psnr": "20 log10(255 / sqrt(MSE)) on 8-bit values (paper §3.3), mean over images",
+    "psnr_gt_mean": "PSNR after scaling the prediction to the reference's mean "
+                    "(GT-mean); not comparable with plain PSNR",
+    "ssim": "SSIM, 11x11 Gaussian window sigma 1.5, on [0, 255] (tf.image.ssim)",
+    "gain": "input gain: each dark input was clip(round(dark * gain), 0, 255) in 8-bit "
+            "values (gain 1: as stored), scored against the same reference",
+    "brightness_ratio": "geometric mean over images of mean(output) / mean(reference) "
+                        "(a mean of per-image ratios; 1 = the reference's brightness)",
+    "chroma_noise": f"{chroma.DEFINITION} (lowlight_tf.chroma), of the output; mean over the "
+                    "images that have such regions",
+    "chroma_noise_reference": "the same of the reference itself, on the same regions and "
+                              "images (its real chroma noise)",
+}
 
 
 def write_reports(report, rows, per_image, settings, *, unpaired_rows=(),
@@ -244,16 +267,7 @@ def write_reports(report, rows, per_image, settings, *, unpaired_rows=(),
     summary = {
         "rows": [{k: _json_safe(v) for k, v in row.items()} for row in rows],
         "settings": settings,
-        "metrics": {
-            "psnr": "20 log10(255 / sqrt(MSE)) on 8-bit values (paper §3.3), mean over images",
-            "psnr_gt_mean": "PSNR after scaling the prediction to the reference's mean "
-                            "(GT-mean); not comparable with plain PSNR",
-            "ssim": "SSIM, 11x11 Gaussian window sigma 1.5, on [0, 255] (tf.image.ssim)",
-            "gain": "input gain: each dark input was clip(round(dark * gain), 0, 255) in 8-bit "
-                    "values (gain 1: as stored), scored against the same reference",
-            "brightness_ratio": "geometric mean over images of mean(output) / mean(reference) "
-                                "(a mean of per-image ratios; 1 = the reference's brightness)",
-        },
+        "metrics": dict(METRIC_DESCRIPTIONS),
     }
     if unpaired_rows or unpaired_skipped:
         summary["unpaired_rows"] = [{k: _json_safe(v) for k, v in row.items()}
@@ -272,7 +286,10 @@ def write_reports(report, rows, per_image, settings, *, unpaired_rows=(),
                     "and is not comparable with plain PSNR. Baselines are computed on the same "
                     "images. Input gain: each dark input scaled by it (8-bit multiply with "
                     "clipping) before enhancement; output / reference brightness is the "
-                    "geometric mean over images of mean(output) / mean(reference).\n")
+                    "geometric mean over images of mean(output) / mean(reference). Chroma "
+                    f"noise in flat dark regions: {chroma.DEFINITION}; of the output and of "
+                    "the reference on the same blocks, mean over the images that have such "
+                    "blocks (n/a: none).\n")
     if unpaired_rows:
         text.append("## No-reference check on unpaired photos\n\n"
                     + format_unpaired_table(unpaired_rows) + "\n\nMean brightness of the 8-bit "

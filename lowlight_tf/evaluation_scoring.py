@@ -6,7 +6,8 @@ A `Scorer` holds what every dataset is scored with (the model, its row label, th
 the input gains, the inference mode); `score_dataset` scores a pairs or simulated dataset and
 appends per-image lines and summary rows, `score_unpaired` does the no-reference check.
 Images are float32 [H, W, 3] in [0, 255]; outputs are rounded to 8-bit values before the
-metrics, as if saved.
+metrics, as if saved. Each output's chroma noise in the reference's flat dark regions
+(lowlight_tf.chroma) is reported beside the reference's own, measured on the same blocks.
 """
 import dataclasses
 import os
@@ -18,6 +19,7 @@ from PIL import Image
 
 from lowlight_tf import baselines as baselines_lib
 from lowlight_tf import brightness as brightness_lib
+from lowlight_tf import chroma
 from lowlight_tf import data
 from lowlight_tf import enhance as enhance_lib
 from lowlight_tf import files
@@ -216,6 +218,8 @@ def score_dataset(scorer, dataset, facts, exposure_curve, report, per_image, row
             "images": len(values),
             "training_images": facts.images_for(dataset.keys) if is_model else 0,
             "epochs": facts.epochs if is_model else "-",
+            "chroma_noise": _mean([v[4] for v in values]),
+            "chroma_noise_reference": _mean([v[5] for v in values if np.isfinite(v[4])]),
         })
 
 
@@ -230,15 +234,19 @@ def _score_example(scorer, dataset, example, index, exposure_curve, report, resu
             f"Dataset {dataset.spec}: image {image_id} has dark {stored_dark.shape} and "
             f"bright {bright.shape} of different sizes; rebuild it with tools/make_tfrecords, "
             "which aligns pairs.")
+    real_chroma_noise = chroma.chroma_noise(bright, bright)
     for gain in scorer.gains:
         dark = scale_input(stored_dark, gain)
         outputs = scorer.outputs(dark, exposure_curve)
         for name, output in outputs.items():
-            values = image_metrics(output, bright) + (brightness_ratio(output, bright),)
+            values = image_metrics(output, bright) + (
+                brightness_ratio(output, bright), chroma.chroma_noise(output, bright),
+                real_chroma_noise)
             results[(name, gain)].append(values)
             per_image.append({"dataset": dataset.label, "id": image_id, "method": name,
                               "gain": gain, "psnr": values[0], "psnr_gt_mean": values[1],
-                              "ssim": values[2], "brightness_ratio": values[3]})
+                              "ssim": values[2], "brightness_ratio": values[3],
+                              "chroma_noise": values[4], "chroma_noise_reference": values[5]})
         if index < save_images:
             stem = _safe_name(os.path.splitext(image_id)[0])
             _save_png(report.path(os.path.join(

@@ -150,7 +150,7 @@ def format_table(rows, with_paper=True):
     lines = [evaluation_report.format_table(rows)]
     if with_paper:
         lines += [f"| {method} | {dataset} | {images} | {epochs} | {psnr:.2f} | n/a | n/a | 1 "
-                  "| n/a |" for method, dataset, images, epochs, psnr in PAPER_ROWS]
+                  "| n/a | n/a |" for method, dataset, images, epochs, psnr in PAPER_ROWS]
     return "\n".join(lines)
 
 
