@@ -27,14 +27,17 @@ def expected_brightness(dark, exposure_curve):
     return curves.expected_brightness(dark, exposure_curve)
 
 
-def anchor_exposure(prediction, dark, exposure_curve, out=None):
+def anchor_exposure(prediction, dark, exposure_curve, out=None, per_channel=False):
     """Scale a prediction so its mean brightness is the calibrated camera's expectation.
 
     A single dark sRGB image does not tell its exposure: a network trained on simulated pairs
     whose exposure varies pulls every output towards its training photos' typical brightness
     (RESULTS.md, issue 6). The calibration pairs do tell how bright this camera's scenes come
     out for a given dark value; this keeps the network's structure and colour and takes the
-    global brightness from them (one gain for all channels).
+    global brightness from them (one gain for all channels). With `per_channel`, each channel
+    gets its own gain to the camera's expected mean of that channel: the calibration pairs
+    then also set the colour balance, e.g. a device whose dark frames carry a colour cast the
+    network was not trained to remove (`curves.expected_channel_means`).
 
     Args:
       prediction: float32 [H, W, 3] in [0, 1], the model output for `dark`.
@@ -42,12 +45,18 @@ def anchor_exposure(prediction, dark, exposure_curve, out=None):
       exposure_curve: float [3, 256], see `expected_brightness`.
       out: None, or a float32 array of the prediction's shape to write into (may be
         `prediction` itself: no full-size copy for a large photo).
+      per_channel: one gain per channel (colour from the calibration too) instead of one.
     Returns:
       float32 [H, W, 3] in [0, 1] (`out` when given).
     """
-    current = float(np.mean(prediction, dtype=np.float64))
-    gain = expected_brightness(dark, exposure_curve) / current if current > 0.0 else 1.0
-    result = np.multiply(prediction, np.float32(gain), out=out, dtype=np.float32)
+    if per_channel:
+        current = np.mean(prediction, axis=(0, 1), dtype=np.float64)
+        expected = curves.expected_channel_means(dark, exposure_curve)
+        gain = np.where(current > 0.0, expected / np.maximum(current, 1e-12), 1.0)
+    else:
+        current = float(np.mean(prediction, dtype=np.float64))
+        gain = expected_brightness(dark, exposure_curve) / current if current > 0.0 else 1.0
+    result = np.multiply(prediction, np.asarray(gain, np.float32), out=out, dtype=np.float32)
     return np.clip(result, 0.0, 1.0, out=result)
 
 

@@ -166,7 +166,16 @@ def fit_tone_curve(pairs, *, iterations=TONE_ITERATIONS, min_pixels=TONE_MIN_PIX
 def expected_brightness(dark, exposure_curve):
     """Mean over pixels and channels of the camera's expected bright value for `dark`.
 
-    The mean of exposure_curve[c, v] over every pixel's 8-bit value v of each channel c.
+    The mean of `expected_channel_means` (every channel has as many pixels). Args and raises
+    as there; returns a float in [0, 1].
+    """
+    return float(np.mean(expected_channel_means(dark, exposure_curve)))
+
+
+def expected_channel_means(dark, exposure_curve):
+    """Per channel, the mean over pixels of the camera's expected bright value for `dark`.
+
+    The mean of exposure_curve[c, v] over every pixel's 8-bit value v of channel c.
     Computed from per-channel histograms of bands of `LOOKUP_ROWS` rows: no full-size
     temporaries, so it suits large photos.
 
@@ -175,20 +184,20 @@ def expected_brightness(dark, exposure_curve):
       exposure_curve: float [3, 256] in [0, 255], the mean bright value per 8-bit dark value
         (`SimulationPreset.exposure_curve`, `fit_dark_to_bright_curve`).
     Returns:
-      float in [0, 1].
+      float64 [3] in [0, 1] (R, G, B).
     Raises:
       ValueError: `exposure_curve` is not [3, 256].
     """
     curve = np.asarray(exposure_curve, np.float64)
     if curve.shape != (3, LEVELS):
         raise ValueError(f"exposure_curve must be [3, 256], got {curve.shape}.")
-    total, count = 0.0, 0
+    totals, count = np.zeros(3), 0
     for begin in range(0, dark.shape[0], LOOKUP_ROWS):
         band = codes(np.asarray(dark[begin:begin + LOOKUP_ROWS], np.float32) * 255.0)
         for c in range(3):
-            total += float(np.bincount(band[..., c].ravel(), minlength=LEVELS) @ curve[c])
-        count += band[..., 0].size * 3
-    return total / max(count, 1) / 255.0
+            totals[c] += float(np.bincount(band[..., c].ravel(), minlength=LEVELS) @ curve[c])
+        count += band[..., 0].size
+    return totals / max(count, 1) / 255.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
       default_split: split used when a spec has none.
       exposure_curves: optional {dataset spec (as given in `datasets`): float [3, 256]}: for those
         datasets, a second model row "<label> + calibrated exposure" with each prediction's
-        brightness set by that camera's exposure curve (`brightness.anchor_exposure`).
+        brightness set by that camera's exposure curve (`brightness.anchor_exposure`), and a
+        third "<label> + calibrated colour" with each channel's mean set by it (per_channel).
       input_gains: the exposure sweep: positive floats; every dark input is scaled by each gain
         (`scale_input`, an 8-bit multiply with clipping) and scored against the same
         reference, giving one row per (method, dataset, gain). Default (1.0,): as stored.

@@ -151,8 +151,9 @@ class Scorer:
             self.keras_model, dark, tile=self.tile, overlap=self.overlap, stitch=self.stitch))
         outputs = {self.label: prediction}
         if exposure_curve is not None:
-            outputs[self.anchored] = quantize(255.0 * brightness_lib.anchor_exposure(
-                prediction / 255.0, dark / 255.0, exposure_curve))
+            for per_channel, label in ((False, self.anchored), (True, self.anchored_colour)):
+                outputs[label] = quantize(255.0 * brightness_lib.anchor_exposure(
+                    prediction / 255.0, dark / 255.0, exposure_curve, per_channel=per_channel))
         for name in self.baseline_names:
             outputs[name] = quantize(baselines_lib.apply(name, dark))
         return outputs
@@ -161,6 +162,11 @@ class Scorer:
     def anchored(self):
         """Row label of the model with the calibrated exposure."""
         return f"{self.label} + calibrated exposure"
+
+    @property
+    def anchored_colour(self):
+        """Row label of the model with the calibrated exposure set per channel (colour too)."""
+        return f"{self.label} + calibrated colour"
 
     def mode_text(self):
         """The inference mode in words."""
@@ -185,7 +191,8 @@ def score_dataset(scorer, dataset, facts, exposure_curve, report, per_image, row
     gain_text = "" if gains == (1.0,) else f", input gains {', '.join(f'{g:g}' for g in gains)}"
     scorer.say(f"Evaluating {scorer.label} on {dataset.label} ({total} images, "
                f"{scorer.mode_text()}{gain_text})")
-    model_rows = [scorer.label] + ([scorer.anchored] if exposure_curve is not None else [])
+    model_rows = [scorer.label] + ([scorer.anchored, scorer.anchored_colour]
+                                   if exposure_curve is not None else [])
     results = {(name, gain): [] for gain in gains
                for name in model_rows + list(scorer.baseline_names)}
     bar = progress_lib.bar(total=total, desc=f"Evaluating on {dataset.label}", unit="images",

@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import baselines
 from lowlight_tf import brightness as brightness_lib
+from lowlight_tf import curves
 from lowlight_tf import evaluation
 from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import evaluation_report
@@ -239,8 +240,9 @@ def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
     curve = np.tile(np.minimum(10.0 * np.arange(256.0), 255.0), (3, 1))  # these darks are 0.1 x
     rows = evaluation.evaluate(str(transfer), [toy], str(tmp_path / "a"), save_images=0,
                                baselines=(), exposure_curves={toy: curve}, progress=None)
-    assert [r["method"] for r in rows] == ["transfer", "transfer + calibrated exposure"]
-    assert rows[1]["kind"] == "model" and rows[1]["training_images"] == 2
+    assert [r["method"] for r in rows] == ["transfer", "transfer + calibrated exposure",
+                                           "transfer + calibrated colour"]
+    assert all(r["kind"] == "model" and r["training_images"] == 2 for r in rows[1:])
     # An identity "model" keeps the dark input, so its anchored output is the dark image times
     # one gain that gives it the curve's expected brightness.
     inputs = keras.Input(shape=(None, None, 3))
@@ -249,8 +251,12 @@ def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
     rows = evaluation.evaluate(identity, [toy], str(tmp_path / "b"), save_images=0,
                                baselines=("input",), model_label="identity",
                                exposure_curves={toy: curve}, progress=None)
-    assert [r["method"] for r in rows] == ["identity", "identity + calibrated exposure", "input"]
-    assert rows[0]["psnr"] == pytest.approx(rows[2]["psnr"], abs=1e-3)
+    assert [r["method"] for r in rows] == ["identity", "identity + calibrated exposure",
+                                           "identity + calibrated colour", "input"]
+    assert rows[0]["psnr"] == pytest.approx(rows[3]["psnr"], abs=1e-3)
+    # The curve is the same for every channel, so the per-channel gains set each channel's mean
+    # to 10x its dark mean: by hand, as the one-gain row below.
+    colour_scores = []
     scores = []
     for i in (2, 3, 4):
         dark = np.asarray(Image.open(pairs_dataset / "input" / "low" / f"{i}.png"), np.float32)
@@ -258,7 +264,10 @@ def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
                             np.float32)
         gain = 255.0 * brightness_lib.expected_brightness(dark / 255.0, curve) / dark.mean()
         scores.append(scoring.image_metrics(scoring.quantize(dark * gain), bright)[0])
+        gains = 255.0 * curves.expected_channel_means(dark / 255.0, curve) / dark.mean((0, 1))
+        colour_scores.append(scoring.image_metrics(scoring.quantize(dark * gains), bright)[0])
     assert rows[1]["psnr"] == pytest.approx(np.mean(scores), abs=0.05)
+    assert rows[2]["psnr"] == pytest.approx(np.mean(colour_scores), abs=0.05)
     assert rows[1]["psnr"] > rows[0]["psnr"] + 10  # the dark input, brightened
     with pytest.raises(evaluation.EvaluationError, match="not among the evaluated"):
         evaluation.evaluate(str(transfer), [toy], str(tmp_path / "x"),
@@ -314,8 +323,8 @@ def test_evaluate_cli_exit_codes(pairs_dataset, model_dirs, tmp_path):
                         cwd=str(tmp_path))
     assert anchored.returncode == 0, anchored.stderr
     summary = json.loads((tmp_path / "ex" / "summary.json").read_text())
-    assert [r["method"] for r in summary["rows"]] == ["transfer",
-                                                      "transfer + calibrated exposure"]
+    assert [r["method"] for r in summary["rows"]] == [
+        "transfer", "transfer + calibrated exposure", "transfer + calibrated colour"]
 
     bad_model = run_tool("evaluate", f"--model={tmp_path / 'missing.keras'}", toy,
                          f"--output_dir={tmp_path / 'bad'}", cwd=str(tmp_path))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
+from lowlight_tf import curves
 from lowlight_tf import files
 from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import enhance as enhance_lib
@@ -278,6 +279,16 @@ def test_expected_brightness_and_anchor_exposure():
     np.testing.assert_array_equal(in_place, anchored)
     black = np.zeros_like(prediction)
     np.testing.assert_array_equal(brightness_lib.anchor_exposure(black, dark / 255.0, curve), black)
+    # Per channel: each channel's mean becomes the curve's expectation for that channel.
+    by_channel = [np.mean(curve[c][dark[..., c].astype(int)]) / 255.0 for c in range(3)]
+    np.testing.assert_allclose(curves.expected_channel_means(dark / 255.0, curve), by_channel,
+                               rtol=1e-9)
+    coloured = brightness_lib.anchor_exposure(prediction, dark / 255.0, curve, per_channel=True)
+    np.testing.assert_allclose(coloured.mean(axis=(0, 1)), by_channel, rtol=1e-4)
+    for c in range(3):  # one gain per channel
+        ratio = coloured[..., c] / prediction[..., c]
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+    assert abs(coloured[..., 1].mean() / anchored[..., 1].mean() - 1.0) > 0.01
     with pytest.raises(ValueError, match=r"\[3, 256\]"):
         brightness_lib.expected_brightness(dark / 255.0, curve[:, :100])
 
