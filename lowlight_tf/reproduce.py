@@ -430,6 +430,22 @@ def _check_same_settings(work_dir, config):
 
 
 
+def _check_reachable(config, selected):
+    """A stage named in --stages that these flags leave out of the run is an error, not a no-op
+    (the default, every stage, runs those that the given data allows)."""
+    if selected >= set(STAGES):
+        return
+    table = stage_table(config)
+    reachable = {"report"} | {name for stage in table
+                              for name in (stage.name, *(stage.selected_by or ()))}
+    missing = sorted(selected - reachable, key=STAGES.index)
+    if missing:
+        raise ReproduceError(
+            f"--stages names {', '.join(missing)}, which a run with these flags does not have: "
+            "calibrate_device and pretrain_device need --device_calibration, device_subsets "
+            "needs --device_subsets above 1. Add the flag or leave the stage out.")
+
+
 def run_reproduce(config, builders, progress=print):
     """Run (or resume) every selected stage; returns the report dict (also in report.md).
 
@@ -445,6 +461,7 @@ def run_reproduce(config, builders, progress=print):
     _check_config(config)
     run = Run(config, builders, progress, user_errors=USER_ERRORS)
     selected = set(s for s in config.stages.split(",") if s)
+    _check_reachable(config, selected)
     _check_same_settings(run.work_dir, config)
     os.makedirs(run.work_dir, exist_ok=True)
     write_json(os.path.join(run.work_dir, "config.json"), config.flat())

@@ -187,6 +187,16 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
         reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "d"), calibration="none", simulation_params="paper.json", device_calibration=True,
             device_pairs=str(inputs / "device")), BUILDERS, progress=None)
+    # A stage these flags leave out is an error when named, not a silent no-op.
+    with pytest.raises(reproduce.ReproduceError, match="calibrate_device.*--device_calibration"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "c"), device_pairs=str(inputs / "device"),
+            stages="prepare,calibrate_device"), BUILDERS, progress=None)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(reproduce.ReproduceError, match="device_subsets.*above 1"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "c"), device_subsets=1, stages="device_subsets"),
+            BUILDERS, progress=None)
     with pytest.raises(reproduce.ReproduceError, match="--device_calibration needs --device_pairs"):
         reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "e"), device_calibration=True), BUILDERS, progress=None)
