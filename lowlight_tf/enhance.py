@@ -116,7 +116,8 @@ def plan_outputs(paths, output_dir, fmt, guard):
 
 
 def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None,
-                 brightness=brightness_lib.BRIGHTNESS_AUTO, max_pixels=files.DEFAULT_MAX_PIXELS):
+                 exposure_colour=False, brightness=brightness_lib.BRIGHTNESS_AUTO,
+                 max_pixels=files.DEFAULT_MAX_PIXELS):
     """Decodes, predicts and writes one file; returns ((width, height), no-reference stats)."""
     channels, _, _ = model_geometry(model)
     decoded = decode_input(path, input_channels=channels, ratio=ratio, max_pixels=max_pixels)
@@ -129,7 +130,7 @@ def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposur
     dark = x if decoded.scale == 1.0 else ScaledArray(x, decoded.scale)
     if exposure_curve is not None:
         prediction = brightness_lib.anchor_exposure(prediction, dark, exposure_curve,
-                                                    out=prediction)
+                                                    out=prediction, per_channel=exposure_colour)
     prediction = brightness_lib.apply_brightness(prediction, dark, brightness, out=prediction)
     del decoded, x, dark
     write_image(output_path, prediction, fmt)
@@ -138,9 +139,12 @@ def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposur
 
 def _check_options(ratio, fmt, exposure_curve=None, model=None,
                    brightness=brightness_lib.BRIGHTNESS_AUTO,
-                   max_pixels=files.DEFAULT_MAX_PIXELS):
+                   max_pixels=files.DEFAULT_MAX_PIXELS, exposure_colour=False):
     """Validates enhance options; returns the parsed Brightness. Raises ValueError."""
     setting = brightness_lib.parse_brightness(brightness)
+    if exposure_colour and exposure_curve is None:
+        raise ValueError("The calibrated colour (--exposure_colour) needs the camera's "
+                         "calibration: give --exposure_preset too.")
     if exposure_curve is not None:
         if np.shape(exposure_curve) != (3, 256):
             raise ValueError(f"exposure_curve must be [3, 256], got {np.shape(exposure_curve)}.")
@@ -161,8 +165,8 @@ def _check_options(ratio, fmt, exposure_curve=None, model=None,
 
 def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
                  overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None,
-                 brightness=brightness_lib.BRIGHTNESS_AUTO, overwrite=False,
-                 max_pixels=files.DEFAULT_MAX_PIXELS):
+                 exposure_colour=False, brightness=brightness_lib.BRIGHTNESS_AUTO,
+                 overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS):
     """Enhances one raw or ordinary image file and writes the result (atomically).
 
     Args:
@@ -178,6 +182,8 @@ def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT
       exposure_curve: None, or float [3, 256] (`SimulationPreset.exposure_curve` of the camera
         that took the photo): set the output's brightness with it
         (`brightness.anchor_exposure`). Ordinary images of that camera only, without `ratio`.
+      exposure_colour: with `exposure_curve`, one gain per channel to the camera's expected
+        channel means, so the calibration also sets the colour balance (a cast removed).
       brightness: "auto", a mean level in (0, 1) or an EV change (`brightness.apply_brightness`).
       overwrite: replace an existing output file (never the input itself).
       max_pixels: pixel limit checked on the header before decoding (None/0: none).
@@ -190,11 +196,12 @@ def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT
       files.OutputExistsError: the output exists and `overwrite` is False.
       files.OutputIsInputError: the output path is the input.
     """
-    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
+    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels, exposure_colour)
     output_path = output_path or _output_path(output_dir, path, fmt, set())
     files.OutputGuard(inputs=[path], overwrite=overwrite).claim(output_path)
     _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
-                 exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
+                 exposure_curve=exposure_curve, exposure_colour=exposure_colour,
+                 brightness=brightness, max_pixels=max_pixels)
     return output_path
 
 
@@ -248,7 +255,7 @@ def _stats_text(stats):
 
 
 def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                  overlap=DEFAULT_OVERLAP, exposure_curve=None,
+                  overlap=DEFAULT_OVERLAP, exposure_curve=None, exposure_colour=False,
                   brightness=brightness_lib.BRIGHTNESS_AUTO,
                   overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, progress=print,
                   show_bar=False):
@@ -264,8 +271,8 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
       model: a U-Net (see `enhance_file`).
       inputs: file and folder paths (folders: their image and raw files, not recursive).
       output_dir: created if missing.
-      ratio, fmt, tile, overlap, exposure_curve, brightness, overwrite, max_pixels: see
-        `enhance_file`.
+      ratio, fmt, tile, overlap, exposure_curve, exposure_colour, brightness, overwrite,
+        max_pixels: see `enhance_file`.
       progress: callable taking one line of text per file (print by default; None: silence).
         Each written file's line gives its size, mean brightness and clipped fraction.
       show_bar: also show a `lowlight_tf.progress` bar (rate, ETA) on stderr.
@@ -273,7 +280,7 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
     Returns:
       EnhanceSummary.
     """
-    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels)
+    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels, exposure_colour)
     check_output_dir(output_dir)
     progress = progress or (lambda line: None)
     paths = expand_inputs(inputs)
@@ -294,7 +301,8 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
                         "--overwrite to replace it)")
                 (width, height), stats = _enhance_one(
                     model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
-                    exposure_curve=exposure_curve, brightness=brightness, max_pixels=max_pixels)
+                    exposure_curve=exposure_curve, exposure_colour=exposure_colour,
+                    brightness=brightness, max_pixels=max_pixels)
             except UnreadableImageError as e:
                 skipped.append((path, str(e)))
                 progress(f"[{index}/{len(paths)}] skipped {path}: {e}")

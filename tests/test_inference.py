@@ -356,6 +356,35 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
                         f"--output_dir={tmp_path / 'out4'}", cwd=str(tmp_path))
     assert anchored.returncode == 0, anchored.stderr
     assert os.listdir(tmp_path / "out4") == ["dark_enhanced.png"]
+    colour = run_tool("enhance", str(photo_folder / "dark.png"), f"--model={model_path}",
+                      f"--exposure_preset={tmp_path / 'camera.json'}", "--exposure_colour",
+                      f"--output_dir={tmp_path / 'out5'}", cwd=str(tmp_path))
+    assert colour.returncode == 0, colour.stderr
+    alone = run_tool("enhance", str(photo_folder / "dark.png"), f"--model={model_path}",
+                     "--exposure_colour", f"--output_dir={tmp_path / 'out6'}", cwd=str(tmp_path))
+    assert alone.returncode == 2 and "--exposure_preset" in alone.stderr
+    assert not (tmp_path / "out6").exists() or not os.listdir(tmp_path / "out6")
+
+
+def test_enhance_exposure_colour_sets_each_channels_mean(identity_model, tmp_path):
+    dark = np.full((32, 48, 3), 20, np.uint8)
+    dark[..., 0] = 40  # a cast: red twice as bright as green and blue in the dark photo
+    path = tmp_path / "cast.png"
+    Image.fromarray(dark).save(path)
+    # The calibrated camera: bright = 2.5x dark in red, 5x in green and blue (the cast removed).
+    curve = np.stack([np.minimum(np.arange(256.0) * k, 255.0) for k in (2.5, 5.0, 5.0)])
+    written = enhance_lib.enhance_file(identity_model, str(path), str(tmp_path), tile=None,
+                                       exposure_curve=curve, exposure_colour=True)
+    with Image.open(written) as image:
+        means = np.asarray(image, np.float64).mean(axis=(0, 1))
+    np.testing.assert_allclose(means, [100.0, 100.0, 100.0], atol=1.0)
+    one_gain = enhance_lib.enhance_file(identity_model, str(path), str(tmp_path), tile=None,
+                                        exposure_curve=curve, output_path=str(tmp_path / "b.png"))
+    with Image.open(one_gain) as image:
+        means = np.asarray(image, np.float64).mean(axis=(0, 1))
+    assert means[0] == pytest.approx(2 * means[1], rel=0.02)  # one gain keeps the cast
+    with pytest.raises(ValueError, match="--exposure_preset"):
+        enhance_lib.enhance_file(identity_model, str(path), str(tmp_path), exposure_colour=True)
 
 
 # ----------------------------------------------------------------------------------------------
