@@ -105,13 +105,15 @@ def flat_dark_blocks(reference):
     return dark & flat
 
 
-def chroma_noise(image, reference):
+def chroma_noise(image, reference, blocks=None):
     """Pooled std of the chroma noise of `image` in the reference's flat dark blocks.
 
     Args:
       image: float [H, W, 3] in [0, 255], e.g. an enhanced output rounded to 8 bits, or the
         reference itself (its own, "real", chroma noise).
       reference: float [H, W, 3] in [0, 255], the same size; chooses the blocks.
+      blocks: None, or `flat_dark_blocks(reference)` computed once for several images
+        measured against the same reference.
 
     Returns:
       float >= 0 in 8-bit units (the std of Cb and Cr after removing each block's plane, module
@@ -122,7 +124,7 @@ def chroma_noise(image, reference):
       ValueError: shapes differ, not [H, W, 3], or values outside [0, 255].
     """
     image = _check_image("image", image)
-    selected = flat_dark_blocks(reference)
+    selected = flat_dark_blocks(reference) if blocks is None else blocks
     if image.shape != np.shape(reference):
         raise ValueError(f"image {image.shape} and reference {np.shape(reference)} must have "
                          "the same shape.")

@@ -241,13 +241,14 @@ def _score_example(scorer, dataset, example, index, exposure_curve, report, resu
             f"Dataset {dataset.spec}: image {image_id} has dark {stored_dark.shape} and "
             f"bright {bright.shape} of different sizes; rebuild it with tools/make_tfrecords, "
             "which aligns pairs.")
-    real_chroma_noise = chroma.chroma_noise(bright, bright)
+    flat_dark = chroma.flat_dark_blocks(bright)  # chosen once on the reference
+    real_chroma_noise = chroma.chroma_noise(bright, bright, flat_dark)
     for gain in scorer.gains:
         dark = scale_input(stored_dark, gain)
         outputs = scorer.outputs(dark, exposure_curve)
         for name, output in outputs.items():
             values = image_metrics(output, bright) + (
-                brightness_ratio(output, bright), chroma.chroma_noise(output, bright),
+                brightness_ratio(output, bright), chroma.chroma_noise(output, bright, flat_dark),
                 real_chroma_noise)
             results[(name, gain)].append(values)
             per_image.append({"dataset": dataset.label, "id": image_id, "method": name,
