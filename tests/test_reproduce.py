@@ -86,13 +86,16 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     models = [r for r in report["rows"] if r.get("kind") != "baseline"
               and r["method"] != reproduce.SHIPPED_LABEL]
     datasets = {r["dataset"] for r in models}
-    # pretrain on 3 test sets (+ its calibrated-exposure row on the target), the device model,
-    # 6 trained rows (transfer and scratch on the target's calibration pairs, 4 device rows)
-    assert len(models) == 3 + 1 + 1 + 6
+    # pretrain on 3 test sets (+ its calibrated exposure and colour rows on the target), the
+    # device model, 6 trained rows (transfer and scratch on the target's calibration pairs, 4
+    # device rows)
+    assert len(models) == 3 + 2 + 1 + 6
     scratch_target = [r for r in models if r["method"] == "scratch, calibration pairs"]
     assert [r["dataset"] for r in scratch_target] == ["target:val"]
     anchored = [r for r in models if r["method"].endswith("+ calibrated exposure")]
     assert len(anchored) == 1 and anchored[0]["dataset"] == "target:val"
+    coloured = [r for r in models if r["method"].endswith("+ calibrated colour")]
+    assert len(coloured) == 1 and coloured[0]["dataset"] == "target:val"
     assert any("simulated_test" in d for d in datasets)
     assert any("target" in d for d in datasets) and any("device" in d for d in datasets)
     baselines = [r for r in report["rows"] if r.get("kind") == "baseline"]
