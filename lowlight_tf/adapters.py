@@ -11,7 +11,6 @@ output exactly. A 1x1 kernel equals a 3x3 kernel that is zero outside its centre
 `merge_adapters` adds it to the centre tap and returns the paper's architecture: the saved
 model is the plain U-Net, with no extra inference cost.
 """
-import numpy as np
 
 from lowlight_tf import model as model_lib
 
@@ -37,8 +36,8 @@ def set_adapters_trainable(model):
     for layer in model.layers:
         if model_lib.is_adapter(layer.name):
             layer.trainable = True
-    count = lambda weights: int(sum(np.prod(w.shape) for w in weights))
-    return count(model.trainable_weights), count(model.non_trainable_weights)
+    return (model_lib.count_params(model.trainable_weights),
+            model_lib.count_params(model.non_trainable_weights))
 
 
 def merge_adapters(model):

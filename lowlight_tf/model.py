@@ -266,7 +266,8 @@ def default_transfer_blocks(model):
     return [ups[-1], "head"]
 
 
-def _count_params(weights):
+def count_params(weights):
+    """The number of scalars in a list of weights (e.g. `model.trainable_weights`)."""
     return int(sum(np.prod(w.shape) for w in weights))
 
 
@@ -303,7 +304,7 @@ def set_trainable_blocks(model, blocks):
     model.trainable = True
     for layer in model.layers:
         layer.trainable = block_of(layer.name) in wanted
-    return _count_params(model.trainable_weights), _count_params(model.non_trainable_weights)
+    return count_params(model.trainable_weights), count_params(model.non_trainable_weights)
 
 
 def size_multiple(model):
