@@ -29,6 +29,10 @@ from lowlight_tf import progress as progress_lib
 from lowlight_tf.evaluation_report import EvaluationError
 from lowlight_tf.media import formats
 
+# Suffixes of the model's rows with a calibrated exposure curve (brightness.anchor_exposure): one
+# gain for the brightness, or a gain per channel (the colour too).
+CALIBRATED_EXPOSURE = " + calibrated exposure"
+CALIBRATED_COLOUR = " + calibrated colour"
 PANEL_MAX_SIDE = 800  # panels are downscaled so one image of the triptych is at most this wide
 
 
@@ -161,12 +165,12 @@ class Scorer:
     @property
     def anchored(self):
         """Row label of the model with the calibrated exposure."""
-        return f"{self.label} + calibrated exposure"
+        return self.label + CALIBRATED_EXPOSURE
 
     @property
     def anchored_colour(self):
         """Row label of the model with the calibrated exposure set per channel (colour too)."""
-        return f"{self.label} + calibrated colour"
+        return self.label + CALIBRATED_COLOUR
 
     def mode_text(self):
         """The inference mode in words."""

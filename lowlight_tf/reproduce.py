@@ -134,11 +134,16 @@ def _schedule(config, kind):
     return scratch
 
 
-def _eval(name, label, datasets, produces=RESULT):
+# The device's specs of every evaluation: with --device_exposure the device's test pairs are
+# also scored with the exposure curve of the draw's training subset (stages.evaluate).
+DEVICE_SPECS = {"device_train": "device_train?", "device_test": "device_test?"}
+
+
+def _eval(name, label, datasets, produces=RESULT, draw=0):
     """The evaluation of stage `name`'s model, on every run that holds that model."""
     return Stage(f"eval_{name}", stages.evaluate, ALWAYS, produces=produces,
-                 inputs={"model_path": f"{name}.model", "datasets": datasets},
-                 args={"label": label})
+                 inputs={"model_path": f"{name}.model", "datasets": datasets, **DEVICE_SPECS},
+                 args={"label": label, "draw": draw})
 
 
 def _main_stages(config):
@@ -152,7 +157,7 @@ def _main_stages(config):
         Stage("simulated_test", stages.simulated_test, produces=DATASET,
               inputs={"bright_test": "bright_test", "params_path": "params"}),
         Stage("eval_shipped", stages.evaluate,
-              inputs={"datasets": ZERO_SHOT, "model_path": "shipped_model"},
+              inputs={"datasets": ZERO_SHOT, "model_path": "shipped_model", **DEVICE_SPECS},
               args={"label": SHIPPED_LABEL}),
         Stage("pretrain", stages.train, SELECTED_OR_DONE,
               inputs={"train_data": "bright_train", "val_data": "bright_val",
@@ -160,7 +165,7 @@ def _main_stages(config):
               args=dict(stage="pretrain", **_schedule(config, "pretrain"))),
         Stage("eval_pretrain", stages.evaluate_zero_shot, SELECTED_OR_DONE,
               inputs={"model_path": "pretrain.model", "datasets": ZERO_SHOT,
-                      "params_path": "params", "target_val": "target_val?"},
+                      "params_path": "params", "target_val": "target_val?", **DEVICE_SPECS},
               args={"label": "ours: pretrained on simulated pairs (zero-shot)"}),
         Stage("transfer_target", stages.train, SELECTED_OR_DONE,
               inputs={"train_data": "target_calib", "init_from": "pretrain.model",
@@ -238,7 +243,7 @@ def _draw_stages(config):
             table += [Stage(name, stages.train, inputs=inputs, produces=RECORD,
                             args=dict(stage=kind, **subset, **_schedule(config, kind)), **group),
                       _eval(name, f"{label}, {fraction:.0%} (draw {draw})", ("device_test",),
-                            produces=RECORD)]
+                            produces=RECORD, draw=draw)]
             evaluated.append(f"eval_{name}")
     if evaluated:
         table.append(Stage("device_subsets", stages.device_subsets, recorded=False,
@@ -392,6 +397,9 @@ def _check_config(config):
             raise ReproduceError(str(error)) from error
         if not has_curve:
             raise stages.no_exposure_curve(preset)
+    if config.device_exposure and not config.device_pairs:
+        raise ReproduceError("--device_exposure needs --device_pairs (the device whose pairs "
+                             "give the exposure curve).")
     if config.device_calibration and not config.device_pairs:
         raise ReproduceError("--device_calibration needs --device_pairs (the device whose "
                              "transfer pairs calibrate the simulation).")

@@ -12,6 +12,8 @@ from matplotlib.figure import Figure
 
 from lowlight_tf import comparison
 from lowlight_tf import evaluation_report
+from lowlight_tf import evaluation_scoring as scoring
+from lowlight_tf import files
 from lowlight_tf.reproduce_run import model_row, write_json
 
 # Table 1 of the paper, for context only (their data: RAISE 6k and SID Sony; not comparable).
@@ -38,27 +40,32 @@ def _table_rows(results):
     return rows + baselines
 
 
-# Paired comparisons in the report, (A, B) by training stage: each on the images both stages'
-# evaluations share, with a scene-bootstrap 95% interval (lowlight_tf.comparison).
+# Paired comparisons in the report, (A, B, row suffix) by training stage: each on the images
+# both stages' evaluations share, with a scene-bootstrap 95% interval (lowlight_tf.comparison).
+# The suffix picks the model's own rows ("") or its calibrated-exposure rows (--device_exposure;
+# skipped when the run has none).
 COMPARISONS = (
-    ("transfer_target", "pretrain"),  # issue 6 target 2: same-camera transfer vs zero-shot
-    ("transfer_target", "scratch_target"),  # issue 16: ... vs scratch on the same pairs
-    ("transfer_device", "full_device"),  # the paper's 10% transfer vs full supervision
-    ("transfer_device", "scratch_device"),  # ... vs scratch on the same 10%
-    ("finetune_all_device", "scratch_device"),
-    ("full_device", "scratch_device"),
+    ("transfer_target", "pretrain", ""),  # issue 6 target 2: same-camera transfer vs zero-shot
+    ("transfer_target", "scratch_target", ""),  # issue 16: ... vs scratch on the same pairs
+    ("transfer_device", "full_device", ""),  # the paper's 10% transfer vs full supervision
+    ("transfer_device", "scratch_device", ""),  # ... vs scratch on the same 10%
+    ("transfer_device", "scratch_device", scoring.CALIBRATED_EXPOSURE),  # both rows' brightness
+    ("finetune_all_device", "scratch_device", ""),  # from the device's curve (issue 16)
+    ("full_device", "scratch_device", ""),
 )
 
 
 def _comparisons(results):
     """[{a, b, dataset(s), metric, mean, low, high, ...}] for the COMPARISONS both evaluated."""
     found = []
-    for stage_a, stage_b in COMPARISONS:
-        evals = [results.get(f"eval_{stage}", {}).get("output_dir")
-                 for stage in (stage_a, stage_b)]
-        if not all(evals):
+    for stage_a, stage_b, suffix in COMPARISONS:
+        records = [results.get(f"eval_{stage}") for stage in (stage_a, stage_b)]
+        rows = [record and model_row(record, suffix) for record in records]
+        if not all(rows):
             continue
-        (label_a, a), (label_b, b) = (comparison.read_per_image(e) for e in evals)
+        (label_a, a), (label_b, b) = (
+            comparison.read_per_image(record["output_dir"], method=row["method"])
+            for record, row in zip(records, rows))
         result = comparison.paired_difference(a, b)
         found.append({"a": label_a, "b": label_b,
                       "datasets": sorted({d for d, _ in set(a) & set(b)}),
@@ -76,7 +83,9 @@ def format_comparisons(comparisons):
 
 def _subset_summary(results, config):
     """Draw 0 (the main rows) and the extra draws of the device subset, with each draw's paired
-    transfer - scratch margin and the mean and standard deviation over draws; {} without draws."""
+    transfer - scratch margin and the mean and standard deviation over draws; {} without draws.
+    With --device_exposure each draw also has "calibrated": the same for the rows with the
+    device's calibrated exposure."""
     extra = results.get("device_subsets", {}).get("draws", [])
     main = [results.get(f"eval_{stage}") for stage in ("transfer_device", "scratch_device")]
     if not extra or not all(main):
@@ -85,47 +94,69 @@ def _subset_summary(results, config):
              "output_dirs": {"transfer": main[0]["output_dir"], "scratch": main[1]["output_dir"]}}
     for kind, evaluated in zip(("transfer", "scratch"), main):
         first[kind] = model_row(evaluated)
-    draws = []
-    for entry in [first, *extra]:
-        a, b = (comparison.read_per_image(entry["output_dirs"][k])[1]
-                for k in ("transfer", "scratch"))
-        margin = comparison.paired_difference(a, b)
-        draws.append({"draw": entry["draw"], "seed": entry["seed"],
-                      "transfer": {k: entry["transfer"][k] for k in ("psnr", "ssim")},
-                      "scratch": {k: entry["scratch"][k] for k in ("psnr", "ssim")},
-                      "margin": dataclasses.asdict(margin)})
+        calibrated = model_row(evaluated, scoring.CALIBRATED_EXPOSURE)
+        if calibrated:
+            first.setdefault("calibrated", {})[kind] = calibrated
+    draws = [{"draw": entry["draw"], "seed": entry["seed"],
+              **_draw_margin(entry, entry),
+              **({"calibrated": _draw_margin(entry, entry["calibrated"])}
+                 if "calibrated" in entry else {})}
+             for entry in [first, *extra]]
+    summary = {"fraction": config.device_fraction, "draws": draws, **_spread_over(draws)}
+    if all("calibrated" in d for d in draws):
+        summary["calibrated"] = _spread_over([d["calibrated"] for d in draws])
+    return summary
 
+
+def _draw_margin(entry, rows):
+    """{"transfer", "scratch": {psnr, ssim}, "margin": paired transfer - scratch} of one draw,
+    for the rows {"transfer": row, "scratch": row} (the models' own or calibrated ones)."""
+    a, b = (comparison.read_per_image(entry["output_dirs"][kind], method=rows[kind]["method"])[1]
+            for kind in ("transfer", "scratch"))
+    return {**{kind: {k: rows[kind][k] for k in ("psnr", "ssim")}
+               for kind in ("transfer", "scratch")},
+            "margin": dataclasses.asdict(comparison.paired_difference(a, b))}
+
+
+def _spread_over(draws):
+    """Mean, standard deviation, min and max over draws of transfer, scratch and the margin."""
     def spread(values):
         values = np.asarray(values, np.float64)
         return {"mean": float(values.mean()), "std": float(values.std(ddof=1)),
                 "min": float(values.min()), "max": float(values.max())}
-    return {"fraction": config.device_fraction, "draws": draws,
-            "transfer_psnr": spread([d["transfer"]["psnr"] for d in draws]),
+    return {"transfer_psnr": spread([d["transfer"]["psnr"] for d in draws]),
             "scratch_psnr": spread([d["scratch"]["psnr"] for d in draws]),
             "margin_psnr": spread([d["margin"]["mean"] for d in draws])}
 
 
 def format_subsets(subsets):
-    """Markdown lines of _subset_summary: a row per draw, then mean ± standard deviation."""
+    """Markdown lines of _subset_summary: a row per draw, then mean ± standard deviation (and
+    the same for the calibrated-exposure rows when the run has them)."""
     if not subsets:
         return []
     fraction = f"{subsets['fraction']:.0%}"
-    lines = [f"| draw (seed) | transfer, last two blocks, {fraction}: PSNR / SSIM | scratch, "
-             f"{fraction}: PSNR / SSIM | transfer - scratch, PSNR (95% CI over scenes) |",
-             "|---|---|---|---|"]
-    for d in subsets["draws"]:
-        m = d["margin"]
-        lines.append(f"| {d['draw']} ({d['seed']}) | {d['transfer']['psnr']:.2f} / "
-                     f"{d['transfer']['ssim']:.3f} | {d['scratch']['psnr']:.2f} / "
-                     f"{d['scratch']['ssim']:.3f} | {m['mean']:+.2f} ({m['low']:+.2f} to "
-                     f"{m['high']:+.2f}) |")
-    t, c, m = (subsets[k] for k in ("transfer_psnr", "scratch_psnr", "margin_psnr"))
-    lines += ["", f"Over {len(subsets['draws'])} draws (mean ± standard deviation, min to max): "
-              f"transfer {t['mean']:.2f} ± {t['std']:.2f} dB ({t['min']:.2f} to {t['max']:.2f}), "
-              f"scratch {c['mean']:.2f} ± {c['std']:.2f} dB ({c['min']:.2f} to {c['max']:.2f}), "
-              f"transfer - scratch {m['mean']:+.2f} ± {m['std']:.2f} dB "
-              f"({m['min']:+.2f} to {m['max']:+.2f})."]
-    return lines
+    lines = []
+    for title, key in (("", None), (" with the device's calibrated exposure", "calibrated")):
+        if key and key not in subsets:
+            continue
+        lines += [f"| draw (seed) | transfer, last two blocks, {fraction}{title}: PSNR / SSIM "
+                  f"| scratch, {fraction}{title}: PSNR / SSIM | transfer - scratch, PSNR (95% "
+                  "CI over scenes) |", "|---|---|---|---|"]
+        for draw in subsets["draws"]:
+            d = draw[key] if key else draw
+            m = d["margin"]
+            lines.append(f"| {draw['draw']} ({draw['seed']}) | {d['transfer']['psnr']:.2f} / "
+                         f"{d['transfer']['ssim']:.3f} | {d['scratch']['psnr']:.2f} / "
+                         f"{d['scratch']['ssim']:.3f} | {m['mean']:+.2f} ({m['low']:+.2f} to "
+                         f"{m['high']:+.2f}) |")
+        spreads = subsets[key] if key else subsets
+        t, c, m = (spreads[k] for k in ("transfer_psnr", "scratch_psnr", "margin_psnr"))
+        lines += ["", f"Over {len(subsets['draws'])} draws{title} (mean ± standard deviation, "
+                  f"min to max): transfer {t['mean']:.2f} ± {t['std']:.2f} dB ({t['min']:.2f} "
+                  f"to {t['max']:.2f}), scratch {c['mean']:.2f} ± {c['std']:.2f} dB "
+                  f"({c['min']:.2f} to {c['max']:.2f}), transfer - scratch {m['mean']:+.2f} ± "
+                  f"{m['std']:.2f} dB ({m['min']:+.2f} to {m['max']:+.2f}).", ""]
+    return lines[:-1]
 
 
 def build_report(run, results, specs):
@@ -234,8 +265,7 @@ def write_report(run, report):
     lines += ["## Example panels (input | prediction | reference)", ""]
     lines += [f"- `{os.path.relpath(p, run.work_dir)}`" for p in report["panels"]]
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(run.work_dir, "report.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    files.write_text(os.path.join(run.work_dir, "report.md"), text)
     write_json(os.path.join(run.work_dir, "summary.json"), report)
     run.say("\n" + "\n".join([table, "", *comparisons])
          + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")

@@ -12,6 +12,8 @@ from typing import Callable, Tuple
 
 import numpy as np
 
+from lowlight_tf import files
+
 
 class ReproduceError(ValueError):
     """A configuration or input problem; the message says what to do."""
@@ -44,12 +46,10 @@ def say(progress, text):
 
 
 def write_json(path, value):
-    """Write JSON atomically (a killed run never leaves a half-written stage record)."""
+    """Write JSON atomically (a killed run never leaves a half-written stage record); numpy
+    values become numbers and lists."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
+    files.write_json(path, value, default=_json_default)
 
 
 def _json_default(value):
@@ -60,11 +60,15 @@ def _json_default(value):
     return str(value)
 
 
-def model_row(evaluated):
+def model_row(evaluated, suffix=""):
     """The model's own row of an evaluation record at input gain 1 (not a baseline, a
-    calibrated-exposure row or another gain of an exposure sweep)."""
-    return next(r for r in evaluated["rows"]
-                if r["kind"] == "model" and r.get("gain", 1.0) == 1.0)
+    calibrated-exposure row or another gain of an exposure sweep); with `suffix`
+    (evaluation_scoring.CALIBRATED_EXPOSURE or _COLOUR) the model's row with that suffix, None
+    when the evaluation has none."""
+    rows = [r for r in evaluated["rows"] if r["kind"] == "model" and r.get("gain", 1.0) == 1.0]
+    if not suffix:
+        return rows[0]
+    return next((r for r in rows if r["method"] == rows[0]["method"] + suffix), None)
 
 
 class Run:

@@ -12,6 +12,7 @@ import numpy as np
 
 from lowlight_tf import baselines
 from lowlight_tf import calibration
+from lowlight_tf import curves as curves_lib
 from lowlight_tf import evaluation
 from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import pretrained
@@ -212,22 +213,43 @@ def shipped_model_path(run):
         return ""
 
 
-def evaluate(run, name, *, model_path, datasets, label, exposure_curves=None):
+def evaluate(run, name, *, model_path, datasets, label, exposure_curves=None,
+             device_train=None, device_test=None, draw=0):
     """evaluation.evaluate of one model on the list of dataset specs `datasets` into
-    WORK_DIR/evaluations/NAME; returns {"rows", "output_dir"}."""
+    WORK_DIR/evaluations/NAME; returns {"rows", "output_dir"}.
+
+    With --device_exposure and the device's specs, `device_test` (one of `datasets`) is scored
+    with the exposure curve of the draw's subset of `device_train` too (device_exposure_curve).
+    """
     config = run.config
+    curves = dict(exposure_curves or {})
+    if config.device_exposure and device_train and device_test in datasets:
+        curves[device_test] = device_exposure_curve(run, device_train, draw)
     rows = evaluation.evaluate(
         model_path, datasets, os.path.join(run.evals, name), tile=config.eval_tile or None,
         save_images=config.save_images, model_label=label,
-        max_images=config.max_eval_images or None, exposure_curves=exposure_curves,
+        max_images=config.max_eval_images or None, exposure_curves=curves or None,
         input_gains=config.input_gains.split(","), progress=run.report_line)
     return {"rows": rows, "output_dir": os.path.join(run.evals, name)}
 
 
-def evaluate_zero_shot(run, name, *, model_path, datasets, label, params_path, target_val=None):
+def device_exposure_curve(run, device_train, draw):
+    """The device's exposure curve, float64 [3, 256]: the mean bright value per dark value over
+    the --device_fraction subset of draw `draw` (seed --seed + draw), the pairs that draw's
+    transfer and scratch rows train on (curves.fit_dark_to_bright_curve)."""
+    seed = run.config.train.seed + draw
+    fit = calibration.load_pairs(device_train, fraction=run.config.device_fraction, seed=seed)
+    run.report_line(f"the device's exposure curve (draw {draw}) from {len(fit)} pairs: "
+                    + ",".join(p.id for p in fit))
+    return curves_lib.fit_dark_to_bright_curve(fit)
+
+
+def evaluate_zero_shot(run, name, *, model_path, datasets, label, params_path, target_val=None,
+                       device_train=None, device_test=None):
     """evaluate, plus with --calibrated_exposure a row on the target's validation pairs with the
     target camera's exposure curve (read from the preset only here: a run of other stages alone
-    must not need the curve)."""
+    must not need the curve), and with --device_exposure rows on the device's test pairs with
+    the device's (draw 0)."""
     curves = None
     if run.config.calibrated_exposure and target_val:
         curve = simulation.load_preset(params_path).exposure_curve
@@ -235,7 +257,7 @@ def evaluate_zero_shot(run, name, *, model_path, datasets, label, params_path, t
             raise no_exposure_curve(params_path)
         curves = {target_val: curve}
     return evaluate(run, name, model_path=model_path, datasets=datasets, label=label,
-                    exposure_curves=curves)
+                    exposure_curves=curves, device_train=device_train, device_test=device_test)
 
 
 def device_subsets(run, name, *, evaluated):
@@ -243,8 +265,9 @@ def device_subsets(run, name, *, evaluated):
 
     `evaluated` holds the records of eval_transfer_device_drawK and eval_scratch_device_drawK,
     in draw order. Returns {"draws": [{"draw", "seed", "output_dirs", "transfer": row,
-    "scratch": row}]}; draw 0 (the main transfer_device / scratch_device rows) is added by the
-    report.
+    "scratch": row[, "calibrated": {"transfer": row, "scratch": row}]}]} (the calibrated
+    exposure's rows with --device_exposure); draw 0 (the main transfer_device / scratch_device
+    rows) is added by the report.
     """
     del name  # no record of its own: each draw's stages have theirs
     draws = []
@@ -254,5 +277,8 @@ def device_subsets(run, name, *, evaluated):
         for kind, record in zip(("transfer", "scratch"), evaluated[2 * index:2 * index + 2]):
             entry[kind] = model_row(record)
             entry["output_dirs"][kind] = record["output_dir"]
+            calibrated = model_row(record, scoring.CALIBRATED_EXPOSURE)
+            if calibrated:  # with --device_exposure
+                entry.setdefault("calibrated", {})[kind] = calibrated
         draws.append(entry)
     return {"draws": draws}

@@ -46,6 +46,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from lowlight_tf import files
 from lowlight_tf import simulation_isp
 from lowlight_tf.poisson import sample_poisson
 from lowlight_tf.simulation_tone import apply_tone_curve, check_tone_curve
@@ -486,7 +487,7 @@ def load_exposure_curve(name_or_path):
 
 
 def save_preset(preset, path):
-    """Write `preset` as JSON (the format `load_preset` reads)."""
-    with open(path, "w", encoding="utf-8") as stream:
+    """Write `preset` as JSON (the format `load_preset` reads), atomically."""
+    with files.atomic_write(path) as stream:
         json.dump(preset.to_json(), stream, indent=1)
         stream.write("\n")

@@ -65,7 +65,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         target_calib_ids="1-3", device_pairs=str(inputs / "device"),
         device_splits="train:0.5,test:0.5", device_fraction=0.5, calibration="paper",
         tone_curve=True, exposure_spread=0.5, device_calibration=True, calibrated_exposure=True,
-        device_subsets=2, full_steps=3, **TINY)
+        device_exposure=True, device_subsets=2, full_steps=3, **TINY)
     report = reproduce.run_reproduce(config, BUILDERS, progress=lines.append)
     # The calibrated tone curve reaches the preset that pretraining and the simulated test use.
     params = json.loads((tmp_path / "run" / "simulation_params.json").read_text())
@@ -84,18 +84,24 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     for stage in [s for s in reproduce.STAGES[:-1] if s not in optional] + draw_stages:
         assert os.path.isfile(tmp_path / "run" / "stages" / f"{stage}.json"), stage
     models = [r for r in report["rows"] if r.get("kind") != "baseline"
-              and r["method"] != reproduce.SHIPPED_LABEL]
+              and not r["method"].startswith(reproduce.SHIPPED_LABEL)]
     datasets = {r["dataset"] for r in models}
-    # pretrain on 3 test sets (+ its calibrated exposure and colour rows on the target), the
-    # device model, 6 trained rows (transfer and scratch on the target's calibration pairs, 4
-    # device rows)
-    assert len(models) == 3 + 2 + 1 + 6
+    # pretrain on 3 test sets (+ its calibrated exposure and colour rows on the target and on the
+    # device), the device model (+ the device's two), 6 trained rows (transfer and scratch on the
+    # target's calibration pairs; 4 device rows, each + the device's two)
+    assert len(models) == 3 + 2 + 2 + (1 + 2) + 2 + 4 * 3
     scratch_target = [r for r in models if r["method"] == "scratch, calibration pairs"]
     assert [r["dataset"] for r in scratch_target] == ["target:val"]
-    anchored = [r for r in models if r["method"].endswith("+ calibrated exposure")]
-    assert len(anchored) == 1 and anchored[0]["dataset"] == "target:val"
-    coloured = [r for r in models if r["method"].endswith("+ calibrated colour")]
-    assert len(coloured) == 1 and coloured[0]["dataset"] == "target:val"
+    for suffix in ("+ calibrated exposure", "+ calibrated colour"):
+        anchored = [r["dataset"] for r in models if r["method"].endswith(suffix)]
+        assert sorted(anchored) == ["device:test"] * 6 + ["target:val"], suffix
+    # Each draw's device rows take the exposure curve of the pairs that draw trains on.
+    for draw in (0, 1):
+        kept = pipeline.select_fraction(device_train, 0.5, seed=config.train.seed + draw)
+        ids = ",".join(sorted(e["id"].decode() for e in kept.as_numpy_iterator()))
+        said = [line.split(": ", 1)[1] for line in lines
+                if line.startswith(f"  the device's exposure curve (draw {draw})")]
+        assert said and all(",".join(sorted(text.split(","))) == ids for text in said), draw
     assert any("simulated_test" in d for d in datasets)
     assert any("target" in d for d in datasets) and any("device" in d for d in datasets)
     baselines = [r for r in report["rows"] if r.get("kind") == "baseline"]
@@ -125,6 +131,14 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     assert compared["mean"] == pytest.approx(
         np.mean([transfer[i] - scratch[i] for i in transfer]), abs=1e-3)
     assert compared["low"] <= compared["mean"] <= compared["high"]
+    # ... and the same two rows with the device's calibrated exposure, paired on the same images.
+    suffix = " + calibrated exposure"
+    calibrated = by_pair[(compared["a"] + suffix, compared["b"] + suffix)]
+    transfer_cal = per_image("transfer_device", calibrated["a"])
+    scratch_cal = per_image("scratch_device", calibrated["b"])
+    assert calibrated["images"] == compared["images"] and transfer_cal != transfer
+    assert calibrated["mean"] == pytest.approx(
+        np.mean([transfer_cal[i] - scratch_cal[i] for i in transfer_cal]), abs=1e-3)
     assert "## Paired differences" in text and "scratch, 50%: " in text
     # The second draw of the 50% subset trains on seed 1; the summary spans both draws.
     assert "--seed=1" in (tmp_path / "run" / "models" / "scratch_device_draw1" /
@@ -132,6 +146,11 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     subsets = summary["device_subsets"]
     assert [(d["draw"], d["seed"]) for d in subsets["draws"]] == [(0, 0), (1, 1)]
     assert subsets["draws"][0]["margin"]["mean"] == pytest.approx(compared["mean"])
+    assert subsets["draws"][0]["calibrated"]["margin"]["mean"] == pytest.approx(
+        calibrated["mean"])
+    assert subsets["calibrated"]["margin_psnr"]["mean"] == pytest.approx(
+        np.mean([d["calibrated"]["margin"]["mean"] for d in subsets["draws"]]))
+    assert "with the device's calibrated exposure: PSNR / SSIM" in text
     assert subsets["transfer_psnr"]["mean"] == pytest.approx(
         np.mean([d["transfer"]["psnr"] for d in subsets["draws"]]))
     draw_rows = [r for r in report["rows"] if "(draw" in r["method"]]
@@ -203,6 +222,9 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
     with pytest.raises(reproduce.ReproduceError, match="--device_calibration needs --device_pairs"):
         reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "e"), device_calibration=True), BUILDERS, progress=None)
+    with pytest.raises(reproduce.ReproduceError, match="--device_exposure needs --device_pairs"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "f"), device_exposure=True), BUILDERS, progress=None)
     authors = tmp_path / "authors.json"  # a fixed preset without an exposure curve
     simulation.save_preset(simulation.load_preset("paper"), str(authors))
     with pytest.raises(reproduce.ReproduceError, match="--calibrated_exposure.*lacks"):
