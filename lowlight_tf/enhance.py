@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from lowlight_tf import brightness as brightness_lib
+from lowlight_tf import chroma
 from lowlight_tf import files
 from lowlight_tf import progress as progress_lib
 from lowlight_tf.inference import (DEFAULT_OVERLAP, DEFAULT_TILE, ScaledArray,
@@ -117,7 +118,7 @@ def plan_outputs(paths, output_dir, fmt, guard):
 
 def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None,
                  exposure_colour=False, brightness=brightness_lib.BRIGHTNESS_AUTO,
-                 max_pixels=files.DEFAULT_MAX_PIXELS):
+                 max_pixels=files.DEFAULT_MAX_PIXELS, chroma_filter=True):
     """Decodes, predicts and writes one file; returns ((width, height), no-reference stats)."""
     channels, _, _ = model_geometry(model)
     decoded = decode_input(path, input_channels=channels, ratio=ratio, max_pixels=max_pixels)
@@ -133,6 +134,8 @@ def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposur
                                                     out=prediction, per_channel=exposure_colour)
     prediction = brightness_lib.apply_brightness(prediction, dark, brightness, out=prediction)
     del decoded, x, dark
+    if chroma_filter:
+        prediction = chroma.filter_chroma(prediction)
     write_image(output_path, prediction, fmt)
     return (prediction.shape[1], prediction.shape[0]), brightness_lib.no_reference_stats(prediction)
 
@@ -166,7 +169,7 @@ def _check_options(ratio, fmt, exposure_curve=None, model=None,
 def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
                  overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None,
                  exposure_colour=False, brightness=brightness_lib.BRIGHTNESS_AUTO,
-                 overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS):
+                 overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, chroma_filter=True):
     """Enhances one raw or ordinary image file and writes the result (atomically).
 
     Args:
@@ -187,6 +190,8 @@ def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT
       brightness: "auto", a mean level in (0, 1) or an EV change (`brightness.apply_brightness`).
       overwrite: replace an existing output file (never the input itself).
       max_pixels: pixel limit checked on the header before decoding (None/0: none).
+      chroma_filter: smooth the output's chroma where its luma is flat, last
+        (`chroma.filter_chroma`: the coloured blotches of dark shadows).
 
     Returns:
       The written path.
@@ -201,7 +206,7 @@ def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT
     files.OutputGuard(inputs=[path], overwrite=overwrite).claim(output_path)
     _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
                  exposure_curve=exposure_curve, exposure_colour=exposure_colour,
-                 brightness=brightness, max_pixels=max_pixels)
+                 brightness=brightness, max_pixels=max_pixels, chroma_filter=chroma_filter)
     return output_path
 
 
@@ -257,7 +262,8 @@ def _stats_text(stats):
 def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
                   overlap=DEFAULT_OVERLAP, exposure_curve=None, exposure_colour=False,
                   brightness=brightness_lib.BRIGHTNESS_AUTO,
-                  overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, progress=print,
+                  overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, chroma_filter=True,
+                  progress=print,
                   show_bar=False):
     """Enhances files and folders of files, skipping unreadable ones with a reason.
 
@@ -272,7 +278,7 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
       inputs: file and folder paths (folders: their image and raw files, not recursive).
       output_dir: created if missing.
       ratio, fmt, tile, overlap, exposure_curve, exposure_colour, brightness, overwrite,
-        max_pixels: see `enhance_file`.
+        max_pixels, chroma_filter: see `enhance_file`.
       progress: callable taking one line of text per file (print by default; None: silence).
         Each written file's line gives its size, mean brightness and clipped fraction.
       show_bar: also show a `lowlight_tf.progress` bar (rate, ETA) on stderr.
@@ -302,7 +308,8 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
                 (width, height), stats = _enhance_one(
                     model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
                     exposure_curve=exposure_curve, exposure_colour=exposure_colour,
-                    brightness=brightness, max_pixels=max_pixels)
+                    brightness=brightness, max_pixels=max_pixels,
+                    chroma_filter=chroma_filter)
             except UnreadableImageError as e:
                 skipped.append((path, str(e)))
                 progress(f"[{index}/{len(paths)}] skipped {path}: {e}")

@@ -166,7 +166,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
              stitch="blend", save_images=4, baselines=tuple(baselines_lib.BASELINE_KEYS),
              model_label=None, facts=None, max_images=None, default_split=DEFAULT_SPLIT,
              exposure_curves=None, input_gains=DEFAULT_GAINS, unpaired=None, overwrite=False,
-             progress=print):
+             chroma_filter=False, progress=print):
     """Evaluates a model and the classical baselines on test sets; writes the reports.
 
     Args:
@@ -198,6 +198,8 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
         model and the baselines run on each, at each gain, and `no_reference_stats` of every
         output (mean brightness, clipped-highlight fraction) is reported (`unpaired_rows`).
       overwrite: allow writing into a folder that holds files this tool did not write.
+      chroma_filter: also a row "<label> + chroma filter": the model's output with its chroma
+        smoothed where its luma is flat (`chroma.filter_chroma`, what `tools/enhance` applies).
       progress: callable taking one line of text (None for silence, also of the per-image
         progress bar of lowlight_tf.progress on stderr).
 
@@ -221,7 +223,8 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
     scorer, resolved, exposure_curves, unpaired_paths, model_path = _check_and_load(
         model, datasets, tile=tile, overlap=overlap, stitch=stitch, baselines=baselines,
         model_label=model_label, default_split=default_split, exposure_curves=exposure_curves,
-        input_gains=input_gains, unpaired=unpaired, say=say, quiet=progress is None)
+        input_gains=input_gains, unpaired=unpaired, say=say, quiet=progress is None,
+        chroma_filter=chroma_filter)
     if facts is None:
         facts = training_facts(model_path) if model_path else TrainingFacts()
     report = ReportFolder(output_dir, overwrite=overwrite)
@@ -261,7 +264,8 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
 
 
 def _check_and_load(model, datasets, *, tile, overlap, stitch, baselines, model_label,
-                    default_split, exposure_curves, input_gains, unpaired, say, quiet):
+                    default_split, exposure_curves, input_gains, unpaired, say, quiet,
+                    chroma_filter=False):
     """Check every argument of `evaluate` and load the model, before any inference.
 
     Returns (Scorer, resolved datasets, exposure curves by spec, unpaired paths or None, model
@@ -293,5 +297,5 @@ def _check_and_load(model, datasets, *, tile, overlap, stitch, baselines, model_
             "(tools/train builds rgb models) or enhance raw files with tools/enhance.")
     scorer = scoring.Scorer(keras_model, model_label or default_model_label(model_path),
                             tuple(baseline_names), gains, tile=tile, overlap=overlap,
-                            stitch=stitch, say=say, quiet=quiet)
+                            stitch=stitch, say=say, quiet=quiet, chroma_filter=chroma_filter)
     return scorer, resolved, exposure_curves, unpaired_paths, model_path

@@ -33,6 +33,8 @@ from lowlight_tf.media import formats
 # gain for the brightness, or a gain per channel (the colour too).
 CALIBRATED_EXPOSURE = " + calibrated exposure"
 CALIBRATED_COLOUR = " + calibrated colour"
+# Suffix of the model's row with its output's chroma filtered (chroma.filter_chroma).
+CHROMA_FILTERED = " + chroma filter"
 PANEL_MAX_SIDE = 800  # panels are downscaled so one image of the triptych is at most this wide
 
 
@@ -137,6 +139,8 @@ class Scorer:
       gains: the exposure sweep's input gains (tuple of positive floats).
       tile, overlap, stitch: inference mode (inference.predict_array).
       say: callable(str) for progress lines; quiet: no progress bars.
+      chroma_filter: also a row of the model's output with its chroma filtered
+        (chroma.filter_chroma).
     """
     keras_model: object
     label: str
@@ -147,10 +151,17 @@ class Scorer:
     stitch: str = "blend"
     say: object = print
     quiet: bool = False
+    chroma_filter: bool = False
+
+    def model_rows(self, exposure_curve=None):
+        """The model's row names, in the order `outputs` gives them."""
+        return ([self.label] + ([self.anchored, self.anchored_colour]
+                                if exposure_curve is not None else [])
+                + ([self.label + CHROMA_FILTERED] if self.chroma_filter else []))
 
     def outputs(self, dark, exposure_curve=None):
-        """{row name: 8-bit float32 output} of the model (and calibrated exposure) and the
-        baselines for one input `dark` float32 [H, W, 3] in [0, 255]."""
+        """{row name: 8-bit float32 output} of the model (and calibrated exposure, chroma
+        filter) and the baselines for one input `dark` float32 [H, W, 3] in [0, 255]."""
         prediction = quantize(inference.predict_image(
             self.keras_model, dark, tile=self.tile, overlap=self.overlap, stitch=self.stitch))
         outputs = {self.label: prediction}
@@ -158,6 +169,9 @@ class Scorer:
             for per_channel, label in ((False, self.anchored), (True, self.anchored_colour)):
                 outputs[label] = quantize(255.0 * brightness_lib.anchor_exposure(
                     prediction / 255.0, dark / 255.0, exposure_curve, per_channel=per_channel))
+        if self.chroma_filter:
+            outputs[self.label + CHROMA_FILTERED] = quantize(
+                255.0 * chroma.filter_chroma(prediction / 255.0))
         for name in self.baseline_names:
             outputs[name] = quantize(baselines_lib.apply(name, dark))
         return outputs
@@ -195,8 +209,7 @@ def score_dataset(scorer, dataset, facts, exposure_curve, report, per_image, row
     gain_text = "" if gains == (1.0,) else f", input gains {', '.join(f'{g:g}' for g in gains)}"
     scorer.say(f"Evaluating {scorer.label} on {dataset.label} ({total} images, "
                f"{scorer.mode_text()}{gain_text})")
-    model_rows = [scorer.label] + ([scorer.anchored, scorer.anchored_colour]
-                                   if exposure_curve is not None else [])
+    model_rows = scorer.model_rows(exposure_curve)
     results = {(name, gain): [] for gain in gains
                for name in model_rows + list(scorer.baseline_names)}
     bar = progress_lib.bar(total=total, desc=f"Evaluating on {dataset.label}", unit="images",
@@ -287,7 +300,7 @@ def score_unpaired(scorer, folder, paths, per_image, rows, skipped):
     scorer.say(f"No-reference check of {scorer.label} on {len(paths)} unpaired photos in "
                f"{folder}")
     stats = {(name, gain): [] for gain in scorer.gains
-             for name in [scorer.label] + list(scorer.baseline_names)}
+             for name in scorer.model_rows() + list(scorer.baseline_names)}
     for path in progress_lib.track(paths, desc=f"Unpaired photos in {folder}", unit="images",
                                    enabled=not scorer.quiet):
         try:
@@ -307,7 +320,7 @@ def score_unpaired(scorer, folder, paths, per_image, rows, skipped):
                                   "clipped_fraction": result.clipped_fraction})
     for (name, gain), values in stats.items():
         rows.append({
-            "method": name, "kind": "model" if name == scorer.label else "baseline",
+            "method": name, "kind": "model" if name in scorer.model_rows() else "baseline",
             "dataset": dataset, "gain": gain,
             "mean_brightness": _mean([v.mean_brightness for v in values]),
             "clipped_fraction": _mean([v.clipped_fraction for v in values]),

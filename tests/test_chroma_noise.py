@@ -6,10 +6,13 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from data_prep import prepare
 from lowlight_tf import chroma
+from lowlight_tf import enhance as enhance_lib
 from lowlight_tf import evaluation
+from lowlight_tf import layers
 from lowlight_tf import model as model_lib
 
 SIGMA = 4.0
@@ -162,3 +165,82 @@ def test_evaluation_reports_chroma_noise_of_outputs_and_references(tmp_path):
     assert "| Chroma noise in flat dark regions: output / reference |" in table
     real = rows[0]["chroma_noise_reference"]
     assert f"| {rows[0]['chroma_noise']:.2f} / {real:.2f} |" in table
+
+
+def test_filter_removes_chroma_noise_where_the_luma_is_flat_and_keeps_the_luma():
+    reference = _flat([60.0, 50.0, 40.0])
+    ycbcr = reference @ chroma.YCBCR.T
+    ycbcr[..., 1:] += np.random.default_rng(7).normal(0.0, SIGMA, ycbcr[..., 1:].shape)
+    noisy = _from_ycbcr(ycbcr)
+    filtered = 255.0 * chroma.filter_chroma(noisy / 255.0).astype(np.float64)
+    assert filtered.dtype == np.float64 and filtered.shape == noisy.shape
+    # Luma untouched (no clipping here); chroma averaged over 17 x 17 windows: std / 17 or so.
+    np.testing.assert_allclose((filtered @ chroma.YCBCR.T)[..., 0], ycbcr[..., 0], atol=1e-3)
+    assert chroma.chroma_noise(noisy, reference) == pytest.approx(SIGMA, rel=0.05)
+    assert chroma.chroma_noise(filtered, reference) < SIGMA / 8
+    # The mean colour stays.
+    np.testing.assert_allclose(filtered.mean(axis=(0, 1)), noisy.mean(axis=(0, 1)), atol=0.2)
+
+
+def test_filter_keeps_a_colour_edge_that_has_a_luma_edge():
+    image = np.zeros((40, 60, 3), np.float32)
+    image[:, :30] = [0.05, 0.02, 0.02]  # dark red
+    image[:, 30:] = [0.3, 0.8, 0.3]  # bright green
+    filtered = chroma.filter_chroma(image)
+    # Beyond two windows' reach (16 px) nothing changes; nearer the edge the colour moves far
+    # less than under a plain 17 x 17 blur of the chroma, which mixes the two sides.
+    np.testing.assert_allclose(filtered[:, :14], image[:, :14], atol=1e-4)
+    np.testing.assert_allclose(filtered[:, 46:], image[:, 46:], atol=1e-4)
+    ycbcr = image @ chroma.YCBCR.T.astype(np.float32)
+    ycbcr[..., 1:] = ndimage.uniform_filter(ycbcr[..., 1:], size=(17, 17, 1), mode="reflect")
+    blurred = np.clip(ycbcr @ np.linalg.inv(chroma.YCBCR).T, 0, 1)
+    assert np.abs(filtered - image).max() < np.abs(blurred - image).max() / 4
+
+
+def test_filter_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="RGB"):
+        chroma.filter_chroma(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="radius"):
+        chroma.filter_chroma(np.zeros((8, 8, 3)), radius=0)
+    with pytest.raises(ValueError, match="eps"):
+        chroma.filter_chroma(np.zeros((8, 8, 3)), eps=0.0)
+
+
+def test_evaluation_chroma_filter_row_and_enhance_default(tmp_path):
+    """evaluate --chroma_filter adds the model's filtered row (lower chroma noise); enhance
+    applies the filter by default and writes the model's output as it is without it."""
+    rng = np.random.default_rng(8)
+    for folder in ("low", "high"):
+        (tmp_path / "input" / folder).mkdir(parents=True)
+    bright = np.full((48, 64, 3), 40, np.uint8)
+    for i in range(2):
+        ycbcr = (bright.astype(np.float64) * 0.5) @ chroma.YCBCR.T
+        ycbcr[..., 1:] += rng.normal(0.0, 3.0, ycbcr[..., 1:].shape)  # chroma-noisy dark frame
+        dark = np.clip(np.round(_from_ycbcr(ycbcr)), 0, 255).astype(np.uint8)
+        Image.fromarray(dark).save(tmp_path / "input" / "low" / f"{i}.png")
+        Image.fromarray(bright).save(tmp_path / "input" / "high" / f"{i}.png")
+    prepare.make_tfrecords("pairs", output_dir=str(tmp_path / "tfr"), name="toy",
+                           input_dir=str(tmp_path / "input"), splits="test:1.0")
+    inputs = keras.Input(shape=(None, None, 3))  # identity: its output is the noisy input
+    identity = keras.Model(inputs, layers.DepthToSpace(2, name="head_depth_to_space")(
+        layers.SpaceToDepth(2, name="space_to_depth")(inputs)))
+    rows = evaluation.evaluate(identity, [str(tmp_path / "tfr" / "toy")], str(tmp_path / "eval"),
+                               save_images=0, baselines=(), model_label="identity",
+                               chroma_filter=True, progress=None)
+    assert [(r["method"], r["kind"]) for r in rows] == [
+        ("identity", "model"), ("identity + chroma filter", "model")]
+    assert rows[0]["chroma_noise"] > 2.0 and rows[1]["chroma_noise"] < rows[0]["chroma_noise"] / 4
+    assert rows[1]["psnr"] > rows[0]["psnr"]
+
+    dark_path = str(tmp_path / "input" / "low" / "0.png")
+    dark = np.asarray(Image.open(dark_path), np.float64)
+    (tmp_path / "plain").mkdir()
+    plain = enhance_lib.enhance_file(identity, dark_path, str(tmp_path / "plain"), tile=None,
+                                     chroma_filter=False)
+    np.testing.assert_array_equal(np.asarray(Image.open(plain), np.float64), dark)
+    (tmp_path / "default").mkdir()
+    default = enhance_lib.enhance_file(identity, dark_path, str(tmp_path / "default"), tile=None)
+    written = np.asarray(Image.open(default), np.float64)
+    expected = np.round(255.0 * chroma.filter_chroma(dark / 255.0))
+    assert np.abs(written - expected).max() <= 1.0
+    assert chroma.chroma_noise(written, dark) < chroma.chroma_noise(dark, dark) / 4

@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
+from lowlight_tf import chroma
 from lowlight_tf import curves
 from lowlight_tf import files
 from lowlight_tf import brightness as brightness_lib
@@ -213,9 +214,11 @@ def test_enhance_paths_on_dng_png_tiff_and_broken_file(tiny_model, photo_folder,
     assert len(lines) == 4 and "skipped" in lines[0]
     assert sorted(os.listdir(out_dir)) == names
 
-    # The PNG's output is the model's prediction of that PNG, up to 8-bit rounding.
+    # The PNG's output is the model's prediction of that PNG with its chroma filtered (the
+    # default, last), up to 8-bit rounding.
     dark = np.asarray(Image.open(photo_folder / "dark.png"), np.float32)
-    expected = inference.predict_image(tiny_model, dark, tile=32, overlap=8)
+    expected = 255.0 * chroma.filter_chroma(
+        inference.predict_image(tiny_model, dark, tile=32, overlap=8) / 255.0)
     written = np.asarray(Image.open(out_dir / "dark_enhanced.png"), np.float32)
     assert written.shape == (30, 45, 3)
     assert np.abs(written - expected).max() <= 1.0
@@ -232,10 +235,11 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
     plain = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "a"), fmt="png16",
-                                   tile=None)
+                                   tile=None, chroma_filter=False)
     brighter = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "b"), ratio=8.0,
-                                      fmt="png", tile=16, overlap=4)
-    as_jpeg = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "c"), fmt="jpg")
+                                      fmt="png", tile=16, overlap=4, chroma_filter=False)
+    as_jpeg = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "c"), fmt="jpg",
+                                     chroma_filter=False)
     assert plain.endswith("dark_enhanced.png") and as_jpeg.endswith("dark_enhanced.jpg")
     decoded16, _ = decode.decode_image(plain)
     assert decoded16.dtype == np.uint16 and decoded16.shape == (30, 45, 3)
@@ -364,6 +368,21 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
                      "--exposure_colour", f"--output_dir={tmp_path / 'out6'}", cwd=str(tmp_path))
     assert alone.returncode == 2 and "--exposure_preset" in alone.stderr
     assert not (tmp_path / "out6").exists() or not os.listdir(tmp_path / "out6")
+    # --nochroma_filter writes the network's output as it is; the default filters its chroma.
+    raw_output = run_tool("enhance", str(photo_folder / "dark.png"), f"--model={model_path}",
+                          "--nochroma_filter", f"--output_dir={tmp_path / 'out7'}",
+                          cwd=str(tmp_path))
+    assert raw_output.returncode == 0, raw_output.stderr
+    dark = np.asarray(Image.open(photo_folder / "dark.png"), np.float32)
+    network = inference.predict_image(tiny_model, dark, tile=inference.DEFAULT_TILE)
+    written = np.asarray(Image.open(tmp_path / "out7" / "dark_enhanced.png"), np.float32)
+    assert np.abs(written - network).max() <= 1.0
+    default = run_tool("enhance", str(photo_folder / "dark.png"), f"--model={model_path}",
+                       f"--output_dir={tmp_path / 'out8'}", cwd=str(tmp_path))
+    assert default.returncode == 0, default.stderr
+    filtered = np.asarray(Image.open(tmp_path / "out8" / "dark_enhanced.png"), np.float32)
+    assert np.abs(filtered - 255.0 * chroma.filter_chroma(network / 255.0)).max() <= 1.0
+    assert np.abs(filtered - written).max() > 1.0
 
 
 def test_enhance_exposure_colour_sets_each_channels_mean(identity_model, tmp_path):
