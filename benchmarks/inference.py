@@ -9,6 +9,7 @@ a smooth window, lowlight_tf.inference), optionally tools/enhance's whole path o
   python benchmarks/inference.py                       # 12 MP, whole vs tiled (+ torch peer)
   python benchmarks/inference.py --modes=whole,tiled,enhance --megapixels=12
   python benchmarks/inference.py --modes=enhance,enhance_exposure --repeats=2
+  python benchmarks/inference.py --modes=enhance,enhance_nochroma   # the chroma filter's cost
   python benchmarks/inference.py --tile=512 --overlap=64
 
 Weights are random (speed and memory do not depend on them); the default model is the paper's
@@ -30,7 +31,8 @@ _MODES = flags.DEFINE_list(
     "Measurements to run, each in a fresh process: whole (the image at once), tiled (--tile "
     "and --overlap), enhance (tools/enhance's path on a --enhance_megapixels PNG: decode, tiled "
     "inference, write), enhance_exposure (the same with a calibrated exposure curve: "
-    "brightness.anchor_exposure), torch (the same U-Net in PyTorch, whole image; skipped when "
+    "brightness.anchor_exposure), enhance_nochroma (enhance without its default chroma filter, "
+    "chroma.filter_chroma), torch (the same U-Net in PyTorch, whole image; skipped when "
     "torch is not importable).")
 _MEGAPIXELS = flags.DEFINE_float(
     "megapixels", 12.0, "Image size in megapixels, 4:3 aspect ratio.", lower_bound=0.01)
@@ -51,8 +53,8 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: run one mode in this proc
 _ENHANCE_INPUT = flags.DEFINE_string("enhance_input", None,
                                      "Internal: the photo the enhance mode reads.")
 
-ALL_MODES = ("whole", "tiled", "enhance", "enhance_exposure", "torch")
-ENHANCE_MODES = ("enhance", "enhance_exposure")
+ALL_MODES = ("whole", "tiled", "enhance", "enhance_exposure", "enhance_nochroma", "torch")
+ENHANCE_MODES = ("enhance", "enhance_exposure", "enhance_nochroma")
 
 
 def _size(megapixels, aspect):
@@ -96,6 +98,7 @@ def _child_tf(mode):
                 output = enhance_lib.enhance_file(model, path, tmp, tile=tile,
                                                 overlap=_OVERLAP.value,
                                                 exposure_curve=exposure_curve,
+                                                chroma_filter=mode != "enhance_nochroma",
                                                 overwrite=True)  # each repeat rewrites it
                 seconds.append(time.perf_counter() - start)
             from PIL import Image
@@ -263,6 +266,11 @@ def main(argv):
         print(f"enhance with / without calibrated exposure: throughput "
               f"{anchored['mpix_per_s'] / plain['mpix_per_s']:.1%}, "
               f"peak RSS {anchored['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x")
+    if "enhance" in timed and "enhance_nochroma" in timed:
+        plain, unfiltered = timed["enhance"], timed["enhance_nochroma"]
+        print(f"enhance with / without the chroma filter: throughput "
+              f"{plain['mpix_per_s'] / unfiltered['mpix_per_s']:.1%}, "
+              f"peak RSS {plain['peak_rss_mib'] / unfiltered['peak_rss_mib']:.2f}x")
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as f:
             json.dump({"results": results}, f, indent=2)
