@@ -81,9 +81,9 @@ class ReproduceConfig:
     device_exposure: bool = option(
         False, "Also score every model on the device's test pairs with each output's brightness "
         "(and, as a third row, each channel's mean) set by the device's exposure curve, fitted "
-        "on the --device_fraction pairs that row's draw trains on (curves.fit_dark_to_bright_"
-        "curve; beyond the paper); the paired comparisons and the draws' table then also "
-        "compare those rows.")
+        "on the --device_fraction pairs that row's draw trains on (draw 0's for full "
+        "supervision and the zero-shot models; curves.fit_dark_to_bright_curve; beyond the "
+        "paper); the paired comparisons and the draws' table then also compare those rows.")
     pretrain_epochs: int = option(20, "Epochs of pretraining on simulated pairs.", lower=1)
     pretrain_steps: int = option(100, "Steps per pretraining epoch.", lower=1)
     pretrain_learning_rate: float = option(1e-3, "Peak learning rate of pretraining.",
