@@ -49,8 +49,9 @@ COMPARISONS = (
     ("transfer_target", "scratch_target", ""),  # issue 16: ... vs scratch on the same pairs
     ("transfer_device", "full_device", ""),  # the paper's 10% transfer vs full supervision
     ("transfer_device", "scratch_device", ""),  # ... vs scratch on the same 10%
-    ("transfer_device", "scratch_device", scoring.CALIBRATED_EXPOSURE),  # both rows' brightness
-    ("finetune_all_device", "scratch_device", ""),  # from the device's curve (issue 16)
+    # ... both with the brightness of the device's exposure curve (issue 16)
+    ("transfer_device", "scratch_device", scoring.CALIBRATED_EXPOSURE),
+    ("finetune_all_device", "scratch_device", ""),
     ("full_device", "scratch_device", ""),
 )
 
