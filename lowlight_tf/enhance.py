@@ -263,8 +263,7 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
                   overlap=DEFAULT_OVERLAP, exposure_curve=None, exposure_colour=False,
                   brightness=brightness_lib.BRIGHTNESS_AUTO,
                   overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, chroma_filter=True,
-                  progress=print,
-                  show_bar=False):
+                  progress=print, show_bar=False):
     """Enhances files and folders of files, skipping unreadable ones with a reason.
 
     Before any file is read: the options are checked (ValueError), the output directory must
