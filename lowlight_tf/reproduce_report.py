@@ -14,7 +14,7 @@ from lowlight_tf import comparison
 from lowlight_tf import evaluation_report
 from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import files
-from lowlight_tf.reproduce_run import model_row, write_json
+from lowlight_tf.reproduce_run import draw_entry, model_row, write_json
 
 # Table 1 of the paper, for context only (their data: RAISE 6k and SID Sony; not comparable).
 PAPER_ROWS = (
@@ -91,13 +91,7 @@ def _subset_summary(results, config):
     main = [results.get(f"eval_{stage}") for stage in ("transfer_device", "scratch_device")]
     if not extra or not all(main):
         return {}
-    first = {"draw": 0, "seed": config.train.seed,
-             "output_dirs": {"transfer": main[0]["output_dir"], "scratch": main[1]["output_dir"]}}
-    for kind, evaluated in zip(("transfer", "scratch"), main):
-        first[kind] = model_row(evaluated)
-        calibrated = model_row(evaluated, scoring.CALIBRATED_EXPOSURE)
-        if calibrated:
-            first.setdefault("calibrated", {})[kind] = calibrated
+    first = draw_entry(0, config.train.seed, *main, scoring.CALIBRATED_EXPOSURE)
     draws = [{"draw": entry["draw"], "seed": entry["seed"],
               **_draw_margin(entry, entry),
               **({"calibrated": _draw_margin(entry, entry["calibrated"])}

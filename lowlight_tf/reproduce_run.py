@@ -71,6 +71,21 @@ def model_row(evaluated, suffix=""):
     return next((r for r in rows if r["method"] == rows[0]["method"] + suffix), None)
 
 
+def draw_entry(draw, seed, transfer, scratch, calibrated_suffix):
+    """One draw of the device subset from its transfer and scratch evaluation records:
+    {"draw", "seed", "output_dirs": {kind: folder}, "transfer": row, "scratch": row[,
+    "calibrated": {kind: row}]}, the last when the evaluations have rows with
+    `calibrated_suffix` (--device_exposure)."""
+    entry = {"draw": draw, "seed": seed, "output_dirs": {}}
+    for kind, record in (("transfer", transfer), ("scratch", scratch)):
+        entry[kind] = model_row(record)
+        entry["output_dirs"][kind] = record["output_dir"]
+        calibrated = model_row(record, calibrated_suffix)
+        if calibrated:
+            entry.setdefault("calibrated", {})[kind] = calibrated
+    return entry
+
+
 class Run:
     """Paths, settings, dataset builders and the stage records of one work_dir."""
 

@@ -18,7 +18,7 @@ from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import pretrained
 from lowlight_tf import simulation
 from lowlight_tf import training
-from lowlight_tf.reproduce_run import ReproduceError, model_row
+from lowlight_tf.reproduce_run import ReproduceError, draw_entry
 
 SHIPPED_LABEL = "shipped pretrained model (zero-shot)"
 # Device pairs scored by the device calibration's fidelity table: every DEVICE_FIDELITY_STRIDE-th
@@ -270,15 +270,8 @@ def device_subsets(run, name, *, evaluated):
     rows) is added by the report.
     """
     del name  # no record of its own: each draw's stages have theirs
-    draws = []
-    for index in range(len(evaluated) // 2):
-        draw = index + 1
-        entry = {"draw": draw, "seed": run.config.train.seed + draw, "output_dirs": {}}
-        for kind, record in zip(("transfer", "scratch"), evaluated[2 * index:2 * index + 2]):
-            entry[kind] = model_row(record)
-            entry["output_dirs"][kind] = record["output_dir"]
-            calibrated = model_row(record, scoring.CALIBRATED_EXPOSURE)
-            if calibrated:  # with --device_exposure
-                entry.setdefault("calibrated", {})[kind] = calibrated
-        draws.append(entry)
+    seed = run.config.train.seed
+    draws = [draw_entry(draw, seed + draw, *evaluated[2 * draw - 2:2 * draw],
+                        scoring.CALIBRATED_EXPOSURE)
+             for draw in range(1, len(evaluated) // 2 + 1)]
     return {"draws": draws}
