@@ -26,12 +26,15 @@ image and its reference are measured on the same pixels:
 `filter_chroma(image)` removes such noise after enhancement: a guided filter (He et al., "Guided
 Image Filtering", ECCV 2010) of Cb and Cr with the image's own luma as the guide, so chroma is
 averaged over a (2 * FILTER_RADIUS + 1)^2 window where the luma is flat and kept where the luma
-has an edge; luma itself is untouched.
+has an edge; luma itself is untouched. It is written once, in TensorFlow ops
+(`filter_chroma_tensor`), so the exported SavedModel and TFLite files (lowlight_tf.export) apply
+the same filter as tools/enhance; box means are separable average pools over edge-mirrored
+images (scipy's "reflect"), which TFLite runs with builtin ops.
 
-Numbers in NumPy (float64 for the measure, float32 for the filter); no TensorFlow.
+The measure is NumPy (float64); the filter float32.
 """
 import numpy as np
-from scipy import ndimage
+import tensorflow as tf
 
 BLOCK = 16  # pixels per side of a block
 DARK_PERCENTILE = 25.0  # dark: block mean luma <= this percentile of the image's block means
@@ -48,6 +51,7 @@ _PLANE_PARAMETERS = 3
 # dB of the best PSNR over radii 4, 8, 16 and eps 1e-4, 1e-3, 1e-2.
 FILTER_RADIUS = 8
 FILTER_EPS = 1e-2
+FILTER_STRIP_ROWS = 512  # filter_chroma works on strips of this many rows (memory)
 # The measure in one sentence, for reports.
 DEFINITION = (
     f"std (8-bit units) of the BT.601 Cb and Cr channels in the reference's flat dark regions "
@@ -148,39 +152,82 @@ def chroma_noise(image, reference, blocks=None):
     return float(np.sqrt(np.sum(residual ** 2) / degrees))
 
 
+def _mirrored_indices(length, radius):
+    """Source index of each of length + 2 radius positions, the edges mirrored with the edge
+    pixel repeated (scipy's "reflect", numpy's "symmetric"), for any length >= 1 (int32)."""
+    positions = tf.range(-radius, length + radius) % (2 * length)
+    return tf.where(positions < length, positions, 2 * length - 1 - positions)
+
+
+def _box_mean(planes, radius):
+    """Mean of float32 [B, H, W, C] over the (2 radius + 1)^2 window around each pixel."""
+    shape = tf.shape(planes)
+    size = 2 * radius + 1
+    planes = tf.gather(planes, _mirrored_indices(shape[1], radius), axis=1)
+    planes = tf.gather(planes, _mirrored_indices(shape[2], radius), axis=2)
+    planes = tf.nn.avg_pool2d(planes, ksize=(size, 1), strides=1, padding="VALID")
+    return tf.nn.avg_pool2d(planes, ksize=(1, size), strides=1, padding="VALID")
+
+
+def _check_filter_arguments(radius, eps):
+    if int(radius) != radius or radius < 1 or not eps > 0:
+        raise ValueError(f"radius must be an integer >= 1 and eps > 0; got {radius} and {eps}.")
+
+
+def filter_chroma_tensor(images, radius=FILTER_RADIUS, eps=FILTER_EPS):
+    """`filter_chroma` as TensorFlow ops on a batch (traceable, exportable to TFLite).
+
+    Args:
+      images: float32 [B, H, W, 3] RGB in [0, 1], any H, W >= 1.
+      radius, eps: see `filter_chroma`.
+
+    Returns:
+      float32 [B, H, W, 3] in [0, 1].
+    """
+    _check_filter_arguments(radius, eps)
+    radius = int(radius)
+    transform = tf.constant(YCBCR.T, tf.float32)
+    inverse = tf.constant(np.linalg.inv(YCBCR).T, tf.float32)
+    ycc = tf.tensordot(tf.convert_to_tensor(images, tf.float32), transform, axes=1)
+    luma, chroma = ycc[..., :1], ycc[..., 1:]
+    means = _box_mean(tf.concat([luma, chroma, luma * luma, luma * chroma], axis=-1), radius)
+    luma_mean, chroma_mean = means[..., :1], means[..., 1:3]
+    luma_var = means[..., 3:4] - luma_mean * luma_mean
+    slope = (means[..., 4:] - luma_mean * chroma_mean) / (luma_var + eps)
+    offset = chroma_mean - slope * luma_mean
+    coefficients = _box_mean(tf.concat([slope, offset], axis=-1), radius)
+    chroma = coefficients[..., :2] * luma + coefficients[..., 2:]
+    rgb = tf.tensordot(tf.concat([luma, chroma], axis=-1), inverse, axes=1)
+    return tf.clip_by_value(rgb, 0.0, 1.0)
+
+
 def filter_chroma(image, radius=FILTER_RADIUS, eps=FILTER_EPS):
     """Smooth the chroma of an enhanced image where its luma is flat (module doc).
 
     Args:
       image: float [H, W, 3] RGB in [0, 1] (values outside are clipped at the end).
-      radius: the box window's radius in pixels, >= 1.
+      radius: the box window's radius in pixels, an integer >= 1.
       eps: the guided filter's regulariser, > 0: larger smooths chroma across stronger luma
         texture.
 
     Returns:
-      float32 [H, W, 3] in [0, 1]: the same BT.601 luma, Cb and Cr guided-filtered by it. Memory:
-      about ten float32 planes of the image's size.
+      float32 [H, W, 3] in [0, 1]: the same BT.601 luma, Cb and Cr guided-filtered by it. It is
+      computed in strips of FILTER_STRIP_ROWS rows, each with the 2 * radius rows on either
+      side that its pixels depend on (two box means), so the result equals the whole-image
+      filter while memory stays about one image plus twenty planes of one strip.
 
     Raises:
-      ValueError: not an [H, W, 3] image, radius < 1 or eps <= 0.
+      ValueError: not an [H, W, 3] image, radius not an integer >= 1, or eps <= 0.
     """
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be one [H, W, 3] RGB image; got shape {image.shape}.")
-    if radius < 1 or not eps > 0:
-        raise ValueError(f"radius must be >= 1 and eps > 0; got {radius} and {eps}.")
-    transform = YCBCR.astype(np.float32)
-
-    def mean(plane):
-        return ndimage.uniform_filter(plane, size=2 * radius + 1, mode="reflect")
-    ycc = image @ transform.T
-    luma = np.ascontiguousarray(ycc[..., 0])
-    luma_mean = mean(luma)
-    luma_var = mean(luma * luma) - luma_mean * luma_mean
-    for channel in (1, 2):
-        plane = np.ascontiguousarray(ycc[..., channel])
-        plane_mean = mean(plane)
-        slope = (mean(luma * plane) - luma_mean * plane_mean) / (luma_var + eps)
-        offset = plane_mean - slope * luma_mean
-        ycc[..., channel] = mean(slope) * luma + mean(offset)
-    return np.clip(ycc @ np.linalg.inv(transform).T, 0.0, 1.0).astype(np.float32)
+    _check_filter_arguments(radius, eps)
+    reach = 2 * int(radius)
+    out = np.empty_like(image)
+    for top in range(0, image.shape[0], FILTER_STRIP_ROWS):
+        bottom = min(top + FILTER_STRIP_ROWS, image.shape[0])
+        start, stop = max(top - reach, 0), min(bottom + reach, image.shape[0])
+        strip = filter_chroma_tensor(image[None, start:stop], radius, eps)[0].numpy()
+        out[top:bottom] = strip[top - start:bottom - start]
+    return out

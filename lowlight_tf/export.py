@@ -6,7 +6,11 @@ once (no tiling), so a server or a phone app needs no code of this project:
    taken before padding, as `predict_array` takes it);
 2. reflect padding at the bottom/right to the model's size multiple (`model.size_multiple`);
 3. the network after its exposure normalisation;
-4. the crop back to the input's size and the clip to [0, 1] (and, for uint8, x 255 rounded).
+4. the crop back to the input's size and the clip to [0, 1];
+5. the chroma filter tools/enhance applies by default (`chroma.filter_chroma_tensor`: the
+   output's Cb/Cr guided-filtered by its luma, removing the coloured blotches of dark shadows),
+   unless exported with `chroma_filter=False`;
+6. for uint8, x 255 rounded.
 
 Signatures (the same in the SavedModel and the TFLite file):
 - `serving_default`: input `image` uint8 [B, H, W, 3] (an ordinary 8-bit photo), output
@@ -40,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lowlight_tf import chroma
 from lowlight_tf import files
 from lowlight_tf import model as model_lib
 
@@ -108,23 +113,25 @@ def _padding_indices(length, padded, reflect):
     return tf.where(reflect, reflected, tf.minimum(positions, length - 1))
 
 
-def enhance_tensor(model, images):
+def enhance_tensor(model, images, chroma_filter=True):
     """The model's whole-image enhancement as TensorFlow ops (traceable, exportable).
 
-    Equals `inference.predict_array(model, image)` for each image of the batch.
+    Equals `chroma.filter_chroma(inference.predict_array(model, image))` for each image of the
+    batch (without the filter when `chroma_filter` is False).
 
     Args:
       model: an rgb U-Net from `lowlight_tf.model`.
       images: float32 [B, H, W, 3] in [0, 1], any H, W >= 1.
+      chroma_filter: apply the chroma filter last, as tools/enhance does by default.
 
     Returns:
       float32 [B, H, W, 3] in [0, 1].
     """
     core = model_lib.after_exposure_normalization(model)
-    return _enhance_with(model, core, images)
+    return _enhance_with(model, core, images, chroma_filter)
 
 
-def _enhance_with(model, core, images):
+def _enhance_with(model, core, images, chroma_filter):
     """`enhance_tensor` with the network after the exposure normalisation built once."""
     multiple = model_lib.size_multiple(model)
     layer = model_lib.exposure_layer(model)
@@ -140,16 +147,17 @@ def _enhance_with(model, core, images):
     reflect = tf.minimum(height, width) > 1
     padded = tf.gather(images, _padding_indices(height, padded_h, reflect), axis=1)
     padded = tf.gather(padded, _padding_indices(width, padded_w, reflect), axis=2)
-    out = core(padded, training=False)
-    return tf.clip_by_value(out[:, :height, :width, :], 0.0, 1.0)
+    out = tf.clip_by_value(core(padded, training=False)[:, :height, :width, :], 0.0, 1.0)
+    return chroma.filter_chroma_tensor(out) if chroma_filter else out
 
 
-def build_archive(model, input_size=None):
+def build_archive(model, input_size=None, chroma_filter=True):
     """A keras.export.ExportArchive with the `serving_default` and `enhance_float` signatures.
 
     Args:
       model: an rgb U-Net from `lowlight_tf.model`.
       input_size: None for any [B, H, W, 3]; (H, W) fixes the input to [1, H, W, 3].
+      chroma_filter: the signatures apply the chroma filter last (`enhance_tensor`).
     """
     if int(model.input_shape[-1]) != 3:
         raise ExportError("Only rgb models can be exported: a bayer model's input is a packed "
@@ -159,11 +167,11 @@ def build_archive(model, input_size=None):
 
     def enhance_uint8(image):
         images = tf.cast(image, tf.float32) / 255.0
-        out = _enhance_with(model, core, images)
+        out = _enhance_with(model, core, images, chroma_filter)
         return {OUTPUT_KEY: tf.cast(tf.round(out * 255.0), tf.uint8)}
 
     def enhance_float(image):
-        return {OUTPUT_KEY: _enhance_with(model, core, image)}
+        return {OUTPUT_KEY: _enhance_with(model, core, image, chroma_filter)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -205,7 +213,7 @@ def _write_archive(archive, directory):
 
 
 def export_saved_model(model, output_dir, *, name=DEFAULT_NAME, version=DEFAULT_VERSION,
-                       overwrite=False, inputs=()):
+                       overwrite=False, inputs=(), chroma_filter=True):
     """Writes the model as a SavedModel for TensorFlow Serving at `output_dir/name/version/`.
 
     The folder is written as a hidden sibling (`.VERSION.*.partial`, which Serving ignores) and
@@ -218,6 +226,7 @@ def export_saved_model(model, output_dir, *, name=DEFAULT_NAME, version=DEFAULT_
       version: positive integer, the version folder.
       overwrite: replace an existing `name/version`.
       inputs: paths that must never be written (the source model).
+      chroma_filter: the signatures apply the chroma filter last (`enhance_tensor`).
 
     Returns:
       The version folder's path.
@@ -228,7 +237,7 @@ def export_saved_model(model, output_dir, *, name=DEFAULT_NAME, version=DEFAULT_
     _check_name(name, version)
     final = saved_model_path(output_dir, name, version)
     _guard(final, overwrite, inputs)
-    archive = build_archive(model)
+    archive = build_archive(model, chroma_filter=chroma_filter)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".{int(version)}.", suffix=".partial", dir=parent)
@@ -274,7 +283,7 @@ def _set_quantization(converter, quantize):
         converter.target_spec.supported_types = [tf.float16]
 
 
-def tflite_bytes(model, *, quantize="none", input_size=None):
+def tflite_bytes(model, *, quantize="none", input_size=None, chroma_filter=True):
     """Converts the model to a TFLite flatbuffer with both signatures.
 
     Args:
@@ -282,11 +291,12 @@ def tflite_bytes(model, *, quantize="none", input_size=None):
       quantize: "none" (float32), "float16" or "dynamic_int8" (post-training, no calibration
         data needed).
       input_size: None for any size (the default); (H, W) fixes the input to [1, H, W, 3].
+      chroma_filter: the signatures apply the chroma filter last (`enhance_tensor`).
 
     Returns:
       bytes, the .tflite file.
     """
-    archive = build_archive(model, input_size)
+    archive = build_archive(model, input_size, chroma_filter)
     with tempfile.TemporaryDirectory(prefix="lowlight_export.") as directory:
         _write_archive(archive, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(
@@ -298,7 +308,7 @@ def tflite_bytes(model, *, quantize="none", input_size=None):
 
 
 def export_tflite(model, output_dir, *, name=DEFAULT_NAME, quantize="none", input_size=None,
-                  overwrite=False, inputs=()):
+                  overwrite=False, inputs=(), chroma_filter=True):
     """Writes `output_dir/name.tflite` atomically (see `tflite_bytes` for the arguments).
 
     Returns:
@@ -310,7 +320,8 @@ def export_tflite(model, output_dir, *, name=DEFAULT_NAME, quantize="none", inpu
     _check_name(name)
     path = tflite_path(output_dir, name)
     _guard(path, overwrite, inputs)
-    data = tflite_bytes(model, quantize=quantize, input_size=input_size)
+    data = tflite_bytes(model, quantize=quantize, input_size=input_size,
+                        chroma_filter=chroma_filter)
     os.makedirs(output_dir, exist_ok=True)
     files.write_bytes(path, data)
     return path
@@ -318,16 +329,18 @@ def export_tflite(model, output_dir, *, name=DEFAULT_NAME, quantize="none", inpu
 
 @dataclasses.dataclass
 class ExportResult:
-    """What `export` wrote: `path` (folder or file), `format`, `quantize`, `input_size`."""
+    """What `export` wrote: `path` (folder or file), `format`, `quantize`, `input_size`,
+    `model_path` (the source) and `chroma_filter` (whether the signatures filter chroma)."""
     path: str
     format: str
     quantize: str
     input_size: tuple = None
     model_path: str = ""
+    chroma_filter: bool = True
 
 
 def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VERSION,
-           quantize="none", input_size=None, overwrite=False):
+           quantize="none", input_size=None, overwrite=False, chroma_filter=True):
     """Loads a model and exports it; the library side of tools/export.
 
     Args:
@@ -339,6 +352,7 @@ def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VE
       quantize: TFLite weight quantisation (`QUANTIZATIONS`); saved_model takes only "none".
       input_size: TFLite only: None for any size, else (H, W).
       overwrite: replace an existing export of the same name (and version).
+      chroma_filter: the signatures apply the chroma filter last, as tools/enhance does.
 
     Returns:
       ExportResult.
@@ -360,12 +374,14 @@ def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VE
     model = model_lib.load_model(model_path)
     if fmt == "saved_model":
         path = export_saved_model(model, output_dir, name=name, version=version,
-                                  overwrite=overwrite, inputs=[model_path])
+                                  overwrite=overwrite, inputs=[model_path],
+                                  chroma_filter=chroma_filter)
     else:
         path = export_tflite(model, output_dir, name=name, quantize=quantize,
-                             input_size=input_size, overwrite=overwrite, inputs=[model_path])
+                             input_size=input_size, overwrite=overwrite, inputs=[model_path],
+                             chroma_filter=chroma_filter)
     return ExportResult(path=path, format=fmt, quantize=quantize, input_size=input_size,
-                        model_path=model_path)
+                        model_path=model_path, chroma_filter=chroma_filter)
 
 
 # ----------------------------------------------------------------------------------------------

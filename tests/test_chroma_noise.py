@@ -197,6 +197,42 @@ def test_filter_keeps_a_colour_edge_that_has_a_luma_edge():
     assert np.abs(filtered - image).max() < np.abs(blurred - image).max() / 4
 
 
+def _guided_filter_scipy(image, radius, eps):
+    """The guided filter of Cb and Cr by the luma (He et al. 2010, algorithm 1), written with
+    scipy's box filter in float64: an independent reference for chroma.filter_chroma."""
+    ycc = image.astype(np.float64) @ chroma.YCBCR.T
+
+    def mean(plane):
+        return ndimage.uniform_filter(plane, size=2 * radius + 1, mode="reflect")
+    luma = ycc[..., 0]
+    luma_var = mean(luma * luma) - mean(luma) ** 2
+    for channel in (1, 2):
+        plane = ycc[..., channel]
+        slope = (mean(luma * plane) - mean(luma) * mean(plane)) / (luma_var + eps)
+        ycc[..., channel] = mean(slope) * luma + mean(mean(plane) - slope * mean(luma))
+    return np.clip(ycc @ np.linalg.inv(chroma.YCBCR).T, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("height, width, radius, eps", [
+    (37, 53, 8, 1e-2), (5, 3, 8, 1e-2), (1, 9, 2, 1e-3), (24, 24, 4, 1e-4)])
+def test_filter_equals_the_guided_filter_at_any_size(height, width, radius, eps, monkeypatch):
+    """The TensorFlow filter (what enhance and the exports run) matches the textbook guided
+    filter, also on images smaller than its window (mirrored more than once)."""
+    image = np.random.default_rng(height * width).random((height, width, 3)).astype(np.float32)
+    expected = _guided_filter_scipy(image, radius, eps)
+    got = chroma.filter_chroma(image, radius=radius, eps=eps)
+    assert got.dtype == np.float32 and got.shape == image.shape
+    assert np.abs(expected - image).max() > 0.05  # the filter does change this image
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    # In strips (what filter_chroma does on large images) the result is the same.
+    monkeypatch.setattr(chroma, "FILTER_STRIP_ROWS", 7)
+    np.testing.assert_allclose(chroma.filter_chroma(image, radius=radius, eps=eps), got,
+                               atol=1e-6)
+    batch = np.stack([image, image[::-1]])
+    np.testing.assert_allclose(chroma.filter_chroma_tensor(batch, radius, eps).numpy()[1],
+                               _guided_filter_scipy(image[::-1], radius, eps), atol=2e-5)
+
+
 def test_filter_rejects_bad_arguments():
     with pytest.raises(ValueError, match="RGB"):
         chroma.filter_chroma(np.zeros((8, 8)))

@@ -1,6 +1,7 @@
 """Tests for lowlight_tf.export and tools/export: SavedModel and TFLite against Keras inference.
 
-Tolerances (against `inference.predict_array` of the same .keras model on a 41 x 70 image, no
+Tolerances (against `inference.predict_array` of the same .keras model followed by
+`chroma.filter_chroma`, what tools/enhance writes by default, on a 41 x 70 image, no
 multiple of the models' size multiple 8, so padding, cropping and the whole-image exposure gain
 are exercised; the image is lit from below, so a gain taken after padding or edge instead of
 reflect padding is off by > 0.03):
@@ -17,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_tool  # pylint: disable=import-error
+from lowlight_tf import chroma
 from lowlight_tf import export
 from lowlight_tf import files
 from lowlight_tf import inference
@@ -52,9 +54,14 @@ def _psnr(a, b):
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
 
 
+def _keras(model, image, chroma_filter=True):
+    """What the exports must reproduce: Keras inference, then (default) the chroma filter."""
+    out = inference.predict_array(model, image)
+    return chroma.filter_chroma(out) if chroma_filter else out
+
+
 def _uint8_reference(model, image_uint8):
-    out = inference.predict_array(model, image_uint8.astype(np.float32) / 255.0)
-    return np.round(out * 255.0)
+    return np.round(_keras(model, image_uint8.astype(np.float32) / 255.0) * 255.0)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +126,7 @@ def test_saved_model_reproduces_keras(models, workdir, kind):
     enhance = export.saved_model_enhancer(result.path)
     got = enhance(image)
     assert got.shape == (41, 70, 3) and got.dtype == np.float32
-    np.testing.assert_allclose(got, inference.predict_array(model, image),
+    np.testing.assert_allclose(got, _keras(model, image),
                                rtol=0, atol=FLOAT_TOLERANCE)
 
     image_uint8 = np.round(image * 255.0).astype(np.uint8)
@@ -132,7 +139,7 @@ def test_saved_model_reproduces_keras(models, workdir, kind):
     batch = np.stack([image, np.clip(image * 3.0, 0, 1)])
     got_batch = enhance(batch)
     for item, out in zip(batch, got_batch):
-        np.testing.assert_allclose(out, inference.predict_array(model, item), rtol=0,
+        np.testing.assert_allclose(out, _keras(model, item), rtol=0,
                                    atol=FLOAT_TOLERANCE)
 
 
@@ -149,7 +156,7 @@ def test_float_tflite_reproduces_keras_at_any_size(models, tflite_files, kind):
         image = _input_for(kind, height, width, seed=height)
         got = enhance(image)
         assert got.shape == (height, width, 3)
-        np.testing.assert_allclose(got, inference.predict_array(model, image), rtol=0,
+        np.testing.assert_allclose(got, _keras(model, image), rtol=0,
                                    atol=FLOAT_TOLERANCE)
     image_uint8 = np.round(_input_for(kind) * 255.0).astype(np.uint8)
     got_uint8 = export.TFLiteEnhancer(path, export.SIGNATURE_UINT8)(image_uint8)
@@ -164,7 +171,7 @@ def test_quantized_tflite_psnr_against_keras(models, tflite_files, quantize):
     model = models["plain"][0]
     image = _input_for("plain")
     got = export.TFLiteEnhancer(tflite_files["plain", quantize])(image)
-    assert _psnr(got, inference.predict_array(model, image)) >= MIN_PSNR[quantize]
+    assert _psnr(got, _keras(model, image)) >= MIN_PSNR[quantize]
     # The quantised weights are really smaller (the graph itself is a fixed ~30 KB here).
     assert (os.path.getsize(tflite_files["plain", quantize])
             < os.path.getsize(tflite_files["plain", "none"]))
@@ -179,7 +186,26 @@ def test_fixed_input_size_tflite(models, workdir):
     details = enhance.interpreter.get_signature_runner(export.SIGNATURE_FLOAT).get_input_details()
     assert list(details[export.INPUT_KEY]["shape_signature"]) == [1, 41, 70, 3]
     image = _input_for("exposure")
-    np.testing.assert_allclose(enhance(image), inference.predict_array(model, image), rtol=0,
+    np.testing.assert_allclose(enhance(image), _keras(model, image), rtol=0,
+                               atol=FLOAT_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_exports_without_the_chroma_filter_give_the_network_output(models, workdir):
+    """chroma_filter=False exports the network's output as it is; the filter changes it (so the
+    comparisons with the filtered reference above are not vacuous)."""
+    model, path = models["exposure"]
+    image = _input_for("exposure")
+    assert np.abs(_keras(model, image) - _keras(model, image, chroma_filter=False)).max() > 0.01
+    result = export.export(path, str(workdir / "nofilter"), fmt="saved_model",
+                           chroma_filter=False)
+    assert result.chroma_filter is False
+    np.testing.assert_allclose(export.saved_model_enhancer(result.path)(image),
+                               _keras(model, image, chroma_filter=False), rtol=0,
+                               atol=FLOAT_TOLERANCE)
+    tflite = export.export_tflite(model, str(workdir / "nofilter"), chroma_filter=False)
+    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(image),
+                               _keras(model, image, chroma_filter=False), rtol=0,
                                atol=FLOAT_TOLERANCE)
 
 
@@ -210,7 +236,7 @@ def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     assert written in run.stdout
     image = _input_for("exposure")
     got = export.TFLiteEnhancer(written)(image)
-    assert _psnr(got, inference.predict_array(model, image)) >= MIN_PSNR["float16"]
+    assert _psnr(got, _keras(model, image)) >= MIN_PSNR["float16"]
     before = open(written, "rb").read()
 
     again = run_tool("export", *args, "--quantize=none", "--name=phone")
