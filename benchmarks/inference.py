@@ -95,11 +95,11 @@ def _child_tf(mode):
             seconds = []
             for _ in range(_REPEATS.value):
                 start = time.perf_counter()
-                output = enhance_lib.enhance_file(model, path, tmp, tile=tile,
-                                                overlap=_OVERLAP.value,
-                                                exposure_curve=exposure_curve,
-                                                chroma_filter=mode != "enhance_nochroma",
-                                                overwrite=True)  # each repeat rewrites it
+                options = enhance_lib.EnhanceOptions(
+                    tile=tile, overlap=_OVERLAP.value, exposure_curve=exposure_curve,
+                    chroma_filter=mode != "enhance_nochroma")
+                output = enhance_lib.enhance_file(model, path, tmp, options,
+                                                  overwrite=True)  # each repeat rewrites it
                 seconds.append(time.perf_counter() - start)
             from PIL import Image
             with Image.open(output) as im:

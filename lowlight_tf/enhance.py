@@ -116,97 +116,112 @@ def plan_outputs(paths, output_dir, fmt, guard):
     return outputs
 
 
-def _enhance_one(model, path, output_path, *, ratio, fmt, tile, overlap, exposure_curve=None,
-                 exposure_colour=False, brightness=brightness_lib.BRIGHTNESS_AUTO,
-                 max_pixels=files.DEFAULT_MAX_PIXELS, chroma_filter=True):
-    """Decodes, predicts and writes one file; returns ((width, height), no-reference stats)."""
-    channels, _, _ = model_geometry(model)
-    decoded = decode_input(path, input_channels=channels, ratio=ratio, max_pixels=max_pixels)
-    if exposure_curve is not None and (decoded.is_raw or ratio):
-        raise UnreadableImageError("a calibrated exposure applies to the calibrated camera's "
-                                   "own dark images as they are, not to raw files or --ratio "
-                                   "amplified ones; enhance it without the exposure preset")
-    prediction = predict_decoded(model, decoded, tile, overlap)
-    x = decoded.model_input
-    dark = x if decoded.scale == 1.0 else ScaledArray(x, decoded.scale)
-    if exposure_curve is not None:
-        prediction = brightness_lib.anchor_exposure(prediction, dark, exposure_curve,
-                                                    out=prediction, per_channel=exposure_colour)
-    prediction = brightness_lib.apply_brightness(prediction, dark, brightness, out=prediction)
-    del decoded, x, dark
-    if chroma_filter:
-        prediction = chroma.filter_chroma(prediction)
-    write_image(output_path, prediction, fmt)
-    return (prediction.shape[1], prediction.shape[0]), brightness_lib.no_reference_stats(prediction)
+@dataclasses.dataclass(frozen=True)
+class EnhanceOptions:
+    """How every file is enhanced: tools/enhance's flags, checked by `check`.
 
-
-def _check_options(ratio, fmt, exposure_curve=None, model=None,
-                   brightness=brightness_lib.BRIGHTNESS_AUTO,
-                   max_pixels=files.DEFAULT_MAX_PIXELS, exposure_colour=False):
-    """Validates enhance options; returns the parsed Brightness. Raises ValueError."""
-    setting = brightness_lib.parse_brightness(brightness)
-    if exposure_colour and exposure_curve is None:
-        raise ValueError("The calibrated colour (--exposure_colour) needs the camera's "
-                         "calibration: give --exposure_preset too.")
-    if exposure_curve is not None:
-        if np.shape(exposure_curve) != (3, 256):
-            raise ValueError(f"exposure_curve must be [3, 256], got {np.shape(exposure_curve)}.")
-        if model is not None and model_geometry(model)[0] != 3:
-            raise ValueError("A calibrated exposure needs an rgb model (a bayer model takes raw "
-                             "files, which the exposure curve does not describe).")
-        if setting.kind != brightness_lib.BRIGHTNESS_AUTO:
-            raise ValueError(f"Both a calibrated exposure and --brightness={setting} set the "
-                             "output's brightness; give only one of them.")
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
-    if ratio is not None and not ratio > 0:
-        raise ValueError(f"ratio must be positive, got {ratio}.")
-    if max_pixels is not None and max_pixels < 0:
-        raise ValueError(f"max_pixels must be positive (0 or None: no limit), got {max_pixels}.")
-    return setting
-
-
-def enhance_file(model, path, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                 overlap=DEFAULT_OVERLAP, output_path=None, exposure_curve=None,
-                 exposure_colour=False, brightness=brightness_lib.BRIGHTNESS_AUTO,
-                 overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, chroma_filter=True):
-    """Enhances one raw or ordinary image file and writes the result (atomically).
-
-    Args:
-      model: a U-Net (rgb: raw files are rendered to sRGB first; bayer: raw files only).
-      path: the input file.
-      output_dir: where the result goes (must exist and be writable).
+    Attributes:
       ratio: exposure ratio applied to the linear signal before the model (SID's
         amplification), None for none.
       fmt: "png" (8-bit), "jpg" (8-bit, quality 95) or "png16" (16-bit PNG).
-      tile, overlap: tiled inference (image pixels) bounding memory for any image size; None
+      tile, overlap: tiled inference (image pixels) bounding memory for any image size; tile None
         runs the whole image at once.
-      output_path: explicit output file; default `output_dir/NAME_enhanced.png|jpg`.
       exposure_curve: None, or float [3, 256] (`SimulationPreset.exposure_curve` of the camera
         that took the photo): set the output's brightness with it
         (`brightness.anchor_exposure`). Ordinary images of that camera only, without `ratio`.
       exposure_colour: with `exposure_curve`, one gain per channel to the camera's expected
         channel means, so the calibration also sets the colour balance (a cast removed).
       brightness: "auto", a mean level in (0, 1) or an EV change (`brightness.apply_brightness`).
-      overwrite: replace an existing output file (never the input itself).
       max_pixels: pixel limit checked on the header before decoding (None/0: none).
       chroma_filter: smooth the output's chroma where its luma is flat, last
         (`chroma.filter_chroma`: the coloured blotches of dark shadows).
+    """
+    ratio: float = None
+    fmt: str = "png"
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    exposure_curve: np.ndarray = None
+    exposure_colour: bool = False
+    brightness: str = brightness_lib.BRIGHTNESS_AUTO
+    max_pixels: int = files.DEFAULT_MAX_PIXELS
+    chroma_filter: bool = True
+
+    def check(self, model=None):
+        """Raises ValueError naming the conflict or bad value; `model` (optional) must suit
+        the options (an exposure curve needs an rgb model)."""
+        setting = brightness_lib.parse_brightness(self.brightness)
+        if self.exposure_colour and self.exposure_curve is None:
+            raise ValueError("The calibrated colour (--exposure_colour) needs the camera's "
+                             "calibration: give --exposure_preset too.")
+        if self.exposure_curve is not None:
+            if np.shape(self.exposure_curve) != (3, 256):
+                raise ValueError("exposure_curve must be [3, 256], got "
+                                 f"{np.shape(self.exposure_curve)}.")
+            if model is not None and model_geometry(model)[0] != 3:
+                raise ValueError("A calibrated exposure needs an rgb model (a bayer model takes "
+                                 "raw files, which the exposure curve does not describe).")
+            if setting.kind != brightness_lib.BRIGHTNESS_AUTO:
+                raise ValueError(f"Both a calibrated exposure and --brightness={setting} set the "
+                                 "output's brightness; give only one of them.")
+        if self.fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {self.fmt!r}.")
+        if self.ratio is not None and not self.ratio > 0:
+            raise ValueError(f"ratio must be positive, got {self.ratio}.")
+        if self.max_pixels is not None and self.max_pixels < 0:
+            raise ValueError("max_pixels must be positive (0 or None: no limit), got "
+                             f"{self.max_pixels}.")
+
+
+def _enhance_one(model, path, output_path, options):
+    """Decodes, predicts and writes one file; returns ((width, height), no-reference stats)."""
+    channels, _, _ = model_geometry(model)
+    decoded = decode_input(path, input_channels=channels, ratio=options.ratio,
+                           max_pixels=options.max_pixels)
+    curve = options.exposure_curve
+    if curve is not None and (decoded.is_raw or options.ratio):
+        raise UnreadableImageError("a calibrated exposure applies to the calibrated camera's "
+                                   "own dark images as they are, not to raw files or --ratio "
+                                   "amplified ones; enhance it without the exposure preset")
+    prediction = predict_decoded(model, decoded, options.tile, options.overlap)
+    x = decoded.model_input
+    dark = x if decoded.scale == 1.0 else ScaledArray(x, decoded.scale)
+    if curve is not None:
+        prediction = brightness_lib.anchor_exposure(prediction, dark, curve, out=prediction,
+                                                    per_channel=options.exposure_colour)
+    prediction = brightness_lib.apply_brightness(prediction, dark, options.brightness,
+                                                 out=prediction)
+    del decoded, x, dark
+    if options.chroma_filter:
+        prediction = chroma.filter_chroma(prediction)
+    write_image(output_path, prediction, options.fmt)
+    return (prediction.shape[1], prediction.shape[0]), brightness_lib.no_reference_stats(prediction)
+
+
+def enhance_file(model, path, output_dir, options=EnhanceOptions(), *, output_path=None,
+                 overwrite=False):
+    """Enhances one raw or ordinary image file and writes the result (atomically).
+
+    Args:
+      model: a U-Net (rgb: raw files are rendered to sRGB first; bayer: raw files only).
+      path: the input file.
+      output_dir: where the result goes (must exist and be writable).
+      options: an EnhanceOptions (format, tiling, brightness, chroma filter, ...).
+      output_path: explicit output file; default `output_dir/NAME_enhanced.png|jpg`.
+      overwrite: replace an existing output file (never the input itself).
 
     Returns:
       The written path.
 
     Raises:
+      ValueError: bad or conflicting options (`EnhanceOptions.check`).
       UnreadableImageError: the input cannot be decoded (nothing is written).
       files.OutputExistsError: the output exists and `overwrite` is False.
       files.OutputIsInputError: the output path is the input.
     """
-    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels, exposure_colour)
-    output_path = output_path or _output_path(output_dir, path, fmt, set())
+    options.check(model)
+    output_path = output_path or _output_path(output_dir, path, options.fmt, set())
     files.OutputGuard(inputs=[path], overwrite=overwrite).claim(output_path)
-    _enhance_one(model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
-                 exposure_curve=exposure_curve, exposure_colour=exposure_colour,
-                 brightness=brightness, max_pixels=max_pixels, chroma_filter=chroma_filter)
+    _enhance_one(model, path, output_path, options)
     return output_path
 
 
@@ -259,14 +274,12 @@ def _stats_text(stats):
     return f"mean {stats['mean']:.3f}, clipped {100.0 * stats['clipped']:.2f}%"
 
 
-def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFAULT_TILE,
-                  overlap=DEFAULT_OVERLAP, exposure_curve=None, exposure_colour=False,
-                  brightness=brightness_lib.BRIGHTNESS_AUTO,
-                  overwrite=False, max_pixels=files.DEFAULT_MAX_PIXELS, chroma_filter=True,
+def enhance_paths(model, inputs, output_dir, options=EnhanceOptions(), *, overwrite=False,
                   progress=print, show_bar=False):
     """Enhances files and folders of files, skipping unreadable ones with a reason.
 
-    Before any file is read: the options are checked (ValueError), the output directory must
+    Before any file is read: the options are checked (ValueError, `EnhanceOptions.check`), the
+    output directory must
     be writable (OutputDirError), and every output name is planned and claimed (`plan_outputs`:
     an existing file this run did not create is refused unless `overwrite`, an input always).
     Then every decode failure (corrupt, truncated, over the pixel limit, unsupported) is a
@@ -276,8 +289,8 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
       model: a U-Net (see `enhance_file`).
       inputs: file and folder paths (folders: their image and raw files, not recursive).
       output_dir: created if missing.
-      ratio, fmt, tile, overlap, exposure_curve, exposure_colour, brightness, overwrite,
-        max_pixels, chroma_filter: see `enhance_file`.
+      options: an EnhanceOptions.
+      overwrite: replace existing output files (never an input).
       progress: callable taking one line of text per file (print by default; None: silence).
         Each written file's line gives its size, mean brightness and clipped fraction.
       show_bar: also show a `lowlight_tf.progress` bar (rate, ETA) on stderr.
@@ -285,12 +298,12 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
     Returns:
       EnhanceSummary.
     """
-    _check_options(ratio, fmt, exposure_curve, model, brightness, max_pixels, exposure_colour)
+    options.check(model)
     check_output_dir(output_dir)
     progress = progress or (lambda line: None)
     paths = expand_inputs(inputs)
     guard = files.OutputGuard(inputs=paths, overwrite=overwrite)
-    outputs = plan_outputs(paths, output_dir, fmt, guard)
+    outputs = plan_outputs(paths, output_dir, options.fmt, guard)
     written, skipped, stats_list = [], [], []
     megapixels, started = 0.0, time.time()
     reporter = progress_lib.bar(total=len(paths), desc="Enhancing", unit="files",
@@ -304,11 +317,7 @@ def enhance_paths(model, inputs, output_dir, *, ratio=None, fmt="png", tile=DEFA
                     raise UnreadableImageError(  # appeared after the plan: not ours to replace
                         f"{output_path} appeared during the run; not replaced (pass "
                         "--overwrite to replace it)")
-                (width, height), stats = _enhance_one(
-                    model, path, output_path, ratio=ratio, fmt=fmt, tile=tile, overlap=overlap,
-                    exposure_curve=exposure_curve, exposure_colour=exposure_colour,
-                    brightness=brightness, max_pixels=max_pixels,
-                    chroma_filter=chroma_filter)
+                (width, height), stats = _enhance_one(model, path, output_path, options)
             except UnreadableImageError as e:
                 skipped.append((path, str(e)))
                 progress(f"[{index}/{len(paths)}] skipped {path}: {e}")
@@ -345,4 +354,3 @@ def format_summary(summary, output_dir):
         if len(summary.skipped) > 20:
             lines.append(f"  ... and {len(summary.skipped) - 20} more")
     return "\n".join(lines)
-

@@ -271,11 +271,12 @@ def test_evaluation_chroma_filter_row_and_enhance_default(tmp_path):
     dark_path = str(tmp_path / "input" / "low" / "0.png")
     dark = np.asarray(Image.open(dark_path), np.float64)
     (tmp_path / "plain").mkdir()
-    plain = enhance_lib.enhance_file(identity, dark_path, str(tmp_path / "plain"), tile=None,
-                                     chroma_filter=False)
+    plain = enhance_lib.enhance_file(identity, dark_path, str(tmp_path / "plain"),
+                                     enhance_lib.EnhanceOptions(tile=None, chroma_filter=False))
     np.testing.assert_array_equal(np.asarray(Image.open(plain), np.float64), dark)
     (tmp_path / "default").mkdir()
-    default = enhance_lib.enhance_file(identity, dark_path, str(tmp_path / "default"), tile=None)
+    default = enhance_lib.enhance_file(identity, dark_path, str(tmp_path / "default"),
+                                       enhance_lib.EnhanceOptions(tile=None))
     written = np.asarray(Image.open(default), np.float64)
     expected = np.round(255.0 * chroma.filter_chroma(dark / 255.0))
     assert np.abs(written - expected).max() <= 1.0

@@ -206,7 +206,8 @@ def test_enhance_paths_on_dng_png_tiff_and_broken_file(tiny_model, photo_folder,
     out_dir = tmp_path / "out"
     lines = []
     summary = enhance_lib.enhance_paths(tiny_model, [str(photo_folder)], str(out_dir),
-                                      tile=32, overlap=8, progress=lines.append)
+                                        enhance_lib.EnhanceOptions(tile=32, overlap=8),
+                                        progress=lines.append)
     names = sorted(os.path.basename(o) for _, o in summary.written)
     assert names == ["dark16_enhanced.png", "dark_enhanced.png", "raw_frame_enhanced.png"]
     assert [os.path.basename(p) for p, _ in summary.skipped] == ["broken.jpg"]
@@ -234,12 +235,14 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
     dark = np.asarray(Image.open(png))
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
-    plain = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "a"), fmt="png16",
-                                   tile=None, chroma_filter=False)
-    brighter = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "b"), ratio=8.0,
-                                      fmt="png", tile=16, overlap=4, chroma_filter=False)
-    as_jpeg = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "c"), fmt="jpg",
-                                     chroma_filter=False)
+    options = enhance_lib.EnhanceOptions
+    plain = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "a"),
+                                     options(fmt="png16", tile=None, chroma_filter=False))
+    brighter = enhance_lib.enhance_file(
+        identity_model, png, str(tmp_path / "b"),
+        options(ratio=8.0, fmt="png", tile=16, overlap=4, chroma_filter=False))
+    as_jpeg = enhance_lib.enhance_file(identity_model, png, str(tmp_path / "c"),
+                                       options(fmt="jpg", chroma_filter=False))
     assert plain.endswith("dark_enhanced.png") and as_jpeg.endswith("dark_enhanced.jpg")
     decoded16, _ = decode.decode_image(plain)
     assert decoded16.dtype == np.uint16 and decoded16.shape == (30, 45, 3)
@@ -301,7 +304,8 @@ def test_enhance_with_a_calibrated_exposure(identity_model, tiny_model, photo_fo
     curve = np.tile(np.linspace(0.0, 255.0, 256) ** 0.5 * 255.0 ** 0.5, (3, 1))
     summary = enhance_lib.enhance_paths(
         identity_model, [str(photo_folder / "dark.png"), str(photo_folder / "raw_frame.dng")],
-        str(tmp_path / "out"), exposure_curve=curve, tile=None, progress=None)
+        str(tmp_path / "out"), enhance_lib.EnhanceOptions(exposure_curve=curve, tile=None),
+        progress=None)
     assert [os.path.basename(p) for p, _ in summary.written] == ["dark.png"]
     assert "not to raw files" in summary.skipped[0][1]  # the curve describes sRGB images only
     dark = np.asarray(Image.open(photo_folder / "dark.png"), np.float32)
@@ -311,10 +315,11 @@ def test_enhance_with_a_calibrated_exposure(identity_model, tiny_model, photo_fo
     assert written.mean() > 2 * dark.mean()  # the identity model alone would keep it dark
     with pytest.raises(ValueError, match="rgb model"):
         enhance_lib.enhance_paths(model_lib.build_unet("bayer", base_filters=4, depth=1),
-                                [str(photo_folder)], str(tmp_path / "b"), exposure_curve=curve)
+                                  [str(photo_folder)], str(tmp_path / "b"),
+                                  enhance_lib.EnhanceOptions(exposure_curve=curve))
     with pytest.raises(ValueError, match=r"\[3, 256\]"):
         enhance_lib.enhance_file(tiny_model, str(photo_folder / "dark.png"), str(tmp_path),
-                               exposure_curve=curve[:2])
+                                 enhance_lib.EnhanceOptions(exposure_curve=curve[:2]))
 
 
 def test_unwritable_output_dir_fails_before_any_work(tiny_model, photo_folder, tmp_path):
@@ -392,18 +397,22 @@ def test_enhance_exposure_colour_sets_each_channels_mean(identity_model, tmp_pat
     Image.fromarray(dark).save(path)
     # The calibrated camera: bright = 2.5x dark in red, 5x in green and blue (the cast removed).
     curve = np.stack([np.minimum(np.arange(256.0) * k, 255.0) for k in (2.5, 5.0, 5.0)])
-    written = enhance_lib.enhance_file(identity_model, str(path), str(tmp_path), tile=None,
-                                       exposure_curve=curve, exposure_colour=True)
+    written = enhance_lib.enhance_file(
+        identity_model, str(path), str(tmp_path),
+        enhance_lib.EnhanceOptions(tile=None, exposure_curve=curve, exposure_colour=True))
     with Image.open(written) as image:
         means = np.asarray(image, np.float64).mean(axis=(0, 1))
     np.testing.assert_allclose(means, [100.0, 100.0, 100.0], atol=1.0)
-    one_gain = enhance_lib.enhance_file(identity_model, str(path), str(tmp_path), tile=None,
-                                        exposure_curve=curve, output_path=str(tmp_path / "b.png"))
+    one_gain = enhance_lib.enhance_file(
+        identity_model, str(path), str(tmp_path),
+        enhance_lib.EnhanceOptions(tile=None, exposure_curve=curve),
+        output_path=str(tmp_path / "b.png"))
     with Image.open(one_gain) as image:
         means = np.asarray(image, np.float64).mean(axis=(0, 1))
     assert means[0] == pytest.approx(2 * means[1], rel=0.02)  # one gain keeps the cast
     with pytest.raises(ValueError, match="--exposure_preset"):
-        enhance_lib.enhance_file(identity_model, str(path), str(tmp_path), exposure_colour=True)
+        enhance_lib.enhance_file(identity_model, str(path), str(tmp_path),
+                                 enhance_lib.EnhanceOptions(exposure_colour=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,7 +519,8 @@ def test_a_decompression_bomb_is_skipped_and_the_batch_goes_on(identity_model, t
         lines = []
         summary = enhance_lib.enhance_paths(identity_model, [str(folder)],
                                           str(tmp_path / f"out{max_pixels}"),
-                                          max_pixels=max_pixels, progress=lines.append)
+                                          enhance_lib.EnhanceOptions(max_pixels=max_pixels),
+                                          progress=lines.append)
         assert [os.path.basename(p) for p, _ in summary.written] == ["b.png"]
         assert [os.path.basename(p) for p, _ in summary.skipped] == ["a_bomb.png"]
         assert "skipped" in lines[0] and "a_bomb.png" in lines[0]
@@ -534,7 +544,7 @@ def test_pixel_limit_is_checked_on_the_header_before_decoding(identity_model, ph
     summary = enhance_lib.enhance_paths(
         identity_model, [str(photo_folder / n) for n in ("raw_frame.dng", "dark16.tif",
                                                          "dark.png")],
-        str(tmp_path / "out"), max_pixels=1000, progress=None)
+        str(tmp_path / "out"), enhance_lib.EnhanceOptions(max_pixels=1000), progress=None)
     assert [os.path.basename(p) for p, _ in summary.written] == ["dark16.tif"]  # 480 pixels
     reasons = dict((os.path.basename(p), r) for p, r in summary.skipped)
     assert "56x40" in reasons["raw_frame.dng"] and "pixel limit" in reasons["raw_frame.dng"]
@@ -649,13 +659,16 @@ def test_enhance_brightness_and_stats_lines(tmp_path):
     assert "mean 0." in lines[0] and "clipped " in lines[0]
     assert "Output mean brightness" in enhance_lib.format_summary(summary, "auto")
     target = enhance_lib.enhance_paths(tripling, [str(folder)], str(tmp_path / "target"),
-                                     brightness="0.5", progress=None)
+                                       enhance_lib.EnhanceOptions(brightness="0.5"),
+                                       progress=None)
     for _, output in target.written:
         assert np.asarray(Image.open(output), np.float32).mean() / 255.0 == pytest.approx(
             0.5, abs=3e-3)
     with pytest.raises(ValueError, match="only one"):
-        enhance_lib.enhance_paths(tripling, [str(folder)], str(tmp_path / "c"), brightness="+1ev",
-                                exposure_curve=np.tile(np.arange(256.0), (3, 1)))
+        enhance_lib.enhance_paths(
+            tripling, [str(folder)], str(tmp_path / "c"),
+            enhance_lib.EnhanceOptions(brightness="+1ev",
+                                       exposure_curve=np.tile(np.arange(256.0), (3, 1))))
 
 
 @pytest.mark.slow
