@@ -245,6 +245,14 @@ def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     assert open(written, "rb").read() == before
     assert sorted(os.listdir(output_dir)) == ["phone.tflite"]  # no temporary left
 
+    # --nochroma_filter reaches the export: the network's output as it is.
+    raw = run_tool("export", *args, "--nochroma_filter", "--name=raw")
+    assert raw.returncode == 0, raw.stderr
+    assert "chroma filter off" in raw.stdout
+    np.testing.assert_allclose(
+        export.TFLiteEnhancer(os.path.join(output_dir, "raw.tflite"))(image),
+        _keras(model, image, chroma_filter=False), rtol=0, atol=FLOAT_TOLERANCE)
+
 
 def test_refusals_say_what_to_do(models, workdir, monkeypatch):
     model, path = models["plain"]
