@@ -161,8 +161,9 @@ class EnhanceOptions:
                 raise ValueError("A calibrated exposure needs an rgb model (a bayer model takes "
                                  "raw files, which the exposure curve does not describe).")
             if setting.kind != brightness_lib.BRIGHTNESS_AUTO:
-                raise ValueError(f"Both a calibrated exposure and --brightness={setting} set the "
-                                 "output's brightness; give only one of them.")
+                raise ValueError(f"Both a calibrated exposure (--exposure_preset) and "
+                                 f"--brightness={setting} set the output's brightness; give "
+                                 "only one of them.")
         if self.fmt not in OUTPUT_FORMATS:
             raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {self.fmt!r}.")
         if self.ratio is not None and not self.ratio > 0:
