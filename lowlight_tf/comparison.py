@@ -166,3 +166,27 @@ def format_difference(label_a, label_b, result):
             f"{METRIC_NAMES[result.metric]} ({result.confidence:.0%} CI "
             f"{result.low:+.{digits}f} to {result.high:+.{digits}f}; {result.images} images, "
             f"{result.scenes} scenes, higher on {result.a_better})")
+
+
+def spread(values):
+    """{"mean", "std" (ddof 1; 0 for one value), "min", "max"} of a sequence of floats, e.g.
+    one margin per draw of a device subset: how much a result moves with the draw."""
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        raise ComparisonError("no values to summarise: pass at least one")
+    return {"mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            "min": float(values.min()), "max": float(values.max())}
+
+
+def format_spread(label_a, label_b, results):
+    """One line over several draws' PairedDifference of one metric, e.g. 'over 5 draws,
+    transfer - scratch: +0.95 ± 0.54 dB PSNR (min +0.33, max +1.34; A higher on 3 of 5 draws)'."""
+    unit = "" if results[0].metric == "ssim" else " dB"
+    digits = 3 if results[0].metric == "ssim" else 2
+    s = spread([r.mean for r in results])
+    ahead = sum(r.mean > 0 for r in results)
+    return (f"over {len(results)} draws, {label_a} - {label_b}: {s['mean']:+.{digits}f} ± "
+            f"{s['std']:.{digits}f}{unit} {METRIC_NAMES[results[0].metric]} (min "
+            f"{s['min']:+.{digits}f}, max {s['max']:+.{digits}f}; {label_a} higher on {ahead} of "
+            f"{len(results)} draws)")

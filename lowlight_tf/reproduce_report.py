@@ -115,10 +115,7 @@ def _draw_margin(entry, rows):
 
 def _spread_over(draws):
     """Mean, standard deviation, min and max over draws of transfer, scratch and the margin."""
-    def spread(values):
-        values = np.asarray(values, np.float64)
-        return {"mean": float(values.mean()), "std": float(values.std(ddof=1)),
-                "min": float(values.min()), "max": float(values.max())}
+    spread = comparison.spread
     return {"transfer_psnr": spread([d["transfer"]["psnr"] for d in draws]),
             "scratch_psnr": spread([d["scratch"]["psnr"] for d in draws]),
             "margin_psnr": spread([d["margin"]["mean"] for d in draws])}
@@ -264,4 +261,3 @@ def write_report(run, report):
     write_json(os.path.join(run.work_dir, "summary.json"), report)
     run.say("\n" + "\n".join([table, "", *comparisons])
          + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")
-

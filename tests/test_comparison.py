@@ -100,6 +100,20 @@ def test_format_difference_states_interval_and_counts():
         "higher on 36)")
 
 
+def test_spread_over_draws_and_its_line():
+    assert comparison.spread([1.17, 0.33, 1.34]) == pytest.approx(
+        {"mean": 0.9467, "std": 0.5408, "min": 0.33, "max": 1.34}, abs=1e-4)
+    assert comparison.spread([2.0]) == {"mean": 2.0, "std": 0.0, "min": 2.0, "max": 2.0}
+    with pytest.raises(comparison.ComparisonError, match="at least one"):
+        comparison.spread([])
+    results = [comparison.PairedDifference(metric="psnr", mean=m, low=m - 1, high=m + 1,
+                                           confidence=0.95, images=66, scenes=10, a_better=40)
+               for m in (1.17, -0.33, 1.34)]
+    assert comparison.format_spread("transfer", "scratch", results) == (
+        "over 3 draws, transfer - scratch: +0.73 ± 0.92 dB PSNR (min -0.33, max +1.34; "
+        "transfer higher on 2 of 3 draws)")
+
+
 @pytest.mark.slow
 def test_compare_cli(tmp_path):
     a = _write_evaluation(tmp_path / "a", {1: 21.0, 2: 23.0, 7: 20.0})
@@ -124,6 +138,16 @@ def test_compare_cli(tmp_path):
     assert "at input gain 2" in at_two.stdout and "A - B: +5.00 dB PSNR" in at_two.stdout
     missing_gain = run_tool("compare", *sweep, "--gain=4")
     assert missing_gain.returncode == 2 and "gain 4" in missing_gain.stderr
+    # Pairs of folders (one per draw): each pair, then the spread over pairs; --row reads each
+    # folder's model row with a suffix (model A + calibrated exposure is model A - 1 dB).
+    c = _write_evaluation(tmp_path / "c", {1: 20.0, 2: 20.0, 7: 23.0})
+    draws = run_tool("compare", a, b, c, b, "--metrics=psnr", "--row=calibrated exposure")
+    assert draws.returncode == 0, draws.stderr
+    assert "pair 2 of 2" in draws.stdout and "A: model A + calibrated exposure" in draws.stdout
+    assert "over 2 draws, A - B: +1.17 ± 0.24 dB PSNR (min +1.00, max +1.33" in draws.stdout
+    assert run_tool("compare", a, b, c).returncode == 2  # an odd number of folders
+    both = run_tool("compare", a, b, "--row=calibrated exposure", "--method_a=model A")
+    assert both.returncode == 2 and "--row" in both.stderr
 
 
 def test_read_per_image_takes_one_gain_of_an_exposure_sweep(tmp_path):
