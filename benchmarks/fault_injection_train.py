@@ -294,7 +294,7 @@ def main():
     expected = [f"epoch_{e:03d}.weights.h5" for e in range(1, options.epochs + 1)]
     names = checkpoints(victim)
     final_difference = max_difference(weights(os.path.join(reference, "final.keras")),
-                                       weights(os.path.join(victim, "final.keras")))
+                                      weights(os.path.join(victim, "final.keras")))
     checkpoint_difference = max(
         max_difference(weights(os.path.join(reference, "checkpoints", n)),
                        weights(os.path.join(victim, "checkpoints", n)))

@@ -104,7 +104,7 @@ def main():
     peak = tf.constant(toned.noise_peak, tf.float32)
     curve = tf.constant(toned.tone_curve, tf.float32)
     with_curve = tf.function(lambda b, p, s, n: simulation.simulate(b, p, seed=s, noise_peak=n,
-                                                                      tone_curve=curve))
+                                                                    tone_curve=curve))
     plain_rate = time_tf(fast, bright, params, peak, args.seconds)
     curve_rate = time_tf(with_curve, bright, params, peak, args.seconds)
     print(f"eliei_rgb_tone preset (peak {toned.noise_peak:.0f}):")

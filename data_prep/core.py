@@ -350,4 +350,3 @@ def make_builder_class(name, plan, base=LowlightBuilder, **attributes):
         namespace["__module__"] = __name__
 
     return types.new_class(name, (base,), {"skip_registration": True}, fill)
-

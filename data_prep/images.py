@@ -80,4 +80,3 @@ def scan(input_dir, splits, *, skips, split_overrides=None, bit_depth="auto", ma
                 bool(raw_no_auto_bright), max_pixels)
         items.append(core.Item(example_id, split, task))
     return items, dtype, rule
-

@@ -167,4 +167,3 @@ def scan(input_dir, splits, *, skips, pair_list=None, split_overrides=None, bit_
                 exposure_ratio(dark_path, bright_path), max_pixels)
         items.append(core.Item(example_id, split, task))
     return items, dtype, rule
-

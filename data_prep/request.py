@@ -122,7 +122,7 @@ def scan(request, split_fractions, split_rules, skips):
         items, dtype, rule = pairs.scan(request.input_dir, split_fractions, skips=skips,
                                         pair_list=request.pair_list, **common)
         scan = Scan(items, dtype, rule, f"{request.pair_list or request.input_dir!r}",
-                     workers.decode_pair_task)
+                    workers.decode_pair_task)
     else:
         scan = _scan_simulated(request, split_fractions)
     if not scan.items:
@@ -149,8 +149,8 @@ def _scan_simulated(request, split_fractions):
     items, dtype, rule = simulated.scan(source_spec, split_fractions,
                                         split_overrides=request.split_overrides)
     return Scan(items, dtype, rule, f"{request.source_data!r}", base=simulated.SimulatedBuilder,
-                 attributes={"preset": preset, "seed": int(request.seed)},
-                 source_spec=source_spec)
+                attributes={"preset": preset, "seed": int(request.seed)},
+                source_spec=source_spec)
 
 
 def _options(request, split_fractions, source_spec):

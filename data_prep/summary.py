@@ -148,4 +148,3 @@ def format_summary(summary, max_skipped_lines=15):
         lines.append(f"    ... and {len(skipped) - max_skipped_lines} more "
                      f"(all listed in {SUMMARY_FILE})")
     return "\n".join(lines)
-

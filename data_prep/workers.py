@@ -37,6 +37,7 @@ def exit_with_parent(parent_pid):
         os._exit(1)  # pylint: disable=protected-access
     threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
+
 _ZERO4 = np.zeros(4, np.float32)
 # The last decoded bright image, per process: SID lists repeat one long exposure for many shorts.
 _BRIGHT_CACHE = {}

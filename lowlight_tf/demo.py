@@ -84,7 +84,7 @@ def run_demo(output_dir, builders, progress=print, enhance_images=3, **overrides
     enhanced_dir = os.path.join(work_dir, "enhanced")
     # The demo's own folder: a second run replaces what the first one wrote.
     summary = enhance_lib.enhance_paths(model, inputs, enhanced_dir, progress=progress,
-                                      overwrite=True)
+                                        overwrite=True)
     progress(enhance_lib.format_summary(summary, enhanced_dir))
     panels = ", ".join(report["panels"])
     progress(f"\nDemo finished. Table: {os.path.join(work_dir, 'report.md')}\n"

@@ -138,6 +138,7 @@ def default_model_label(model_path):
 # ----------------------------------------------------------------------------------------------
 # The evaluation (scoring image by image: lowlight_tf.evaluation_scoring).
 
+
 def parse_gains(values):
     """Input gains from a list of numbers or strings, e.g. ["0.5", "1", "2"] -> (0.5, 1.0, 2.0).
 

@@ -17,6 +17,7 @@ from lowlight_tf import chroma
 from lowlight_tf import files
 from lowlight_tf.training_facts import NOT_AVAILABLE
 
+
 class EvaluationError(ValueError):
     """A user error (bad model, dataset or output directory); the message says what to do."""
 
@@ -155,7 +156,6 @@ class ReportFolder:
     def abandon(self):
         """Removes the staging folder; output_dir is untouched."""
         shutil.rmtree(self.staging, ignore_errors=True)
-
 
 
 # ----------------------------------------------------------------------------------------------

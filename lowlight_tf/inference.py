@@ -35,6 +35,7 @@ MAX_BATCH_PIXELS = 1 << 20
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32
 
+
 class UnreadableImageError(ValueError):
     """A file that is neither a decodable camera raw nor an ordinary image, or one larger than
     the pixel limit; `str(error)` is the reason shown in the skip list."""

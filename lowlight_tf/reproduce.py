@@ -405,8 +405,6 @@ def _check_config(config):
                              "transfer pairs calibrate the simulation).")
 
 
-
-
 # Flags that may change between runs of one work_dir: which stages run, where the dir is given,
 # how many subset draws (each draw is its own stage; the main rows are draw 0).
 _RESUME_FREE = ("work_dir", "stages", "device_subsets")
@@ -435,7 +433,6 @@ def _check_same_settings(work_dir, config):
             f"{work_dir} holds a run made with other settings ({'; '.join(changed)}); resuming "
             "would reuse its finished stages with the old ones. Use a new --work_dir, or pass "
             "the old values to resume.")
-
 
 
 def _check_reachable(config, selected):

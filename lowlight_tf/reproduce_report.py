@@ -260,4 +260,4 @@ def write_report(run, report):
     files.write_text(os.path.join(run.work_dir, "report.md"), text)
     write_json(os.path.join(run.work_dir, "summary.json"), report)
     run.say("\n" + "\n".join([table, "", *comparisons])
-         + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")
+            + f"\n\nReport: {os.path.join(run.work_dir, 'report.md')}")

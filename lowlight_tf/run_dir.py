@@ -82,7 +82,7 @@ def _check_model_dir(config):
                           "was overwritten).")
     if state != "missing":
         progress.warn(f"{state} Finishing the run again: resuming from {BACKUP_DIR}/ or the last "
-              "checkpoint; the damaged file is replaced when the new one is complete.")
+                      "checkpoint; the damaged file is replaced when the new one is complete.")
     flags_path = os.path.join(model_dir, FLAGS_NAME)
     if not os.path.exists(flags_path):
         if os.path.isdir(model_dir) and os.listdir(model_dir):

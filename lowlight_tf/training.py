@@ -49,6 +49,7 @@ from lowlight_tf.distribute import (is_chief, is_multi_worker, make_strategy,
 from lowlight_tf import data
 from lowlight_tf.train_config import SAMPLE, ConfigError
 
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the last good checkpoint."""
 
@@ -255,7 +256,7 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 
     train_ds, val_ds, description = train_data.make_datasets(config, distribute.worker(strategy),
-                                                  sample_datasets)
+                                                             sample_datasets)
     if skip_epochs:
         train_ds = train_ds.skip(skip_epochs * config.steps_per_epoch)
     train_data.warn_small_images(config, sample_datasets)

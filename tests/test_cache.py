@@ -56,7 +56,7 @@ def test_auto_caches_in_memory_only_within_the_budget(tmp_path):
     mode, megabytes = pipeline_cache.cache_mode("auto", source, count=4, budget_mb=1)
     assert mode == "memory" and megabytes == pytest.approx(4 * 40 * 48 * 3 * 2 / 2**20)
     mode, megabytes = pipeline_cache.cache_mode("auto", source, count=1000, budget_mb=1,
-                                          patch_size=64)
+                                                patch_size=64)
     assert mode == "none" and megabytes == pytest.approx(1000 * 64 * 64 * 3 * 2 / 2**20)
     assert pipeline_cache.cache_mode("none", source, count=4, budget_mb=1) == ("none", None)
     with pytest.raises(ValueError, match="does not exist"):

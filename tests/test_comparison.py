@@ -84,7 +84,7 @@ def test_read_per_image_takes_the_model_row_unless_told(tmp_path):
     assert method == "model A"
     assert values[("device:test", "2.png")]["psnr"] == pytest.approx(22.0)
     method, values = comparison.read_per_image(os.path.join(folder, "per_image.csv"),
-                                                "gamma 0.4")
+                                               "gamma 0.4")
     assert values[("device:test", "1.png")]["psnr"] == pytest.approx(12.0)
     with pytest.raises(comparison.ComparisonError, match="'model A', 'model A \\+ calibrated"):
         comparison.read_per_image(folder, "model B")

@@ -150,7 +150,7 @@ def test_every_flag_is_generated_from_its_dataclass_with_its_default(tool):
         required = name in ("model_dir", "work_dir")
         default, help_text = defined[name]
         assert default == (None if required else field.default), name
-        assert help_text.endswith(field.metadata["help"]), name  # enums prefix <a|b|c>: 
+        assert help_text.endswith(field.metadata["help"]), name  # enums prefix <a|b|c>:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=NAMES)

@@ -207,7 +207,7 @@ def test_images_round_trip_pixel_identical_with_raw_metadata(tmp_path):
     assert stored["nested/c.tif"]["source_format"].decode() == "tiff"
     # The float reading API gives back the 8-bit values exactly.
     loaded = {ex["id"].numpy().decode(): ex for ex in data.load(str(tmp_path / "out"), "mixed",
-                                                                 "train")}
+                                                                "train")}
     np.testing.assert_array_equal(loaded["a.png"]["bright"].numpy(), png8.astype(np.float32))
     assert loaded["nested/c.tif"]["bright"].dtype == tf.float32
     assert float(tf.reduce_max(loaded["nested/c.tif"]["bright"])) <= 255.0

@@ -72,7 +72,7 @@ def test_calibrated_curve_hand_computed():
     flat = np.full((9, 9, 3), 4.0)
     flat[4, 4] = 8.0  # the blur spreads this outlier before the lookup
     assert baselines.apply_curve(flat, curve)[4, 4, 0] < baselines.apply_curve(flat, curve,
-                                                                              blur=0)[4, 4, 0]
+                                                                               blur=0)[4, 4, 0]
     with pytest.raises(ValueError, match="at least one pair"):
         baselines.fit_dark_to_bright_curve([])
 

@@ -93,7 +93,7 @@ def models(workdir):
 def tflite_files(models, workdir):
     """{(kind, quantize): path} of the TFLite exports used by several tests."""
     wanted = [(kind, "none") for kind in KINDS] + [("plain", "float16"),
-                                                  ("plain", "dynamic_int8")]
+                                                   ("plain", "dynamic_int8")]
     out = {}
     for kind, quantize in wanted:
         result = export.export(models[kind][1], str(workdir / "tflite"), fmt="tflite",

@@ -98,4 +98,4 @@ def test_training_takes_the_init_models_normalisation(normalising_model, tmp_pat
     assert fresh.exposure_normalization == 0.0
     with pytest.raises(training.ConfigError, match="exposure_normalization"):
         training.resolve_config(train_config.TrainConfig(model_dir=str(tmp_path / "r3"),
-                                                     exposure_normalization=1.5))
+                                                         exposure_normalization=1.5))

@@ -259,8 +259,8 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
 def test_bayer_model_enhances_raw_and_skips_ordinary_images(photo_folder, tmp_path):
     bayer = model_lib.build_unet("bayer", base_filters=4, depth=1)
     summary = enhance_lib.enhance_paths(bayer, [str(photo_folder / "raw_frame.dng"),
-                                              str(photo_folder / "dark.png")],
-                                      str(tmp_path / "out"), progress=None)
+                                                str(photo_folder / "dark.png")],
+                                        str(tmp_path / "out"), progress=None)
     assert [os.path.basename(p) for p, _ in summary.written] == ["raw_frame.dng"]
     assert "needs camera raw" in summary.skipped[0][1]
     with Image.open(summary.written[0][1]) as im:
@@ -328,7 +328,7 @@ def test_unwritable_output_dir_fails_before_any_work(tiny_model, photo_folder, t
     lines = []
     with pytest.raises(enhance_lib.OutputDirError, match="a_file"):
         enhance_lib.enhance_paths(tiny_model, [str(photo_folder)], str(blocker / "out"),
-                                progress=lines.append)
+                                  progress=lines.append)
     assert lines == []
 
 
@@ -446,7 +446,7 @@ def test_enhance_never_writes_over_a_users_file_or_an_input(identity_model, tmp_
     for overwrite in (False, True):
         with pytest.raises(files.OutputIsInputError, match="a_enhanced.png"):
             enhance_lib.enhance_paths(identity_model, [str(folder)], str(folder),
-                                    overwrite=overwrite, progress=None)
+                                      overwrite=overwrite, progress=None)
     assert users.read_bytes() == b"the user's only copy"
     assert sorted(os.listdir(folder)) == ["a.png", "a_enhanced.png"]
 
@@ -465,7 +465,7 @@ def test_enhance_never_writes_over_a_users_file_or_an_input(identity_model, tmp_
     assert lines == [] and sorted(os.listdir(out)) == ["b_enhanced.png"]  # nothing written
     assert (out / "b_enhanced.png").read_bytes() == b"user data"
     summary = enhance_lib.enhance_paths(identity_model, [str(source)], str(out), overwrite=True,
-                                      progress=None)
+                                        progress=None)
     assert len(summary.written) == 2
     with Image.open(out / "b_enhanced.png") as im:
         assert im.size == (45, 30)
@@ -474,7 +474,7 @@ def test_enhance_never_writes_over_a_users_file_or_an_input(identity_model, tmp_
         enhance_lib.enhance_file(identity_model, str(source / "a.png"), str(out))
     with pytest.raises(files.OutputIsInputError):
         enhance_lib.enhance_file(identity_model, str(source / "a.png"), str(out),
-                               output_path=str(source / "a.png"), overwrite=True)
+                                 output_path=str(source / "a.png"), overwrite=True)
 
 
 def test_two_inputs_with_one_name_get_distinct_outputs(identity_model, tmp_path):
@@ -483,7 +483,7 @@ def test_two_inputs_with_one_name_get_distinct_outputs(identity_model, tmp_path)
     _save_png(folder / "a.png")
     Image.open(folder / "a.png").save(folder / "a.bmp")
     summary = enhance_lib.enhance_paths(identity_model, [str(folder)], str(tmp_path / "out"),
-                                      progress=None)
+                                        progress=None)
     assert sorted(os.path.basename(o) for _, o in summary.written) == [
         "a_enhanced.png", "a_png_enhanced.png"]
 
@@ -518,9 +518,9 @@ def test_a_decompression_bomb_is_skipped_and_the_batch_goes_on(identity_model, t
     for max_pixels in (files.DEFAULT_MAX_PIXELS, 10 ** 6):
         lines = []
         summary = enhance_lib.enhance_paths(identity_model, [str(folder)],
-                                          str(tmp_path / f"out{max_pixels}"),
-                                          enhance_lib.EnhanceOptions(max_pixels=max_pixels),
-                                          progress=lines.append)
+                                            str(tmp_path / f"out{max_pixels}"),
+                                            enhance_lib.EnhanceOptions(max_pixels=max_pixels),
+                                            progress=lines.append)
         assert [os.path.basename(p) for p, _ in summary.written] == ["b.png"]
         assert [os.path.basename(p) for p, _ in summary.skipped] == ["a_bomb.png"]
         assert "skipped" in lines[0] and "a_bomb.png" in lines[0]
@@ -647,7 +647,7 @@ def test_enhance_brightness_and_stats_lines(tmp_path):
     dark = _save_png(folder / "night.png", seed=4, high=20)
     lines = []
     summary = enhance_lib.enhance_paths(tripling, [str(folder)], str(tmp_path / "auto"),
-                                      progress=lines.append)
+                                        progress=lines.append)
     outputs = {os.path.basename(p): np.asarray(Image.open(o), np.float32) / 255.0
                for p, o in summary.written}
     day_in = np.asarray(Image.open(well_exposed), np.float32) / 255.0

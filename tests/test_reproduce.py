@@ -240,7 +240,7 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
 
 def test_resuming_with_other_settings_is_refused_before_any_work(inputs, tmp_path):
     old = reproduce.ReproduceConfig.create(work_dir=str(tmp_path / "run"),
-                                    bright_dir=str(inputs / "bright"))
+                                           bright_dir=str(inputs / "bright"))
     (tmp_path / "run").mkdir()
     settings = old.flat()
     del settings["ssim_weight"]  # a config.json from before that flag existed

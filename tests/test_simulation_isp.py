@@ -94,7 +94,7 @@ def test_blur_keeps_unit_variance():
     noise = tf.random.stateless_normal([2, 64, 64, 1], [1, 2])
     for sigma in (0.8, 2.0):
         assert simulation_isp.blur_noise(noise, sigma).numpy().var() == pytest.approx(1.0,
-                                                                                     rel=0.1)
+                                                                                      rel=0.1)
 
 
 def test_sample_isp_params_log_normal_statistics():

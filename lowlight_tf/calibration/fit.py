@@ -196,7 +196,7 @@ def calibrate(fit_pairs, *, method="joint", holdout_pairs=(), noise_peak=None, q
     if tone_curve:
         curve, _ = fit_tone_curve(fit_pairs)  # the fit's own gains are refitted per pair below
         say("  tone curve (G): " + ", ".join(f"{v}->{curve[1, v]:.1f}"
-                                               for v in (32, 64, 128, 192, 224, 255)))
+                                             for v in (32, 64, 128, 192, 224, 255)))
     # The camera's expected bright value per dark value (what brightness.anchor_exposure uses to
     # set an output's brightness); from the untouched pairs, before any tone mapping.
     exposure_curve = curves.fit_dark_to_bright_curve(fit_pairs)

@@ -322,6 +322,7 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), tone_curve=False, draws=4, see
     measured = _measure_all(fit_pairs, "fit", say, curve)
     (bayer, noise_blur), candidates = choose_noise_path(fit_pairs, measured, seed=seed,
                                                         paths=paths, tone_curve=curve)
+
     def triple(values):
         return "/".join(f"{v:.3f}" for v in values)
 
