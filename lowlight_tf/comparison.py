@@ -180,8 +180,9 @@ def spread(values):
 
 
 def format_spread(label_a, label_b, results):
-    """One line over several draws' PairedDifference of one metric, e.g. 'over 5 draws,
-    transfer - scratch: +0.95 ± 0.54 dB PSNR (min +0.33, max +1.34; A higher on 3 of 5 draws)'."""
+    """One line over several draws' PairedDifference of one metric, e.g. 'over 3 draws,
+    transfer - scratch: +0.95 ± 0.54 dB PSNR (min +0.33, max +1.34; transfer higher on 3 of 3
+    draws)'."""
     unit = "" if results[0].metric == "ssim" else " dB"
     digits = 3 if results[0].metric == "ssim" else 2
     s = spread([r.mean for r in results])
