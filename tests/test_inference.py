@@ -256,6 +256,22 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
     assert jpeg.shape == dark.shape and abs(jpeg.mean() - dark.mean()) < 1.0
 
 
+def test_a_phone_portrait_comes_out_upright(identity_model, tmp_path):
+    # Phones store a portrait photo as landscape pixels plus EXIF Orientation 6; the output
+    # carries no EXIF, so its pixels must be turned, or the photo shows sideways.
+    stored = np.random.default_rng(1).integers(0, 60, (30, 46, 3), dtype=np.uint8)
+    path = str(tmp_path / "portrait.png")
+    exif = Image.Exif()
+    exif[decode.ORIENTATION_TAG] = 6
+    Image.fromarray(stored).save(path, exif=exif)
+    written = enhance_lib.enhance_file(
+        identity_model, path, str(tmp_path),
+        enhance_lib.EnhanceOptions(brightness="+0ev", chroma_filter=False))
+    with Image.open(written) as image:
+        assert image.size == (30, 46) and not image.getexif()
+        np.testing.assert_array_equal(np.asarray(image), np.rot90(stored, -1))
+
+
 def test_bayer_model_enhances_raw_and_skips_ordinary_images(photo_folder, tmp_path):
     bayer = model_lib.build_unet("bayer", base_filters=4, depth=1)
     summary = enhance_lib.enhance_paths(bayer, [str(photo_folder / "raw_frame.dng"),

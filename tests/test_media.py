@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+import tifffile
+from PIL import Image, ImageOps
 
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
@@ -108,3 +109,41 @@ def test_id_ranges_and_stems():
     assert ids.parse_id_range("9-3") == (9, 3)  # the caller refuses it with its own context
     assert ids.parse_id_range("sky") is None and ids.parse_id_range("4-") is None
     assert ids.id_stem("a/b/12.png") == "12" and ids.id_stem("x") == "x"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_turns_the_pixels_as_viewers_show_them(tmp_path, orientation):
+    # A non-square, asymmetric picture: any wrong flip or turn changes the pixels or the shape.
+    stored = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    for ext in ("png", "webp", "tiff"):
+        path = str(tmp_path / f"o{orientation}.{ext}")
+        exif = Image.Exif()
+        exif[decode.ORIENTATION_TAG] = orientation
+        Image.fromarray(stored).save(path, exif=exif, **({"lossless": True} if ext == "webp"
+                                                          else {}))
+        decoded, meta = decode.decode_image(path)
+        with Image.open(path) as image:
+            expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        assert meta["orientation"] == orientation, ext
+        assert decoded.shape == expected.shape == ((10, 6, 3) if orientation >= 5 else (6, 10, 3))
+        np.testing.assert_array_equal(decoded, expected, err_msg=ext)
+
+
+def test_orientation_of_a_16_bit_tiff_and_of_files_without_one(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 65536, (4, 7, 3), dtype=np.uint16)
+    path = str(tmp_path / "portrait.tif")
+    tifffile.imwrite(path, stored, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    decoded, meta = decode.decode_image(path)
+    assert decoded.dtype == np.uint16 and meta["orientation"] == 6
+    np.testing.assert_array_equal(decoded, np.rot90(stored, -1))  # turned clockwise
+    plain = str(tmp_path / "plain.png")
+    png.write_png(plain, stored)
+    decoded, meta = decode.decode_image(plain)
+    assert meta["orientation"] == 1
+    np.testing.assert_array_equal(decoded, stored)
+    # An out-of-range value (a damaged EXIF block) is no orientation, not a failed decode.
+    odd = str(tmp_path / "odd.png")
+    exif = Image.Exif()
+    exif[decode.ORIENTATION_TAG] = 42
+    Image.fromarray(stored[..., 0].astype(np.uint8)).save(odd, exif=exif)
+    assert decode.decode_image(odd)[1]["orientation"] == 1

@@ -102,6 +102,53 @@ def _to_rgb(array, path):
     return np.ascontiguousarray(array)
 
 
+# EXIF Orientation (tag 274) -> the numpy steps that turn the stored pixels upright, as viewers
+# and Pillow's ImageOps.exif_transpose show them (2: mirrored, 3: upside down, 6: a phone held
+# upright, ...). rot90 with k=1 turns counter-clockwise.
+ORIENTATION_TAG = 0x0112
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(path):
+    """Return the EXIF Orientation (1-8) of an ordinary image, 1 when absent or unreadable.
+
+    Reads the header only (Pillow for JPEG/PNG/WebP/TIFF, tifffile's tag for TIFFs Pillow cannot
+    open). A damaged EXIF block counts as no orientation: the pixels still decode.
+    """
+    try:
+        with _open_pillow(path, None) as image:
+            value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # pylint: disable=broad-except
+        value = 1
+        if formats.format_name(path) == "tiff":
+            _quiet_tifffile()
+            try:
+                with tifffile.TiffFile(path) as tif:
+                    tag = tif.pages[0].tags.get("Orientation")
+                    value = 1 if tag is None else tag.value
+            except Exception:  # pylint: disable=broad-except
+                value = 1
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def upright(array, orientation):
+    """Return an [H, W, ...] array turned as its EXIF `orientation` (1-8) says to display it."""
+    step = _UPRIGHT.get(int(orientation))
+    return array if step is None else np.ascontiguousarray(step(array))
+
+
 def _decode_png16(path):
     """Decode a 16-bit PNG with TensorFlow (Pillow reads 16-bit RGB PNGs as 8-bit)."""
     # The one import inside a function: among our dependencies only TensorFlow decodes 16-bit
@@ -254,7 +301,9 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
 
     Returns:
         (image, meta): image uint8 or uint16 [H, W, 3] (gray is replicated, alpha dropped), values
-        as stored; meta dict with `source_format` (str) and `is_raw` False.
+        as stored, turned upright as its EXIF Orientation says (a phone's portrait JPEG comes out
+        portrait, as raw files do from LibRaw); meta dict with `source_format` (str), `is_raw`
+        False and `orientation` (the EXIF value applied, 1 for none).
 
     Raises:
         DecodeError: with the reason, for empty, truncated, corrupt, too large or non-image
@@ -278,7 +327,9 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
         else:
             raise DecodeError(f"unsupported sample type {array.dtype} (need 8 or 16-bit "
                               "integers)", "unsupported")
-    return _to_rgb(array, path), {"source_format": fmt, "is_raw": False}
+    orientation = exif_orientation(path)
+    return (upright(_to_rgb(array, path), orientation),
+            {"source_format": fmt, "is_raw": False, "orientation": orientation})
 
 
 def cfa_pattern_name(raw_pattern, color_desc):
