@@ -20,6 +20,7 @@ from lowlight_tf import progress as progress_lib
 from lowlight_tf.inference import (DEFAULT_OVERLAP, DEFAULT_TILE, ScaledArray,
                                    UnreadableImageError, decode_input, model_geometry,
                                    predict_decoded)
+from lowlight_tf.media import decode
 from lowlight_tf.media import formats
 from lowlight_tf.media import png
 
@@ -191,6 +192,7 @@ def _enhance_one(model, path, output_path, options):
                                                     per_channel=options.exposure_colour)
     prediction = brightness_lib.apply_brightness(prediction, dark, options.brightness,
                                                  out=prediction)
+    prediction = decode.upright(prediction, decoded.orientation)
     del decoded, x, dark
     if options.chroma_filter:
         prediction = chroma.filter_chroma(prediction)

@@ -291,12 +291,14 @@ class DecodedInput:
 
     `model_input` is what the model consumes ([H, W, 3] RGB or [H/2, W/2, 4] packed bayer), in
     [0, 1] as float32, or uint8/uint16 with `scale` the divisor to [0, 1] (kept integer to bound
-    memory; converted tile by tile).
+    memory; converted tile by tile). `orientation` (EXIF 1-8) is how the prediction must be
+    turned to show upright (`decode.upright`): packed bayer input keeps the sensor's layout.
     """
     model_input: np.ndarray
     scale: float
     is_raw: bool
     description: str
+    orientation: int = 1
 
 
 def amplify(image, ratio, *, curve="srgb"):
@@ -361,7 +363,7 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
             packed *= np.float32(ratio)
             np.clip(packed, 0.0, 1.0, out=packed)
         return DecodedInput(packed, 1.0, True, f"raw {packed.shape[1] * 2}x"
-                            f"{packed.shape[0] * 2} packed bayer")
+                            f"{packed.shape[0] * 2} packed bayer", decode.raw_orientation(path))
     try:
         array, _ = decode.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
     except decode.DecodeError as e:

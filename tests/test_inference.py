@@ -120,8 +120,10 @@ def test_predict_image_checks_range_and_model_kind(tiny_model):
 # ----------------------------------------------------------------------------------------------
 # Files.
 
-def _write_dng(path_no_ext, mosaic, cfa="RGGB", black=64, white=1023):
-    """Writes a 16-bit Bayer DNG with pidng; returns the .dng path."""
+def _write_dng(path_no_ext, mosaic, cfa="RGGB", black=64, white=1023, orientation=None):
+    """Writes a 16-bit Bayer DNG with pidng; returns the .dng path.
+
+    orientation: the EXIF/TIFF Orientation tag (default 1, as the camera was held level)."""
     from pidng.core import RAW2DNG, DNGTags, Tag
     from pidng.defs import (CalibrationIlluminant, CFAPattern, DNGVersion, Orientation,
                             PhotometricInterpretation, PreviewColorSpace)
@@ -131,7 +133,7 @@ def _write_dng(path_no_ext, mosaic, cfa="RGGB", black=64, white=1023):
     tags.set(Tag.ImageLength, height)
     tags.set(Tag.TileWidth, width)
     tags.set(Tag.TileLength, height)
-    tags.set(Tag.Orientation, Orientation.Horizontal)
+    tags.set(Tag.Orientation, Orientation.Horizontal if orientation is None else orientation)
     tags.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
     tags.set(Tag.SamplesPerPixel, 1)
     tags.set(Tag.BitsPerSample, 16)
@@ -270,6 +272,25 @@ def test_a_phone_portrait_comes_out_upright(identity_model, tmp_path):
     with Image.open(written) as image:
         assert image.size == (30, 46) and not image.getexif()
         np.testing.assert_array_equal(np.asarray(image), np.rot90(stored, -1))
+
+
+@pytest.mark.parametrize("orientation, turn", [(6, -1), (8, 1), (3, 2)])
+def test_a_turned_raw_comes_out_upright_from_both_model_kinds(tmp_path, orientation, turn):
+    # LibRaw renders a turned raw upright; a bayer model reads the sensor's layout, so its
+    # prediction must be turned the same way (np.rot90: k = -1 clockwise).
+    mosaic = np.random.default_rng(5).integers(64, 1024, (32, 48)).astype(np.uint16)
+    level = _write_dng(tmp_path / "level", mosaic)
+    turned = _write_dng(tmp_path / "turned", mosaic, orientation=orientation)
+    assert decode.raw_orientation(level) == 1 and decode.raw_orientation(turned) == orientation
+    np.testing.assert_array_equal(decode.decode_raw(turned)[0],
+                                  np.rot90(decode.decode_raw(level)[0], turn))
+    keras.utils.set_random_seed(0)
+    bayer = model_lib.build_unet("bayer", base_filters=4, depth=1)
+    options = enhance_lib.EnhanceOptions(brightness="+0ev", chroma_filter=False, fmt="png16")
+    outputs = [decode.decode_image(enhance_lib.enhance_file(bayer, path, str(tmp_path), options))[0]
+               for path in (level, turned)]
+    assert outputs[0].shape == (32, 48, 3)
+    np.testing.assert_array_equal(outputs[1], np.rot90(outputs[0], turn))
 
 
 def test_bayer_model_enhances_raw_and_skips_ordinary_images(photo_folder, tmp_path):

@@ -149,6 +149,23 @@ def upright(array, orientation):
     return array if step is None else np.ascontiguousarray(step(array))
 
 
+# LibRaw's `sizes.flip` (how the camera was held) as the EXIF Orientation `upright` takes.
+_LIBRAW_FLIP_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
+
+
+def raw_orientation(path):
+    """Return a raw file's orientation (EXIF 1-8) from LibRaw's header, 1 when unknown.
+
+    `decode_raw` renders upright already (LibRaw turns its output); `pack_bayer` keeps the
+    sensor's layout, whose CFA pattern a bayer model needs, so its prediction is turned after.
+    """
+    try:
+        with rawpy.imread(path) as raw:
+            return _LIBRAW_FLIP_ORIENTATION.get(int(raw.sizes.flip), 1)
+    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError):
+        return 1
+
+
 def _decode_png16(path):
     """Decode a 16-bit PNG with TensorFlow (Pillow reads 16-bit RGB PNGs as 8-bit)."""
     # The one import inside a function: among our dependencies only TensorFlow decodes 16-bit
