@@ -13,7 +13,8 @@ Every tool ends with `cli.run(main, ...)` instead of `absl.app.run(main, ...)`, 
     also inside flagfiles; an existing file path keeps its meaning (relative to the working
     directory, as in absl);
   * absl's INFO lines (tensorflow-datasets logs every dataset it opens) hidden unless the user
-    passes `--verbosity`.
+    passes `--verbosity`;
+  * a bad flag reported on one line with exit status 2 (`parse_flags`).
 """
 import functools
 import os
@@ -160,7 +161,21 @@ def quiet_library_logs():
         logging.set_verbosity(logging.WARNING)
 
 
-def run(main, flags_parser=app.parse_flags_with_usage):
+def parse_flags(argv):
+    """Parse argv into FLAGS; a bad flag is a user error: one line naming it, exit status 2.
+
+    (absl alone prints the whole usage and exits with status 1.)
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        name = os.path.basename(argv[0]) if argv else "lowlight"
+        print(f"{name}: error: {str(error).rstrip('.')}. See {name} --help for its flags.",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main, flags_parser=parse_flags):
     """Run a tool's `main` like `absl.app.run`, with flagfile names and quiet library logs."""
     try:
         argv = expand_flagfiles(sys.argv)

@@ -8,6 +8,7 @@ to check that a non-editable install runs the tools and finds the flagfiles by n
 import email
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,18 @@ def test_every_entry_point_runs_its_tool(tool, tmp_path):
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.returncode in (0, 1), done.stderr[-3000:]  # absl's --help exits with 1
     assert _docstring_first_line(tool) in done.stdout  # the tool itself ran as __main__
+    # --help lists the tool's own flags, also those defined in the library (train, reproduce).
+    listed = re.findall(r"^\s+--(?:\[no\])?(\w+):", done.stdout, flags=re.MULTILINE)
+    assert len(listed) >= 2, done.stdout[-2000:]
+
+
+def test_a_bad_flag_is_one_line_and_exit_status_2(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.parse_flags(["lowlight-train", "--no_such_flag=1"])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("lowlight-train: error: ") and "no_such_flag" in message
+    assert message.count("\n") == 1 and "lowlight-train --help" in message
 
 
 def test_an_unknown_tool_is_no_attribute_of_cli():
