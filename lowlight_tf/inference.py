@@ -293,12 +293,15 @@ class DecodedInput:
     [0, 1] as float32, or uint8/uint16 with `scale` the divisor to [0, 1] (kept integer to bound
     memory; converted tile by tile). `orientation` (EXIF 1-8) is how the prediction must be
     turned to show upright (`decode.upright`): packed bayer input keeps the sensor's layout.
+    `icc_profile` is the input's RGB colour profile (bytes; None for sRGB and raw renders): the
+    network keeps the values' encoding, so the output carries the same profile.
     """
     model_input: np.ndarray
     scale: float
     is_raw: bool
     description: str
     orientation: int = 1
+    icc_profile: bytes = None
 
 
 def amplify(image, ratio, *, curve="srgb"):
@@ -365,7 +368,7 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
         return DecodedInput(packed, 1.0, True, f"raw {packed.shape[1] * 2}x"
                             f"{packed.shape[0] * 2} packed bayer", decode.raw_orientation(path))
     try:
-        array, _ = decode.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
+        array, meta = decode.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
     except decode.DecodeError as e:
         hint = ("; raise --max_pixels if the file is genuine"
                 if getattr(e, "reason", "") == "too_large" and "--max_pixels" not in str(e)
@@ -376,10 +379,13 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
                                    "or free memory") from None
     kind = "raw" if is_raw else ("16-bit" if array.dtype == np.uint16 else "8-bit")
     description = f"{array.shape[1]}x{array.shape[0]} {kind}"
+    icc_profile = meta.get("icc_profile")
     if ratio:
         array = amplify(array, ratio, curve="bt709" if is_raw else "srgb")
-        return DecodedInput(array, 1.0, is_raw, description + f", x{ratio:g}")
-    return DecodedInput(array, float(np.iinfo(array.dtype).max), is_raw, description)
+        return DecodedInput(array, 1.0, is_raw, description + f", x{ratio:g}",
+                            icc_profile=icc_profile)
+    return DecodedInput(array, float(np.iinfo(array.dtype).max), is_raw, description,
+                        icc_profile=icc_profile)
 
 
 class ScaledArray:

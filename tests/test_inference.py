@@ -8,7 +8,7 @@ import zlib
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from conftest import run_tool  # pylint: disable=import-error
 from data_prep import core
@@ -272,6 +272,23 @@ def test_a_phone_portrait_comes_out_upright(identity_model, tmp_path):
     with Image.open(written) as image:
         assert image.size == (30, 46) and not image.getexif()
         np.testing.assert_array_equal(np.asarray(image), np.rot90(stored, -1))
+
+
+def test_the_output_keeps_the_inputs_colour_profile(identity_model, tmp_path):
+    # A phone's Display P3 photo: the network keeps the values' encoding, so the output must
+    # be tagged with the same profile or viewers show it as sRGB (duller colours).
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    stored = np.random.default_rng(2).integers(0, 60, (24, 32, 3), dtype=np.uint8)
+    tagged, untagged = str(tmp_path / "p3.png"), str(tmp_path / "plain.png")
+    Image.fromarray(stored).save(tagged, icc_profile=profile)
+    Image.fromarray(stored).save(untagged)
+    for fmt in ("png", "jpg", "png16"):
+        (tmp_path / fmt).mkdir()
+        options = enhance_lib.EnhanceOptions(fmt=fmt, chroma_filter=False)
+        for path, expected in ((tagged, profile), (untagged, None)):
+            written = enhance_lib.enhance_file(identity_model, path, str(tmp_path / fmt), options)
+            with Image.open(written) as image:
+                assert image.info.get("icc_profile") == expected, (fmt, path)
 
 
 @pytest.mark.parametrize("orientation, turn", [(6, -1), (8, 1), (3, 2)])

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
@@ -147,3 +147,30 @@ def test_orientation_of_a_16_bit_tiff_and_of_files_without_one(tmp_path):
     exif[decode.ORIENTATION_TAG] = 42
     Image.fromarray(stored[..., 0].astype(np.uint8)).save(odd, exif=exif)
     assert decode.decode_image(odd)[1]["orientation"] == 1
+
+
+def _rgb_profile():
+    """A real RGB ICC profile (littlecms' sRGB) standing in for a phone's Display P3."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def test_an_embedded_rgb_colour_profile_is_read_and_written(tmp_path):
+    profile = _rgb_profile()
+    stored = np.random.default_rng(2).integers(0, 256, (5, 9, 3), dtype=np.uint8)
+    for name, save in (("p.png", {}), ("p.jpg", {"quality": 95}), ("p.tiff", {})):
+        Image.fromarray(stored).save(tmp_path / name, icc_profile=profile, **save)
+        assert decode.decode_image(str(tmp_path / name))[1]["icc_profile"] == profile, name
+    deep = str(tmp_path / "deep.png")
+    png.write_png(deep, stored.astype(np.uint16) * 257, icc_profile=profile)
+    decoded, meta = decode.decode_image(deep)
+    assert meta["icc_profile"] == profile and decoded.dtype == np.uint16
+    np.testing.assert_array_equal(decoded, stored.astype(np.uint16) * 257)
+    with Image.open(deep) as image:
+        assert image.info["icc_profile"] == profile
+    plain = str(tmp_path / "plain.png")
+    png.write_png(plain, stored)
+    assert decode.decode_image(plain)[1]["icc_profile"] is None
+    # A profile of another colour space does not describe the RGB pixels decode returns.
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    Image.fromarray(stored).save(tmp_path / "lab.png", icc_profile=lab)
+    assert decode.decode_image(str(tmp_path / "lab.png"))[1]["icc_profile"] is None

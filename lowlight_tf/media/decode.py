@@ -117,30 +117,38 @@ _UPRIGHT = {
 }
 
 
-def exif_orientation(path):
-    """Return the EXIF Orientation (1-8) of an ordinary image, 1 when absent or unreadable.
+def display_facts(path):
+    """Return (orientation, icc_profile) of an ordinary image from its header.
 
-    Reads the header only (Pillow for JPEG/PNG/WebP/TIFF, tifffile's tag for TIFFs Pillow cannot
-    open). A damaged EXIF block counts as no orientation: the pixels still decode.
+    orientation: the EXIF Orientation (1-8), 1 when absent, out of range or unreadable.
+    icc_profile: the embedded ICC colour profile (bytes) when it describes RGB data, else None
+        (a CMYK or gray profile does not describe the RGB pixels `decode_image` returns).
+    Pillow reads JPEG/PNG/WebP/TIFF headers; tifffile's tags serve TIFFs Pillow cannot open. A
+    damaged EXIF block or profile counts as none: the pixels still decode.
     """
+    orientation, profile = 1, None
     try:
         with _open_pillow(path, None) as image:
-            value = image.getexif().get(ORIENTATION_TAG, 1)
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            profile = image.info.get("icc_profile")
     except Exception:  # pylint: disable=broad-except
-        value = 1
         if formats.format_name(path) == "tiff":
             _quiet_tifffile()
             try:
                 with tifffile.TiffFile(path) as tif:
-                    tag = tif.pages[0].tags.get("Orientation")
-                    value = 1 if tag is None else tag.value
+                    tags = tif.pages[0].tags
+                    orientation = getattr(tags.get("Orientation"), "value", 1)
+                    profile = getattr(tags.get("InterColorProfile"), "value", None)
             except Exception:  # pylint: disable=broad-except
-                value = 1
+                pass
     try:
-        value = int(value)
+        orientation = int(orientation)
     except (TypeError, ValueError):
-        return 1
-    return value if value in _UPRIGHT else 1
+        orientation = 1
+    profile = bytes(profile) if isinstance(profile, (bytes, bytearray, np.ndarray)) else None
+    # ICC header: bytes 16-19 name the data colour space.
+    rgb_profile = profile is not None and len(profile) >= 128 and profile[16:20] == b"RGB "
+    return (orientation if orientation in _UPRIGHT else 1), (profile if rgb_profile else None)
 
 
 def upright(array, orientation):
@@ -320,7 +328,8 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
         (image, meta): image uint8 or uint16 [H, W, 3] (gray is replicated, alpha dropped), values
         as stored, turned upright as its EXIF Orientation says (a phone's portrait JPEG comes out
         portrait, as raw files do from LibRaw); meta dict with `source_format` (str), `is_raw`
-        False and `orientation` (the EXIF value applied, 1 for none).
+        False, `orientation` (the EXIF value applied, 1 for none) and `icc_profile` (the
+        embedded RGB colour profile as bytes, or None: the values are in that colour space).
 
     Raises:
         DecodeError: with the reason, for empty, truncated, corrupt, too large or non-image
@@ -344,9 +353,10 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
         else:
             raise DecodeError(f"unsupported sample type {array.dtype} (need 8 or 16-bit "
                               "integers)", "unsupported")
-    orientation = exif_orientation(path)
+    orientation, icc_profile = display_facts(path)
     return (upright(_to_rgb(array, path), orientation),
-            {"source_format": fmt, "is_raw": False, "orientation": orientation})
+            {"source_format": fmt, "is_raw": False, "orientation": orientation,
+             "icc_profile": icc_profile})
 
 
 def cfa_pattern_name(raw_pattern, color_desc):

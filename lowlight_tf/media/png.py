@@ -41,12 +41,13 @@ def _sub_filtered(band):
     return filtered
 
 
-def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
+def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=None):
     """Encode an RGB image losslessly as PNG bytes (8 or 16 bits per channel).
 
     Args:
         image: uint8 or uint16 [H, W, 3], values as stored (uint16 in [0, 65535]).
         compress_level: zlib level 0-9.
+        icc_profile: an RGB ICC profile (bytes) to embed as the iCCP chunk, or None (sRGB).
 
     Returns:
         bytes of a valid PNG file (bit depth 8 for uint8, 16 for uint16; colour type RGB).
@@ -66,16 +67,20 @@ def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
         parts.append(compressor.compress(filtered.tobytes()))
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8 * image.dtype.itemsize, 2, 0, 0, 0)
-    return b"".join((_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", b"".join(parts)),
-                     _chunk(b"IEND", b"")))
+    # iCCP: profile name, NUL, compression method 0 (zlib), the compressed profile.
+    colour = [_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile))] \
+        if icc_profile else []
+    return b"".join([_SIGNATURE, _chunk(b"IHDR", header), *colour,
+                     _chunk(b"IDAT", b"".join(parts)), _chunk(b"IEND", b"")])
 
 
-def write_png(path, image, compress_level=DEFAULT_COMPRESS_LEVEL):
+def write_png(path, image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=None):
     """Write `encode_png(image)` to `path` atomically (complete or absent, never truncated).
 
     Args:
         path: the output file.
         image: uint8 or uint16 [H, W, 3].
         compress_level: zlib level 0-9.
+        icc_profile: an RGB ICC profile (bytes) to embed, or None.
     """
-    files.write_bytes(path, encode_png(image, compress_level))
+    files.write_bytes(path, encode_png(image, compress_level, icc_profile))
