@@ -145,7 +145,24 @@ def make_seeds(folder):
         tifffile.imwrite(buffer, array, photometric="rgb", **kwargs)
         seeds.append((name, ".tif", buffer.getvalue()))
     seeds.append(("dng", ".dng", _dng_bytes(folder)))
+    # The header facts tools/enhance carries over (decode.header_facts): a phone-style JPEG and
+    # a 16-bit PNG with EXIF (orientation, date, GPS) and an RGB ICC profile.
+    exif, profile = _exif_and_profile()
+    seeds.append(("jpeg_exif_icc", ".jpg", _pillow_bytes(rgb8, "JPEG", quality=90, exif=exif,
+                                                         icc_profile=profile)))
+    seeds.append(("png16_exif_icc", ".png", png.encode_png(rgb16, icc_profile=profile,
+                                                           exif=exif)))
     return seeds
+
+
+def _exif_and_profile():
+    """(EXIF bytes with Orientation 6, a date and a GPS tag; littlecms' sRGB profile bytes)."""
+    from PIL import Image, ImageCms
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif.get_ifd(0x8769)[0x9003] = "2026:01:02 03:04:05"
+    exif.get_ifd(0x8825)[1] = "N"
+    return exif.tobytes(), ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def _pillow_palette(rgb8):

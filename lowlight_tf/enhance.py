@@ -32,10 +32,11 @@ class OutputDirError(ValueError):
     """An output directory that cannot be created or written to."""
 
 
-def write_image(path, image, fmt, icc_profile=None):
+def write_image(path, image, fmt, icc_profile=None, exif=None):
     """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit),
     atomically: `path` holds the complete image or is left as it was. `icc_profile` (RGB ICC
-    bytes, e.g. the input's Display P3 profile) is embedded; None writes untagged sRGB."""
+    bytes, e.g. the input's Display P3 profile) and `exif` (EXIF bytes) are embedded when given;
+    without a profile the output is untagged sRGB."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
     peak, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
@@ -45,14 +46,14 @@ def write_image(path, image, fmt, icc_profile=None):
         band = np.clip(image[begin:begin + 256], 0.0, 1.0) * peak
         pixels[begin:begin + 256] = np.round(band)
     if fmt == "png16":
-        png.write_png(path, pixels, icc_profile=icc_profile)
+        png.write_png(path, pixels, icc_profile=icc_profile, exif=exif)
         return
-    colour = {"icc_profile": icc_profile} if icc_profile else {}
+    tags = {key: value for key, value in (("icc_profile", icc_profile), ("exif", exif)) if value}
     with files.atomic_path(path) as temporary:
         if fmt == "jpg":
-            Image.fromarray(pixels).save(temporary, format="JPEG", quality=JPEG_QUALITY, **colour)
+            Image.fromarray(pixels).save(temporary, format="JPEG", quality=JPEG_QUALITY, **tags)
         else:
-            Image.fromarray(pixels).save(temporary, format="PNG", **colour)
+            Image.fromarray(pixels).save(temporary, format="PNG", **tags)
 
 
 def check_output_dir(output_dir):
@@ -194,12 +195,12 @@ def _enhance_one(model, path, output_path, options):
                                                     per_channel=options.exposure_colour)
     prediction = brightness_lib.apply_brightness(prediction, dark, options.brightness,
                                                  out=prediction)
-    prediction = decode.upright(prediction, decoded.orientation)
-    icc_profile = decoded.icc_profile
+    prediction = decode.upright(prediction, decoded.header.orientation)
+    header = decoded.header
     del decoded, x, dark
     if options.chroma_filter:
         prediction = chroma.filter_chroma(prediction)
-    write_image(output_path, prediction, options.fmt, icc_profile)
+    write_image(output_path, prediction, options.fmt, header.icc_profile, header.exif)
     return (prediction.shape[1], prediction.shape[0]), brightness_lib.no_reference_stats(prediction)
 
 

@@ -291,17 +291,16 @@ class DecodedInput:
 
     `model_input` is what the model consumes ([H, W, 3] RGB or [H/2, W/2, 4] packed bayer), in
     [0, 1] as float32, or uint8/uint16 with `scale` the divisor to [0, 1] (kept integer to bound
-    memory; converted tile by tile). `orientation` (EXIF 1-8) is how the prediction must be
-    turned to show upright (`decode.upright`): packed bayer input keeps the sensor's layout.
-    `icc_profile` is the input's RGB colour profile (bytes; None for sRGB and raw renders): the
-    network keeps the values' encoding, so the output carries the same profile.
+    memory; converted tile by tile). `header` (`decode.HeaderFacts`) says how to show and tag
+    the prediction: turned by its `orientation` (packed bayer input keeps the sensor's layout;
+    ordinary images and raw renders are upright already), with the input's `icc_profile` (the
+    network keeps the values' encoding) and `exif` (date, camera, GPS).
     """
     model_input: np.ndarray
     scale: float
     is_raw: bool
     description: str
-    orientation: int = 1
-    icc_profile: bytes = None
+    header: decode.HeaderFacts = decode.HeaderFacts(1, None, None)
 
 
 def amplify(image, ratio, *, curve="srgb"):
@@ -366,7 +365,8 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
             packed *= np.float32(ratio)
             np.clip(packed, 0.0, 1.0, out=packed)
         return DecodedInput(packed, 1.0, True, f"raw {packed.shape[1] * 2}x"
-                            f"{packed.shape[0] * 2} packed bayer", decode.raw_orientation(path))
+                            f"{packed.shape[0] * 2} packed bayer",
+                            decode.HeaderFacts(decode.raw_orientation(path), None, None))
     try:
         array, meta = decode.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
     except decode.DecodeError as e:
@@ -379,13 +379,12 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
                                    "or free memory") from None
     kind = "raw" if is_raw else ("16-bit" if array.dtype == np.uint16 else "8-bit")
     description = f"{array.shape[1]}x{array.shape[0]} {kind}"
-    icc_profile = meta.get("icc_profile")
+    # Upright already; a raw render is untagged sRGB (LibRaw's output space).
+    header = decode.HeaderFacts(1, meta.get("icc_profile"), meta.get("exif"))
     if ratio:
         array = amplify(array, ratio, curve="bt709" if is_raw else "srgb")
-        return DecodedInput(array, 1.0, is_raw, description + f", x{ratio:g}",
-                            icc_profile=icc_profile)
-    return DecodedInput(array, float(np.iinfo(array.dtype).max), is_raw, description,
-                        icc_profile=icc_profile)
+        return DecodedInput(array, 1.0, is_raw, description + f", x{ratio:g}", header)
+    return DecodedInput(array, float(np.iinfo(array.dtype).max), is_raw, description, header)
 
 
 class ScaledArray:

@@ -258,20 +258,41 @@ def test_enhance_file_ratio_and_formats(identity_model, photo_folder, tmp_path):
     assert jpeg.shape == dark.shape and abs(jpeg.mean() - dark.mean()) < 1.0
 
 
-def test_a_phone_portrait_comes_out_upright(identity_model, tmp_path):
-    # Phones store a portrait photo as landscape pixels plus EXIF Orientation 6; the output
-    # carries no EXIF, so its pixels must be turned, or the photo shows sideways.
+def test_a_phone_portrait_comes_out_upright_with_its_exif(identity_model, tmp_path):
+    # Phones store a portrait photo as landscape pixels plus EXIF Orientation 6. The output's
+    # pixels are turned and its EXIF keeps the date, camera and GPS without the Orientation
+    # (or viewers would turn it twice), with the upright pixel dimensions.
     stored = np.random.default_rng(1).integers(0, 60, (30, 46, 3), dtype=np.uint8)
-    path = str(tmp_path / "portrait.png")
     exif = Image.Exif()
     exif[decode.ORIENTATION_TAG] = 6
-    Image.fromarray(stored).save(path, exif=exif)
-    written = enhance_lib.enhance_file(
-        identity_model, path, str(tmp_path),
-        enhance_lib.EnhanceOptions(brightness="+0ev", chroma_filter=False))
+    exif[0x010F] = "PhoneCo"  # Make
+    exif.get_ifd(0x8769).update({0x9003: "2026:01:02 03:04:05", 0xA002: 46, 0xA003: 30})
+    exif.get_ifd(0x8825)[1] = "N"  # GPS latitude reference
+    inputs = {"jpg": str(tmp_path / "portrait.jpg"), "png": str(tmp_path / "portrait.png")}
+    Image.fromarray(stored).save(inputs["jpg"], exif=exif, quality=100, subsampling=0)
+    Image.fromarray(stored).save(inputs["png"], exif=exif)
+    level = str(tmp_path / "level.png")
+    Image.fromarray(stored).save(level)
+    for source, fmt in (("png", "png"), ("png", "png16"), ("jpg", "jpg")):
+        (tmp_path / fmt).mkdir()
+        written = enhance_lib.enhance_file(
+            identity_model, inputs[source], str(tmp_path / fmt),
+            enhance_lib.EnhanceOptions(brightness="+0ev", chroma_filter=False, fmt=fmt))
+        with Image.open(written) as image:
+            assert image.size == (30, 46), fmt
+            tags = image.getexif()
+            assert decode.ORIENTATION_TAG not in tags and tags.get(0x010F) == "PhoneCo", fmt
+            assert tags.get_ifd(0x8769) == {0x9003: "2026:01:02 03:04:05", 0xA002: 30,
+                                            0xA003: 46}, fmt
+            assert tags.get_ifd(0x8825) == {1: "N"}, fmt
+            pixels = np.asarray(image)
+        if fmt == "png":
+            np.testing.assert_array_equal(pixels, np.rot90(stored, -1))
+    # A photo without EXIF gets none.
+    written = enhance_lib.enhance_file(identity_model, level, str(tmp_path / "png"),
+                                       enhance_lib.EnhanceOptions(chroma_filter=False))
     with Image.open(written) as image:
-        assert image.size == (30, 46) and not image.getexif()
-        np.testing.assert_array_equal(np.asarray(image), np.rot90(stored, -1))
+        assert not image.getexif()
 
 
 def test_the_output_keeps_the_inputs_colour_profile(identity_model, tmp_path):

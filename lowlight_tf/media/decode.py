@@ -11,6 +11,7 @@ truncated, corrupt, unsupported, too_large, ...) that end up in the `summary.jso
 nothing else escapes for a bad file. Picture sizes are read from the header and checked against
 `max_pixels` before any pixel is decoded, so a crafted header cannot exhaust memory.
 """
+import collections
 import logging
 import os
 import struct
@@ -117,20 +118,54 @@ _UPRIGHT = {
 }
 
 
-def display_facts(path):
-    """Return (orientation, icc_profile) of an ordinary image from its header.
+class HeaderFacts(collections.namedtuple("HeaderFacts", "orientation icc_profile exif")):
+    """What an ordinary image's header says about showing its pixels (`header_facts`).
 
     orientation: the EXIF Orientation (1-8), 1 when absent, out of range or unreadable.
     icc_profile: the embedded ICC colour profile (bytes) when it describes RGB data, else None
         (a CMYK or gray profile does not describe the RGB pixels `decode_image` returns).
+    exif: the photo's EXIF block (bytes: date, camera, exposure, GPS) rewritten for the upright
+        pixels (no Orientation tag, upright pixel dimensions), or None (no EXIF, a TIFF whose
+        tags describe its own file layout, or a block too damaged or too large to carry over).
+    """
+
+
+EXIF_FORMATS = ("jpeg", "png", "webp")  # whose EXIF block is the photo's, not its file layout
+_EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
+MAX_EXIF_BYTES = 60000  # a JPEG APP1 segment holds at most 65533
+
+
+def _upright_exif(exif, size, orientation):
+    """Return `exif` (a Pillow Exif) as bytes for the upright pixels, or None if it cannot be."""
+    exif.pop(ORIENTATION_TAG, None)
+    if not len(exif):  # pylint: disable=use-implicit-booleaness-not-len
+        return None
+    width, height = size if orientation < 5 else size[::-1]
+    details = exif.get_ifd(_EXIF_IFD)
+    if _EXIF_WIDTH in details or _EXIF_HEIGHT in details:
+        details[_EXIF_WIDTH], details[_EXIF_HEIGHT] = width, height
+    data = exif.tobytes()
+    return data if len(data) <= MAX_EXIF_BYTES else None
+
+
+def header_facts(path):
+    """Return the HeaderFacts of an ordinary image (its header only; never raises).
+
     Pillow reads JPEG/PNG/WebP/TIFF headers; tifffile's tags serve TIFFs Pillow cannot open. A
     damaged EXIF block or profile counts as none: the pixels still decode.
     """
-    orientation, profile = 1, None
+    orientation, profile, exif = 1, None, None
     try:
         with _open_pillow(path, None) as image:
-            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            tags = image.getexif()
+            orientation = tags.get(ORIENTATION_TAG, 1)
             profile = image.info.get("icc_profile")
+            if (image.format or "").lower() in EXIF_FORMATS:
+                try:
+                    exif = _upright_exif(tags, image.size, int(orientation)
+                                         if orientation in _UPRIGHT else 1)
+                except Exception:  # pylint: disable=broad-except
+                    exif = None
     except Exception:  # pylint: disable=broad-except
         if formats.format_name(path) == "tiff":
             _quiet_tifffile()
@@ -148,7 +183,8 @@ def display_facts(path):
     profile = bytes(profile) if isinstance(profile, (bytes, bytearray, np.ndarray)) else None
     # ICC header: bytes 16-19 name the data colour space.
     rgb_profile = profile is not None and len(profile) >= 128 and profile[16:20] == b"RGB "
-    return (orientation if orientation in _UPRIGHT else 1), (profile if rgb_profile else None)
+    return HeaderFacts(orientation if orientation in _UPRIGHT else 1,
+                       profile if rgb_profile else None, exif)
 
 
 def upright(array, orientation):
@@ -328,8 +364,9 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
         (image, meta): image uint8 or uint16 [H, W, 3] (gray is replicated, alpha dropped), values
         as stored, turned upright as its EXIF Orientation says (a phone's portrait JPEG comes out
         portrait, as raw files do from LibRaw); meta dict with `source_format` (str), `is_raw`
-        False, `orientation` (the EXIF value applied, 1 for none) and `icc_profile` (the
-        embedded RGB colour profile as bytes, or None: the values are in that colour space).
+        False and the `HeaderFacts` fields: `orientation` (the EXIF value applied, 1 for none),
+        `icc_profile` (the RGB colour profile the values are in, bytes, or None) and `exif`
+        (the EXIF block for the upright pixels, bytes, or None).
 
     Raises:
         DecodeError: with the reason, for empty, truncated, corrupt, too large or non-image
@@ -353,10 +390,9 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
         else:
             raise DecodeError(f"unsupported sample type {array.dtype} (need 8 or 16-bit "
                               "integers)", "unsupported")
-    orientation, icc_profile = display_facts(path)
-    return (upright(_to_rgb(array, path), orientation),
-            {"source_format": fmt, "is_raw": False, "orientation": orientation,
-             "icc_profile": icc_profile})
+    facts = header_facts(path)
+    return (upright(_to_rgb(array, path), facts.orientation),
+            {"source_format": fmt, "is_raw": False, **facts._asdict()})
 
 
 def cfa_pattern_name(raw_pattern, color_desc):

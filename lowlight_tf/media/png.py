@@ -41,13 +41,15 @@ def _sub_filtered(band):
     return filtered
 
 
-def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=None):
+def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=None, exif=None):
     """Encode an RGB image losslessly as PNG bytes (8 or 16 bits per channel).
 
     Args:
         image: uint8 or uint16 [H, W, 3], values as stored (uint16 in [0, 65535]).
         compress_level: zlib level 0-9.
         icc_profile: an RGB ICC profile (bytes) to embed as the iCCP chunk, or None (sRGB).
+        exif: an EXIF block (bytes, with or without the JPEG `Exif\\0\\0` prefix) to embed as the
+            eXIf chunk, or None.
 
     Returns:
         bytes of a valid PNG file (bit depth 8 for uint8, 16 for uint16; colour type RGB).
@@ -68,13 +70,16 @@ def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=None):
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8 * image.dtype.itemsize, 2, 0, 0, 0)
     # iCCP: profile name, NUL, compression method 0 (zlib), the compressed profile.
-    colour = [_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile))] \
+    tags = [_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile))] \
         if icc_profile else []
-    return b"".join([_SIGNATURE, _chunk(b"IHDR", header), *colour,
+    if exif:
+        tags.append(_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
+    return b"".join([_SIGNATURE, _chunk(b"IHDR", header), *tags,
                      _chunk(b"IDAT", b"".join(parts)), _chunk(b"IEND", b"")])
 
 
-def write_png(path, image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=None):
+def write_png(path, image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=None,
+              exif=None):
     """Write `encode_png(image)` to `path` atomically (complete or absent, never truncated).
 
     Args:
@@ -82,5 +87,6 @@ def write_png(path, image, compress_level=DEFAULT_COMPRESS_LEVEL, icc_profile=No
         image: uint8 or uint16 [H, W, 3].
         compress_level: zlib level 0-9.
         icc_profile: an RGB ICC profile (bytes) to embed, or None.
+        exif: an EXIF block (bytes) to embed, or None.
     """
-    files.write_bytes(path, encode_png(image, compress_level, icc_profile))
+    files.write_bytes(path, encode_png(image, compress_level, icc_profile, exif))
