@@ -119,8 +119,8 @@ def test_exif_orientation_turns_the_pixels_as_viewers_show_them(tmp_path, orient
         path = str(tmp_path / f"o{orientation}.{ext}")
         exif = Image.Exif()
         exif[decode.ORIENTATION_TAG] = orientation
-        Image.fromarray(stored).save(path, exif=exif, **({"lossless": True} if ext == "webp"
-                                                          else {}))
+        lossless = {"lossless": True} if ext == "webp" else {}
+        Image.fromarray(stored).save(path, exif=exif, **lossless)
         decoded, meta = decode.decode_image(path)
         with Image.open(path) as image:
             expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
