@@ -145,7 +145,7 @@ def make_seeds(folder):
         tifffile.imwrite(buffer, array, photometric="rgb", **kwargs)
         seeds.append((name, ".tif", buffer.getvalue()))
     seeds.append(("dng", ".dng", _dng_bytes(folder)))
-    # The header facts tools/enhance carries over (decode.header_facts): a phone-style JPEG and
+    # The header facts tools/enhance carries over (header.header_facts): a phone-style JPEG and
     # a 16-bit PNG with EXIF (orientation, date, GPS) and an RGB ICC profile.
     exif, profile = _exif_and_profile()
     seeds.append(("jpeg_exif_icc", ".jpg", _pillow_bytes(rgb8, "JPEG", quality=90, exif=exif,

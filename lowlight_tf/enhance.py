@@ -20,7 +20,7 @@ from lowlight_tf import progress as progress_lib
 from lowlight_tf.inference import (DEFAULT_OVERLAP, DEFAULT_TILE, ScaledArray,
                                    UnreadableImageError, decode_input, model_geometry,
                                    predict_decoded)
-from lowlight_tf.media import decode
+from lowlight_tf.media import header
 from lowlight_tf.media import formats
 from lowlight_tf.media import png
 
@@ -195,12 +195,12 @@ def _enhance_one(model, path, output_path, options):
                                                     per_channel=options.exposure_colour)
     prediction = brightness_lib.apply_brightness(prediction, dark, options.brightness,
                                                  out=prediction)
-    prediction = decode.upright(prediction, decoded.header.orientation)
-    header = decoded.header
+    prediction = header.upright(prediction, decoded.header.orientation)
+    facts = decoded.header
     del decoded, x, dark
     if options.chroma_filter:
         prediction = chroma.filter_chroma(prediction)
-    write_image(output_path, prediction, options.fmt, header.icc_profile, header.exif)
+    write_image(output_path, prediction, options.fmt, facts.icc_profile, facts.exif)
     return (prediction.shape[1], prediction.shape[0]), brightness_lib.no_reference_stats(prediction)
 
 

@@ -24,6 +24,7 @@ from lowlight_tf import files
 from lowlight_tf import model as model_lib
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
+from lowlight_tf.media import header as header_lib
 
 STITCH_MODES = ("blend", "paper")
 # Tiles are sent to the model in batches of at most this many input pixels, which bounds the
@@ -291,7 +292,7 @@ class DecodedInput:
 
     `model_input` is what the model consumes ([H, W, 3] RGB or [H/2, W/2, 4] packed bayer), in
     [0, 1] as float32, or uint8/uint16 with `scale` the divisor to [0, 1] (kept integer to bound
-    memory; converted tile by tile). `header` (`decode.HeaderFacts`) says how to show and tag
+    memory; converted tile by tile). `header` (`header_lib.HeaderFacts`) says how to show and tag
     the prediction: turned by its `orientation` (packed bayer input keeps the sensor's layout;
     ordinary images and raw renders are upright already), with the input's `icc_profile` (the
     network keeps the values' encoding) and `exif` (date, camera, GPS).
@@ -300,7 +301,7 @@ class DecodedInput:
     scale: float
     is_raw: bool
     description: str
-    header: decode.HeaderFacts = decode.HeaderFacts(1, None, None)
+    header: header_lib.HeaderFacts = header_lib.HeaderFacts(1, None, None)
 
 
 def amplify(image, ratio, *, curve="srgb"):
@@ -366,7 +367,7 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
             np.clip(packed, 0.0, 1.0, out=packed)
         return DecodedInput(packed, 1.0, True, f"raw {packed.shape[1] * 2}x"
                             f"{packed.shape[0] * 2} packed bayer",
-                            decode.HeaderFacts(decode.raw_orientation(path), None, None))
+                            header_lib.HeaderFacts(header_lib.raw_orientation(path), None, None))
     try:
         array, meta = decode.decode_any(path, no_auto_bright=True, max_pixels=max_pixels)
     except decode.DecodeError as e:
@@ -380,7 +381,7 @@ def decode_input(path, *, input_channels=3, ratio=None, max_pixels=files.DEFAULT
     kind = "raw" if is_raw else ("16-bit" if array.dtype == np.uint16 else "8-bit")
     description = f"{array.shape[1]}x{array.shape[0]} {kind}"
     # Upright already; a raw render is untagged sRGB (LibRaw's output space).
-    header = decode.HeaderFacts(1, meta.get("icc_profile"), meta.get("exif"))
+    header = header_lib.HeaderFacts(1, meta.get("icc_profile"), meta.get("exif"))
     if ratio:
         array = amplify(array, ratio, curve="bt709" if is_raw else "srgb")
         return DecodedInput(array, 1.0, is_raw, description + f", x{ratio:g}", header)

@@ -23,6 +23,7 @@ from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
+from lowlight_tf.media import header
 from lowlight_tf.media import png
 
 
@@ -264,7 +265,7 @@ def test_a_phone_portrait_comes_out_upright_with_its_exif(identity_model, tmp_pa
     # (or viewers would turn it twice), with the upright pixel dimensions.
     stored = np.random.default_rng(1).integers(0, 60, (30, 46, 3), dtype=np.uint8)
     exif = Image.Exif()
-    exif[decode.ORIENTATION_TAG] = 6
+    exif[header.ORIENTATION_TAG] = 6
     exif[0x010F] = "PhoneCo"  # Make
     exif.get_ifd(0x8769).update({0x9003: "2026:01:02 03:04:05", 0xA002: 46, 0xA003: 30})
     exif.get_ifd(0x8825)[1] = "N"  # GPS latitude reference
@@ -281,7 +282,7 @@ def test_a_phone_portrait_comes_out_upright_with_its_exif(identity_model, tmp_pa
         with Image.open(written) as image:
             assert image.size == (30, 46), fmt
             tags = image.getexif()
-            assert decode.ORIENTATION_TAG not in tags and tags.get(0x010F) == "PhoneCo", fmt
+            assert header.ORIENTATION_TAG not in tags and tags.get(0x010F) == "PhoneCo", fmt
             assert tags.get_ifd(0x8769) == {0x9003: "2026:01:02 03:04:05", 0xA002: 30,
                                             0xA003: 46}, fmt
             assert tags.get_ifd(0x8825) == {1: "N"}, fmt
@@ -319,7 +320,7 @@ def test_a_turned_raw_comes_out_upright_from_both_model_kinds(tmp_path, orientat
     mosaic = np.random.default_rng(5).integers(64, 1024, (32, 48)).astype(np.uint16)
     level = _write_dng(tmp_path / "level", mosaic)
     turned = _write_dng(tmp_path / "turned", mosaic, orientation=orientation)
-    assert decode.raw_orientation(level) == 1 and decode.raw_orientation(turned) == orientation
+    assert header.raw_orientation(level) == 1 and header.raw_orientation(turned) == orientation
     np.testing.assert_array_equal(decode.decode_raw(turned)[0],
                                   np.rot90(decode.decode_raw(level)[0], turn))
     keras.utils.set_random_seed(0)

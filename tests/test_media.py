@@ -12,6 +12,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
+from lowlight_tf.media import header
 from lowlight_tf.media import ids
 from lowlight_tf.media import png
 
@@ -118,7 +119,7 @@ def test_exif_orientation_turns_the_pixels_as_viewers_show_them(tmp_path, orient
     for ext in ("png", "webp", "tiff"):
         path = str(tmp_path / f"o{orientation}.{ext}")
         exif = Image.Exif()
-        exif[decode.ORIENTATION_TAG] = orientation
+        exif[header.ORIENTATION_TAG] = orientation
         lossless = {"lossless": True} if ext == "webp" else {}
         Image.fromarray(stored).save(path, exif=exif, **lossless)
         decoded, meta = decode.decode_image(path)
@@ -144,7 +145,7 @@ def test_orientation_of_a_16_bit_tiff_and_of_files_without_one(tmp_path):
     # An out-of-range value (a damaged EXIF block) is no orientation, not a failed decode.
     odd = str(tmp_path / "odd.png")
     exif = Image.Exif()
-    exif[decode.ORIENTATION_TAG] = 42
+    exif[header.ORIENTATION_TAG] = 42
     Image.fromarray(stored[..., 0].astype(np.uint8)).save(odd, exif=exif)
     assert decode.decode_image(odd)[1]["orientation"] == 1
 

@@ -8,6 +8,8 @@ decoding a 16-bit PNG does, at that moment (`decode._decode_png16`).
 - `decode`: decoding camera raw files (rawpy/LibRaw, rendered or packed as a Bayer mosaic) and
   ordinary images (Pillow, tifffile) with header and pixel-bomb checks; every bad file raises
   `decode.DecodeError` with a named skip reason.
+- `header`: what a file's header says about showing it (EXIF orientation, RGB colour profile,
+  EXIF block; a raw file's orientation), read without decoding pixels.
 - `png`: the one PNG writer (8 or 16 bits per channel, lossless, atomic file writes).
 - `ids`: example ids: integer ranges such as `4-5,29`, file stems and scene keys (index runs).
 

@@ -11,7 +11,6 @@ truncated, corrupt, unsupported, too_large, ...) that end up in the `summary.jso
 nothing else escapes for a bad file. Picture sizes are read from the header and checked against
 `max_pixels` before any pixel is decoded, so a crafted header cannot exhaust memory.
 """
-import collections
 import logging
 import os
 import struct
@@ -24,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lowlight_tf import files
 from lowlight_tf.media import formats
+from lowlight_tf.media import header
 
 
 class DecodeError(Exception):
@@ -101,113 +101,6 @@ def _to_rgb(array, path):
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise DecodeError("image has zero width or height", "corrupt")
     return np.ascontiguousarray(array)
-
-
-# EXIF Orientation (tag 274) -> the numpy steps that turn the stored pixels upright, as viewers
-# and Pillow's ImageOps.exif_transpose show them (2: mirrored, 3: upside down, 6: a phone held
-# upright, ...). rot90 with k=1 turns counter-clockwise.
-ORIENTATION_TAG = 0x0112
-_UPRIGHT = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
-    8: lambda a: np.rot90(a, 1),
-}
-
-
-class HeaderFacts(collections.namedtuple("HeaderFacts", "orientation icc_profile exif")):
-    """What an ordinary image's header says about showing its pixels (`header_facts`).
-
-    orientation: the EXIF Orientation (1-8), 1 when absent, out of range or unreadable.
-    icc_profile: the embedded ICC colour profile (bytes) when it describes RGB data, else None
-        (a CMYK or gray profile does not describe the RGB pixels `decode_image` returns).
-    exif: the photo's EXIF block (bytes: date, camera, exposure, GPS) rewritten for the upright
-        pixels (no Orientation tag, upright pixel dimensions), or None (no EXIF, a TIFF whose
-        tags describe its own file layout, or a block too damaged or too large to carry over).
-    """
-
-
-EXIF_FORMATS = ("jpeg", "png", "webp")  # whose EXIF block is the photo's, not its file layout
-_EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
-MAX_EXIF_BYTES = 60000  # a JPEG APP1 segment holds at most 65533
-
-
-def _upright_exif(exif, size, orientation):
-    """Return `exif` (a Pillow Exif) as bytes for the upright pixels, or None if it cannot be."""
-    exif.pop(ORIENTATION_TAG, None)
-    if not len(exif):  # pylint: disable=use-implicit-booleaness-not-len
-        return None
-    width, height = size if orientation < 5 else size[::-1]
-    details = exif.get_ifd(_EXIF_IFD)
-    if _EXIF_WIDTH in details or _EXIF_HEIGHT in details:
-        details[_EXIF_WIDTH], details[_EXIF_HEIGHT] = width, height
-    data = exif.tobytes()
-    return data if len(data) <= MAX_EXIF_BYTES else None
-
-
-def header_facts(path):
-    """Return the HeaderFacts of an ordinary image (its header only; never raises).
-
-    Pillow reads JPEG/PNG/WebP/TIFF headers; tifffile's tags serve TIFFs Pillow cannot open. A
-    damaged EXIF block or profile counts as none: the pixels still decode.
-    """
-    orientation, profile, exif = 1, None, None
-    try:
-        with _open_pillow(path, None) as image:
-            tags = image.getexif()
-            orientation = tags.get(ORIENTATION_TAG, 1)
-            profile = image.info.get("icc_profile")
-            if (image.format or "").lower() in EXIF_FORMATS:
-                try:
-                    exif = _upright_exif(tags, image.size, int(orientation)
-                                         if orientation in _UPRIGHT else 1)
-                except Exception:  # pylint: disable=broad-except
-                    exif = None
-    except Exception:  # pylint: disable=broad-except
-        if formats.format_name(path) == "tiff":
-            _quiet_tifffile()
-            try:
-                with tifffile.TiffFile(path) as tif:
-                    tags = tif.pages[0].tags
-                    orientation = getattr(tags.get("Orientation"), "value", 1)
-                    profile = getattr(tags.get("InterColorProfile"), "value", None)
-            except Exception:  # pylint: disable=broad-except
-                pass
-    try:
-        orientation = int(orientation)
-    except (TypeError, ValueError):
-        orientation = 1
-    profile = bytes(profile) if isinstance(profile, (bytes, bytearray, np.ndarray)) else None
-    # ICC header: bytes 16-19 name the data colour space.
-    rgb_profile = profile is not None and len(profile) >= 128 and profile[16:20] == b"RGB "
-    return HeaderFacts(orientation if orientation in _UPRIGHT else 1,
-                       profile if rgb_profile else None, exif)
-
-
-def upright(array, orientation):
-    """Return an [H, W, ...] array turned as its EXIF `orientation` (1-8) says to display it."""
-    step = _UPRIGHT.get(int(orientation))
-    return array if step is None else np.ascontiguousarray(step(array))
-
-
-# LibRaw's `sizes.flip` (how the camera was held) as the EXIF Orientation `upright` takes.
-_LIBRAW_FLIP_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
-
-
-def raw_orientation(path):
-    """Return a raw file's orientation (EXIF 1-8) from LibRaw's header, 1 when unknown.
-
-    `decode_raw` renders upright already (LibRaw turns its output); `pack_bayer` keeps the
-    sensor's layout, whose CFA pattern a bayer model needs, so its prediction is turned after.
-    """
-    try:
-        with rawpy.imread(path) as raw:
-            return _LIBRAW_FLIP_ORIENTATION.get(int(raw.sizes.flip), 1)
-    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError):
-        return 1
 
 
 def _decode_png16(path):
@@ -364,9 +257,9 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
         (image, meta): image uint8 or uint16 [H, W, 3] (gray is replicated, alpha dropped), values
         as stored, turned upright as its EXIF Orientation says (a phone's portrait JPEG comes out
         portrait, as raw files do from LibRaw); meta dict with `source_format` (str), `is_raw`
-        False and the `HeaderFacts` fields: `orientation` (the EXIF value applied, 1 for none),
-        `icc_profile` (the RGB colour profile the values are in, bytes, or None) and `exif`
-        (the EXIF block for the upright pixels, bytes, or None).
+        False and the `header.HeaderFacts` fields: `orientation` (the EXIF value applied, 1 for
+        none), `icc_profile` (the RGB colour profile the values are in, bytes, or None) and
+        `exif` (the EXIF block for the upright pixels, bytes, or None).
 
     Raises:
         DecodeError: with the reason, for empty, truncated, corrupt, too large or non-image
@@ -390,8 +283,8 @@ def decode_image(path, *, max_pixels=files.DEFAULT_MAX_PIXELS):
         else:
             raise DecodeError(f"unsupported sample type {array.dtype} (need 8 or 16-bit "
                               "integers)", "unsupported")
-    facts = header_facts(path)
-    return (upright(_to_rgb(array, path), facts.orientation),
+    facts = header.header_facts(path)
+    return (header.upright(_to_rgb(array, path), facts.orientation),
             {"source_format": fmt, "is_raw": False, **facts._asdict()})
 
 
