@@ -20,8 +20,8 @@ from lowlight_tf import progress as progress_lib
 from lowlight_tf.inference import (DEFAULT_OVERLAP, DEFAULT_TILE, ScaledArray,
                                    UnreadableImageError, decode_input, model_geometry,
                                    predict_decoded)
-from lowlight_tf.media import header
 from lowlight_tf.media import formats
+from lowlight_tf.media import header
 from lowlight_tf.media import png
 
 OUTPUT_FORMATS = ("png", "jpg", "png16")
