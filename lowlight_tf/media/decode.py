@@ -14,7 +14,6 @@ nothing else escapes for a bad file. Picture sizes are read from the header and 
 import logging
 import os
 import struct
-import warnings
 
 import numpy as np
 import rawpy
@@ -159,26 +158,12 @@ def _decode_tiff(path, max_pixels):
 
 
 def _open_pillow(path, max_pixels):
-    """Image.open(path) (header only) with Pillow's bomb limit following `max_pixels`.
-
-    Pillow refuses pictures above twice its own `MAX_IMAGE_PIXELS` (DecompressionBombError) and
-    warns above it; our limit replaces both, so the same file is accepted or refused the same way
-    by every tool. The caller checks the header size against max_pixels before `load()`.
-    """
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = int(max_pixels) if max_pixels else None
+    """`header.open_image`, with Pillow's refusal of a picture over the limit as our skip."""
     try:
-        with warnings.catch_warnings():
-            # Bomb warnings: our limit replaces Pillow's. UserWarnings: Pillow's notes about
-            # damaged tags ("Tag data larger than file"); a failure is reported as the skip.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            return Image.open(path)
+        return header.open_image(path, max_pixels)
     except Image.DecompressionBombError as error:
         raise DecodeError(f"picture too large for the pixel limit ({error})", "too_large") \
             from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def image_size(path, max_pixels=None):

@@ -17,13 +17,22 @@ from PIL import Image
 from lowlight_tf.media import formats
 
 
-def _open_header(path):
-    """Image.open(path) (header only) without Pillow's pixel-bomb limit: nothing is decoded."""
+def open_image(path, max_pixels=None):
+    """Image.open(path) (header only) with Pillow's bomb limit following `max_pixels`.
+
+    Pillow refuses pictures above twice its own `MAX_IMAGE_PIXELS` (DecompressionBombError) and
+    warns above it; our limit (None: none) replaces both, so the same file is accepted or refused
+    the same way by every tool (`decode` names the refusal). The caller checks the header size
+    against max_pixels before `load()`.
+    """
     saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    Image.MAX_IMAGE_PIXELS = int(max_pixels) if max_pixels else None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            # Bomb warnings: our limit replaces Pillow's. UserWarnings: Pillow's notes about
+            # damaged tags ("Tag data larger than file"); a failure is reported as the skip.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             return Image.open(path)
     finally:
         Image.MAX_IMAGE_PIXELS = saved
@@ -82,7 +91,7 @@ def header_facts(path):
     """
     orientation, profile, exif = 1, None, None
     try:
-        with _open_header(path) as image:
+        with open_image(path) as image:
             tags = image.getexif()
             orientation = tags.get(ORIENTATION_TAG, 1)
             profile = image.info.get("icc_profile")
