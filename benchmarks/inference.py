@@ -10,6 +10,7 @@ a smooth window, lowlight_tf.inference), optionally tools/enhance's whole path o
   python benchmarks/inference.py --modes=whole,tiled,enhance --megapixels=12
   python benchmarks/inference.py --modes=enhance,enhance_exposure --repeats=2
   python benchmarks/inference.py --modes=enhance,enhance_nochroma   # the chroma filter's cost
+  python benchmarks/inference.py --modes=enhance,enhance_portrait   # turning a portrait upright
   python benchmarks/inference.py --tile=512 --overlap=64
 
 Weights are random (speed and memory do not depend on them); the default model is the paper's
@@ -32,7 +33,8 @@ _MODES = flags.DEFINE_list(
     "and --overlap), enhance (tools/enhance's path on a --enhance_megapixels PNG: decode, tiled "
     "inference, write), enhance_exposure (the same with a calibrated exposure curve: "
     "brightness.anchor_exposure), enhance_nochroma (enhance without its default chroma filter, "
-    "chroma.filter_chroma), torch (the same U-Net in PyTorch, whole image; skipped when "
+    "chroma.filter_chroma), enhance_portrait (enhance of the same photo stored sideways with "
+    "EXIF Orientation 6, as phones store a portrait: the output is turned upright), torch (the same U-Net in PyTorch, whole image; skipped when "
     "torch is not importable).")
 _MEGAPIXELS = flags.DEFINE_float(
     "megapixels", 12.0, "Image size in megapixels, 4:3 aspect ratio.", lower_bound=0.01)
@@ -53,8 +55,10 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: run one mode in this proc
 _ENHANCE_INPUT = flags.DEFINE_string("enhance_input", None,
                                      "Internal: the photo the enhance mode reads.")
 
-ALL_MODES = ("whole", "tiled", "enhance", "enhance_exposure", "enhance_nochroma", "torch")
-ENHANCE_MODES = ("enhance", "enhance_exposure", "enhance_nochroma")
+ALL_MODES = ("whole", "tiled", "enhance", "enhance_exposure", "enhance_nochroma",
+             "enhance_portrait", "torch")
+ENHANCE_MODES = ("enhance", "enhance_exposure", "enhance_nochroma", "enhance_portrait")
+PORTRAIT_ORIENTATION = 6  # EXIF: stored turned 90 degrees, as a phone held upright stores it
 
 
 def _size(megapixels, aspect):
@@ -190,9 +194,9 @@ def _child_torch():
             "rss_before_mib": round(rss_before, 0), "tile": None, "overlap": None}
 
 
-def _write_photo(path, megapixels):
+def _write_photo(path, megapixels, orientation=1):
     """Writes an 8-bit 3:2 PNG of a dark gradient with noise (made in the parent process, so the
-    child's peak memory is only the enhancement's)."""
+    child's peak memory is only the enhancement's), tagged with EXIF `orientation`."""
     import numpy as np
     from PIL import Image
     height, width = _size(megapixels, 1.5)
@@ -201,7 +205,11 @@ def _write_photo(path, megapixels):
     image = np.empty((height, width, 3), np.uint8)
     image[:] = row.astype(np.uint8)[None]
     image[::7] //= 2  # some vertical structure
-    Image.fromarray(image).save(path, compress_level=1)
+    from lowlight_tf.media import header
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[header.ORIENTATION_TAG] = orientation
+    Image.fromarray(image).save(path, compress_level=1, exif=exif)
 
 
 def _run_child(mode, argv):
@@ -212,7 +220,8 @@ def _run_child(mode, argv):
         handle, path = tempfile.mkstemp(suffix=".png")
         os.close(handle)
         try:
-            _write_photo(path, _ENHANCE_MEGAPIXELS.value)
+            _write_photo(path, _ENHANCE_MEGAPIXELS.value,
+                         PORTRAIT_ORIENTATION if mode == "enhance_portrait" else 1)
             return _run_command(mode, command + [f"--enhance_input={path}"])
         finally:
             os.remove(path)
@@ -271,6 +280,11 @@ def main(argv):
         print(f"enhance with / without the chroma filter: throughput "
               f"{plain['mpix_per_s'] / unfiltered['mpix_per_s']:.1%}, "
               f"peak RSS {plain['peak_rss_mib'] / unfiltered['peak_rss_mib']:.2f}x")
+    if "enhance" in timed and "enhance_portrait" in timed:
+        plain, portrait = timed["enhance"], timed["enhance_portrait"]
+        print(f"enhance of a portrait (EXIF Orientation {PORTRAIT_ORIENTATION}) / as stored: "
+              f"throughput {portrait['mpix_per_s'] / plain['mpix_per_s']:.1%}, "
+              f"peak RSS {portrait['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x")
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as f:
             json.dump({"results": results}, f, indent=2)

@@ -32,11 +32,13 @@ class OutputDirError(ValueError):
     """An output directory that cannot be created or written to."""
 
 
-def write_image(path, image, fmt, icc_profile=None, exif=None):
+def write_image(path, image, fmt, icc_profile=None, exif=None, orientation=1):
     """Writes float32 [H, W, 3] in [0, 1] as `fmt` ("png", "jpg" 8-bit; "png16" 16-bit),
     atomically: `path` holds the complete image or is left as it was. `icc_profile` (RGB ICC
     bytes, e.g. the input's Display P3 profile) and `exif` (EXIF bytes) are embedded when given;
-    without a profile the output is untagged sRGB."""
+    without a profile the output is untagged sRGB. `orientation` (EXIF 1-8) turns the pixels
+    upright after quantising (a quarter of a float copy's memory for 8 bits). Returns the
+    written (width, height)."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"fmt must be one of {OUTPUT_FORMATS}, got {fmt!r}.")
     peak, dtype = (65535.0, np.uint16) if fmt == "png16" else (255.0, np.uint8)
@@ -45,15 +47,18 @@ def write_image(path, image, fmt, icc_profile=None, exif=None):
     for begin in range(0, image.shape[0], 256):
         band = np.clip(image[begin:begin + 256], 0.0, 1.0) * peak
         pixels[begin:begin + 256] = np.round(band)
+    pixels = header.upright(pixels, orientation)
+    size = (pixels.shape[1], pixels.shape[0])
     if fmt == "png16":
         png.write_png(path, pixels, icc_profile=icc_profile, exif=exif)
-        return
+        return size
     tags = {key: value for key, value in (("icc_profile", icc_profile), ("exif", exif)) if value}
     with files.atomic_path(path) as temporary:
         if fmt == "jpg":
             Image.fromarray(pixels).save(temporary, format="JPEG", quality=JPEG_QUALITY, **tags)
         else:
             Image.fromarray(pixels).save(temporary, format="PNG", **tags)
+    return size
 
 
 def check_output_dir(output_dir):
@@ -195,13 +200,13 @@ def _enhance_one(model, path, output_path, options):
                                                     per_channel=options.exposure_colour)
     prediction = brightness_lib.apply_brightness(prediction, dark, options.brightness,
                                                  out=prediction)
-    prediction = header.upright(prediction, decoded.header.orientation)
     facts = decoded.header
     del decoded, x, dark
-    if options.chroma_filter:
+    if options.chroma_filter:  # a box-window filter: the same before or after turning upright
         prediction = chroma.filter_chroma(prediction)
-    write_image(output_path, prediction, options.fmt, facts.icc_profile, facts.exif)
-    return (prediction.shape[1], prediction.shape[0]), brightness_lib.no_reference_stats(prediction)
+    size = write_image(output_path, prediction, options.fmt, facts.icc_profile, facts.exif,
+                       facts.orientation)
+    return size, brightness_lib.no_reference_stats(prediction)
 
 
 def enhance_file(model, path, output_dir, options=EnhanceOptions(), *, output_path=None,
