@@ -34,8 +34,8 @@ _MODES = flags.DEFINE_list(
     "inference, write), enhance_exposure (the same with a calibrated exposure curve: "
     "brightness.anchor_exposure), enhance_nochroma (enhance without its default chroma filter, "
     "chroma.filter_chroma), enhance_portrait (enhance of the same photo stored sideways with "
-    "EXIF Orientation 6, as phones store a portrait: the output is turned upright), torch (the same U-Net in PyTorch, whole image; skipped when "
-    "torch is not importable).")
+    "EXIF Orientation 6, as phones store a portrait: the output is turned upright), torch "
+    "(the same U-Net in PyTorch, whole image; skipped when torch is not importable).")
 _MEGAPIXELS = flags.DEFINE_float(
     "megapixels", 12.0, "Image size in megapixels, 4:3 aspect ratio.", lower_bound=0.01)
 _ENHANCE_MEGAPIXELS = flags.DEFINE_float(
@@ -206,10 +206,12 @@ def _write_photo(path, megapixels, orientation=1):
     image[:] = row.astype(np.uint8)[None]
     image[::7] //= 2  # some vertical structure
     from lowlight_tf.media import header
-    exif = Image.Exif()
+    tags = {}
     if orientation != 1:
+        exif = Image.Exif()
         exif[header.ORIENTATION_TAG] = orientation
-    Image.fromarray(image).save(path, compress_level=1, exif=exif)
+        tags["exif"] = exif
+    Image.fromarray(image).save(path, compress_level=1, **tags)
 
 
 def _run_child(mode, argv):
