@@ -197,13 +197,14 @@ def format_table(rows):
 def format_unpaired_table(rows):
     """Markdown table of the no-reference check: mean brightness and clipped highlights."""
     lines = ["| Method | Photos | Input gain | Images | Mean brightness (of 255) "
-             "| Clipped-highlight pixels (%) |", "|---|---|---|---|---|---|"]
+             "| Clipped-highlight pixels (%) | Periodic texture |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         is_baseline = row.get("kind") == "baseline"
         lines.append(
             f"| {row['method']}{' (baseline)' if is_baseline else ''} | {row['dataset']} "
             f"| {row['gain']:g} | {row['images']} | {_format_number(row['mean_brightness'], 1)} "
-            f"| {_format_number(100.0 * row['clipped_fraction'], 2)} |")
+            f"| {_format_number(100.0 * row['clipped_fraction'], 2)} "
+            f"| {_format_number(row['periodic_texture'], 2)} |")
     return "\n".join(lines)
 
 
@@ -226,7 +227,9 @@ def _csv_text(fieldnames, lines):
 # New columns go at the end: readers of older files (and scripts) may rely on the order.
 PER_IMAGE_FIELDS = ["dataset", "id", "method", "gain", "psnr", "psnr_gt_mean", "ssim",
                     "brightness_ratio", "chroma_noise", "chroma_noise_reference"]
-UNPAIRED_FIELDS = ["dataset", "id", "method", "gain", "mean_brightness", "clipped_fraction"]
+# The no-reference numbers of every unpaired photo and output (evaluation_scoring.score_unpaired).
+UNPAIRED_STATS = ("mean_brightness", "clipped_fraction", "periodic_texture")
+UNPAIRED_FIELDS = ["dataset", "id", "method", "gain", *UNPAIRED_STATS]
 
 
 # What each column of per_image.csv and each summary row holds (summary.json "metrics").
@@ -278,6 +281,9 @@ def write_reports(report, rows, per_image, settings, *, unpaired_rows=(),
             "averaged over photos")
         summary["metrics"]["clipped_fraction"] = (
             "no reference: fraction of pixels with any channel >= 254, averaged over photos")
+        summary["metrics"]["periodic_texture"] = (
+            "no reference: power of a 2- or 4-pixel period over its neighbouring frequencies "
+            "(luma; about 1 without periodic texture), averaged over photos")
     files.write_json(path("summary.json"), summary)
     text = []
     if rows:
@@ -295,5 +301,7 @@ def write_reports(report, rows, per_image, settings, *, unpaired_rows=(),
                     + format_unpaired_table(unpaired_rows) + "\n\nMean brightness of the 8-bit "
                     "outputs (of 255) and the share of pixels with a channel >= 254 (clipped "
                     "highlights), averaged over the photos: a blow-out shows as a high mean and "
-                    "many clipped pixels.\n")
+                    "many clipped pixels. Periodic texture: the power of a 2- or 4-pixel period "
+                    "over its neighbouring frequencies (luma; about 1 for a photo, higher where "
+                    "the enhancer draws a checkerboard texture).\n")
     files.write_text(path("table.md"), "\n".join(text))

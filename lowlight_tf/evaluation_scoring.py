@@ -26,7 +26,7 @@ from lowlight_tf import files
 from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import progress as progress_lib
-from lowlight_tf.evaluation_report import EvaluationError
+from lowlight_tf.evaluation_report import UNPAIRED_STATS, EvaluationError
 from lowlight_tf.media import formats
 
 # Suffixes of the model's rows with a calibrated exposure curve (brightness.anchor_exposure): one
@@ -294,8 +294,9 @@ def unpaired_inputs(folder):
 
 
 def score_unpaired(scorer, folder, paths, per_image, rows, skipped):
-    """No-reference statistics (metrics.no_reference_stats) of the model and the baselines on
-    photos without references, at every gain; unreadable photos go to `skipped`."""
+    """No-reference statistics (UNPAIRED_STATS: metrics.no_reference_stats and
+    metrics.periodic_texture) of the model and the baselines on photos without references, at
+    every gain, averaged over the photos; unreadable photos go to `skipped`."""
     dataset = f"unpaired:{os.path.basename(os.path.abspath(folder).rstrip(os.sep))}"
     scorer.say(f"No-reference check of {scorer.label} on {len(paths)} unpaired photos in "
                f"{folder}")
@@ -312,16 +313,14 @@ def score_unpaired(scorer, folder, paths, per_image, rows, skipped):
                  * np.float32(255.0 / decoded.scale))
         for gain in scorer.gains:
             for name, output in scorer.outputs(scale_input(photo, gain)).items():
-                result = metrics.no_reference_stats(output)
+                result = {**metrics.no_reference_stats(output)._asdict(),
+                          "periodic_texture": metrics.periodic_texture(output)}
                 stats[(name, gain)].append(result)
                 per_image.append({"dataset": dataset, "id": os.path.basename(path),
-                                  "method": name, "gain": gain,
-                                  "mean_brightness": result.mean_brightness,
-                                  "clipped_fraction": result.clipped_fraction})
+                                  "method": name, "gain": gain, **result})
     for (name, gain), values in stats.items():
         rows.append({
             "method": name, "kind": "model" if name in scorer.model_rows() else "baseline",
             "dataset": dataset, "gain": gain,
-            "mean_brightness": _mean([v.mean_brightness for v in values]),
-            "clipped_fraction": _mean([v.clipped_fraction for v in values]),
+            **{key: _mean([v[key] for v in values]) for key in UNPAIRED_STATS},
             "images": len(values)})

@@ -22,7 +22,9 @@ mean over all pixels and channels equals the reference's, clips to [0, 255], the
 removes global brightness errors and must always be reported under its own name.
 
 Without a reference (a user's unpaired photos), `no_reference_stats` gives two numbers that
-show a blow-out: the mean brightness and the fraction of pixels with a clipped highlight.
+show a blow-out: the mean brightness and the fraction of pixels with a clipped highlight; and
+`periodic_texture` one that shows a 2- or 4-pixel periodic texture (the checkerboard of a
+transposed convolution or a depth-to-space head) as a peak in the image's power spectrum.
 """
 import collections
 import math
@@ -225,6 +227,54 @@ def no_reference_stats(image):
                          "(scale [0, 1] images by 255 first).")
     clipped = np.any(image >= CLIPPED_LEVEL - RANGE_TOLERANCE, axis=-1)
     return NoReferenceStats(float(np.mean(image, dtype=np.float64)), float(np.mean(clipped)))
+
+
+# periodic_texture: the periods (pixels) it looks at, and the spectral neighbours a period's power
+# is compared with (bins 3-10 away on either side; a Hann window leaks a line into +-2 bins).
+TEXTURE_PERIODS = (2, 4)
+_TEXTURE_NEIGHBOURS = range(3, 11)
+# Luma weights (Rec. 601) of the texture index.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def periodic_texture(image):
+    """How much a 2- or 4-pixel periodic texture stands out of an image (no reference needed).
+
+    For each axis, the power spectrum of the luma along that axis (Hann window, each line's
+    mean removed, averaged over lines) at the frequency of each period in TEXTURE_PERIODS,
+    divided by the mean power of the neighbouring frequencies (3-10 bins away); the index is
+    the largest ratio. About 1 for a photo without periodic structure (a natural image's
+    spectrum is smooth there); a checkerboard texture of a few code values gives 5-50.
+
+    Args:
+        image: float [H, W, 3] (or [H, W, 1]) in [0, 255], e.g. an output rounded to 8 bits.
+
+    Returns:
+        float >= 0, or NaN when neither side is long enough (40 pixels) or the image is flat.
+
+    Raises:
+        ValueError: not an [H, W, C] image with 1 or 3 channels.
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"periodic_texture needs one [H, W, 3] or [H, W, 1] image; got shape "
+                         f"{image.shape}.")
+    luma = image[..., 0] if image.shape[-1] == 1 else image @ _LUMA
+    ratios = []
+    for lines in (luma, luma.T):  # rows: period along x; then columns: along y
+        length = lines.shape[1]
+        if length < 40:
+            continue
+        lines = lines - lines.mean(axis=1, keepdims=True)
+        power = np.mean(np.abs(np.fft.rfft(lines * np.hanning(length), axis=1)) ** 2, axis=0)
+        for period in TEXTURE_PERIODS:
+            k = int(round(length / period))
+            neighbours = [k + sign * d for d in _TEXTURE_NEIGHBOURS for sign in (-1, 1)
+                          if 0 < k + sign * d < power.size]
+            reference = float(np.mean(power[neighbours]))
+            if reference > 0:
+                ratios.append(float(power[min(k, power.size - 1)]) / reference)
+    return max(ratios) if ratios else float("nan")
 
 
 def _model_range_to_8bit(y_true, y_pred):

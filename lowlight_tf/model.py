@@ -7,7 +7,9 @@ doubling the channels each block: 32, 64, 128, 256), a `bottleneck` block (two c
 channels, 2x2 spatial for a 64x64 patch), four decoder blocks `up1..up4` (2x2 stride-2 transposed
 convolution, concatenation with the matching encoder output, two convolutions) and a `head`
 (1x1 convolution to 12 channels, then `DepthToSpace` with block 2) that returns an RGB image of
-the input's size. The architecture is the one of Chen et al. (2018), "Learning to See in the
+the input's size. `upsampling="resize"` (beyond the paper, UPSAMPLING) replaces each transposed
+convolution by a bilinear resize and a 3x3 convolution, and adds a 3x3 `head_smooth` after
+`DepthToSpace`. The architecture is the one of Chen et al. (2018), "Learning to See in the
 Dark"; in `bayer` mode the input is their packed 4-channel raw mosaic at half resolution.
 
 Transfer learning (§3.4) retrains only the last two blocks (Figure 4, blue): `up4` and `head`.
@@ -27,6 +29,12 @@ import tensorflow as tf
 from lowlight_tf import layers
 
 INPUT_MODES = ("rgb", "bayer")
+# Decoder upsampling: "transpose" is the paper's 2x2 stride-2 transposed convolution (Figure 4);
+# "resize" (beyond the paper) is a bilinear 2x resize then a 3x3 convolution in every `upN`
+# block, and a 3x3 convolution after the head's DepthToSpace, initialised to pass the image
+# through (Odena et al., "Deconvolution and Checkerboard Artifacts", Distill 2016): no output
+# pixel position gets weights of its own, the source of a 2- and 4-pixel periodic texture.
+UPSAMPLING = ("transpose", "resize")
 # Chen et al. (2018) and the paper use LeakyReLU with slope 0.2 after every 3x3 convolution.
 LEAKY_SLOPE = 0.2
 # model_dir layout shared with lowlight_tf.training (docs/interfaces.md).
@@ -176,8 +184,17 @@ def _conv_pair(x, filters, block, adapters=False):
     return x
 
 
+def _upsample(x, filters, block, upsampling):
+    """The 2x upsampling of decoder `block` to `filters` channels (see UPSAMPLING)."""
+    if upsampling == "transpose":
+        return keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
+                                            name=f"{block}_upconv")(x)
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{block}_upsample")(x)
+    return keras.layers.Conv2D(filters, 3, padding="same", name=f"{block}_upconv")(x)
+
+
 def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalization=0.0,
-               adapters=False):
+               adapters=False, upsampling="transpose"):
     """Builds the paper's U-Net (Figure 4) as a Keras functional model.
 
     Args:
@@ -191,6 +208,7 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
         `ExposureNormalization(target_mean=exposure_normalization)` after the input (rgb only).
       adapters: also a zero-initialised 1x1 `..._adapterI` beside every 3x3 convolution (the
         output is unchanged until they train; `lowlight_tf.adapters`).
+      upsampling: "transpose" (the paper's) or "resize" (see UPSAMPLING; beyond the paper).
 
     Returns:
       An uncompiled keras.Model named "unet" whose output is float32 [B, H, W, 3], the enhanced
@@ -198,6 +216,8 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
     """
     if input_mode not in INPUT_MODES:
         raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}.")
+    if upsampling not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}.")
     if int(base_filters) < 1 or int(depth) < 1:
         raise ValueError(f"base_filters and depth must be >= 1, got {base_filters}, {depth}.")
     base_filters, depth = int(base_filters), int(depth)
@@ -227,13 +247,18 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
     for i in range(1, depth + 1):
         block = f"up{i}"
         filters = base_filters * 2 ** (depth - i)
-        x = keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
-                                         name=f"{block}_upconv")(x)
+        x = _upsample(x, filters, block, upsampling)
         x = keras.layers.Concatenate(axis=-1, name=f"{block}_concat")([x, skips[depth - i]])
         x = _conv_pair(x, filters, block, adapters)
 
     x = keras.layers.Conv2D(3 * layers.BLOCK_SIZE ** 2, 1, name="head_conv")(x)
     outputs = layers.DepthToSpace(layers.BLOCK_SIZE, name="head_depth_to_space")(x)
+    if upsampling == "resize":
+        smooth = keras.layers.Conv2D(3, 3, padding="same", name="head_smooth")
+        outputs = smooth(outputs)
+        kernel = np.zeros((3, 3, 3, 3), dtype="float32")
+        kernel[1, 1] = np.eye(3, dtype="float32")  # passes the image through until it trains
+        smooth.set_weights([kernel, np.zeros(3, dtype="float32")])
     return keras.Model(inputs, outputs, name="unet")
 
 
@@ -324,7 +349,8 @@ def size_multiple(model):
 
 def architecture(model):
     """Returns the build_unet arguments of a model: {"input_mode", "base_filters", "depth"}, plus
-    "exposure_normalization" for a model that normalises exposure."""
+    "exposure_normalization" for a model that normalises exposure, "adapters" for one with
+    adapters and "upsampling" for a resize-convolution model (absent: the paper's)."""
     input_mode = "rgb" if any(isinstance(l, layers.SpaceToDepth) for l in model.layers) else "bayer"
     depth = sum(isinstance(l, keras.layers.MaxPooling2D) for l in model.layers)
     base_filters = model.get_layer("down1_conv1").filters
@@ -334,6 +360,8 @@ def architecture(model):
         arch["exposure_normalization"] = layer.target_mean
     if any(is_adapter(l.name) for l in model.layers):
         arch["adapters"] = True
+    if any(isinstance(l, keras.layers.UpSampling2D) for l in model.layers):
+        arch["upsampling"] = "resize"
     return arch
 
 

@@ -197,6 +197,7 @@ def train(run, name, *, stage, train_data, val_data, epochs, steps, learning_rat
         base_filters=None if init_from else shared.base_filters,
         depth=None if init_from else shared.depth,
         exposure_normalization=None if init_from else shared.exposure_normalization,
+        upsampling=None if init_from else shared.upsampling,
         train_fraction=train_fraction, seed=shared.seed if seed is None else seed)
     result = training.train(train_config)
     history = {k: [float(v) for v in values] for k, values in result.history.items()}

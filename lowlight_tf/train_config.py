@@ -15,6 +15,7 @@ LR_SCHEDULES = ("constant", "cosine")
 SAMPLE = "sample"  # --train_data value selecting the embedded sample photos
 NO_VALIDATION = "none"
 EXPOSURE_GAINS = ("patch", "image")
+UPSAMPLING = ("transpose", "resize")  # model.UPSAMPLING (config stays free of TensorFlow)
 
 
 class ConfigError(ValueError):
@@ -25,8 +26,8 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Every option of one training run (the flags of tools/train, same names).
 
-    `base_filters`/`depth`/`exposure_normalization` None mean "the --init_from model's, else
-    32/4/0"; `trainable_blocks` "" means the stage's default; `val_data` "" means the train
+    `base_filters`/`depth`/`exposure_normalization`/`upsampling` None mean "the --init_from
+    model's, else 32/4/0/transpose"; `trainable_blocks` "" means the stage's default; `val_data` "" means the train
     data's `val` split and "none" disables validation; `train_data` "sample" uses the embedded
     sample photos built under `sample_root` ("" = `<model_dir>/../sample_data`).
     """
@@ -104,6 +105,12 @@ class TrainConfig:
         "scales each input so its mean is this level before the U-Net, so its output does not "
         "depend on how dark the input is (beyond the paper). Default: the --init_from model's, "
         "else 0.", lower=0.0, upper=0.99)
+    upsampling: str | None = option(
+        None, "Decoder upsampling. transpose: the paper's 2x2 stride-2 transposed convolution. "
+        "resize: a bilinear resize then a 3x3 convolution, and a 3x3 convolution after the "
+        "head's depth-to-space, so no output pixel position has weights of its own (against a "
+        "2- and 4-pixel periodic texture; beyond the paper). Default: the --init_from model's, "
+        "else transpose.", choices=UPSAMPLING)
     exposure_gain: str = option(
         "image", "How an exposure-normalising model's training patches are normalised. image: "
         "the input pipeline multiplies each patch by its whole image's gain, as inference does "

@@ -118,6 +118,7 @@ def resolve_config(config):
     if not 0.0 <= c.exposure_normalization < 1.0:
         raise ConfigError(f"--exposure_normalization={c.exposure_normalization} must be 0 (off) "
                           f"or a mean level in (0, 1), e.g. {model_lib.CANONICAL_DARK_MEAN:.4f}.")
+    c.upsampling = c.upsampling or "transpose"
     c.base_filters = 32 if c.base_filters is None else int(c.base_filters)
     c.depth = 4 if c.depth is None else int(c.depth)
     if c.base_filters < 1 or c.depth < 1:
@@ -154,6 +155,8 @@ def _take_architecture(c):
         c.depth = arch["depth"]
     if c.exposure_normalization is None:
         c.exposure_normalization = arch.get("exposure_normalization", 0.0)
+    if c.upsampling is None:
+        c.upsampling = arch.get("upsampling", "transpose")
 
 
 def learning_rate_schedule(config):
@@ -186,7 +189,7 @@ def create_model(config, strategy):
     with strategy.scope():
         model = model_lib.build_unet("rgb", config.base_filters, config.depth,
                                      exposure_normalization=config.exposure_normalization,
-                                     adapters=config.adapters)
+                                     adapters=config.adapters, upsampling=config.upsampling)
         if source is not None:
             model_lib.copy_weights(source, model)
         trainable, frozen = model_lib.set_trainable_blocks(model, config.trainable_blocks)
@@ -371,7 +374,8 @@ def _start_message(config, strategy, params, description, resuming_from):
     """The lines printed when training starts: model, data, distribution, where it writes."""
     trainable, frozen = params
     return "\n".join([
-        f"Stage {config.stage}: U-Net base_filters={config.base_filters} depth={config.depth}, "
+        f"Stage {config.stage}: U-Net base_filters={config.base_filters} depth={config.depth} "
+        f"upsampling={config.upsampling}, "
         f"trainable blocks {config.trainable_blocks}{' + adapters' if config.adapters else ''} "
         f"({trainable:,} trainable / {frozen:,} frozen "
         "parameters)",

@@ -500,13 +500,19 @@ def test_unpaired_no_reference_check(tiny_model, tmp_path):
                                                        abs=1e-4)
         assert row["clipped_fraction"] == pytest.approx(np.mean([s[1] for s in stats]),
                                                         abs=1e-6)
+        # The periodic texture: only the dim photo is long enough (40 pixels) to measure.
+        texture = metrics.periodic_texture(scoring.quantize(baselines.auto_gain(
+            scoring.scale_input(decoded[1], gain))))
+        assert row["periodic_texture"] == pytest.approx(texture, rel=1e-5)
     # The bright photo's input, doubled, clips (on half the photos at most: the dim one not).
     assert unpaired[1]["clipped_fraction"] < unpaired[4]["clipped_fraction"] <= 0.5
     with open(tmp_path / "out" / "unpaired.csv", encoding="utf-8") as f:
         lines = list(csv.DictReader(f))
-    assert len(lines) == 2 * 2 * 3 and {"mean_brightness", "clipped_fraction"} <= set(lines[0])
+    assert len(lines) == 2 * 2 * 3 and {"mean_brightness", "clipped_fraction",
+                                        "periodic_texture"} <= set(lines[0])
     table = (tmp_path / "out" / "table.md").read_text()
     assert "No-reference check" in table and "Clipped-highlight pixels (%)" in table
+    assert "| Periodic texture |" in table
     assert not (tmp_path / "out" / "per_image.csv").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(evaluation.EvaluationError, match="no image"):

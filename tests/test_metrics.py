@@ -232,6 +232,33 @@ def test_no_reference_stats_hand_computed():
     assert metrics.no_reference_stats(np.full((3, 5, 3), 255.0)) == (255.0, 1.0)
 
 
+def test_periodic_texture_finds_a_checkerboard_texture():
+    photo = skimage.data.astronaut()[:256, :320].astype(np.float32)  # natural, no period
+    plain = metrics.periodic_texture(photo)
+    assert 0.5 < plain < 2.0
+    y, x = np.mgrid[:256, :320]
+    for period, axis in ((2, x), (4, x), (2, y), (4, y)):
+        # A texture of +-3 code values, as a transposed convolution draws on smooth surfaces.
+        stripes = np.where(axis % period < period // 2, 3.0, -3.0)[..., None]
+        textured = metrics.periodic_texture(np.clip(photo + stripes, 0, 255))
+        assert textured > 3.0 * plain, (period, textured, plain)
+    # A period the index does not look at (8 pixels) leaves it near the plain photo's.
+    eight = np.where(x % 8 < 4, 3.0, -3.0)[..., None]
+    assert metrics.periodic_texture(np.clip(photo + eight, 0, 255)) < 1.5 * plain
+    # Grey works as one channel; a flat or tiny image has no spectrum to read.
+    grey = photo @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert metrics.periodic_texture(grey[..., None]) == pytest.approx(plain, rel=1e-4)
+    assert math.isnan(metrics.periodic_texture(np.full((64, 64, 3), 9.0)))
+    assert math.isnan(metrics.periodic_texture(photo[:30, :30]))
+
+
+def test_periodic_texture_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        metrics.periodic_texture(np.zeros((1, 64, 64, 3)))
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        metrics.periodic_texture(np.zeros((64, 64, 2)))
+
+
 def test_no_reference_stats_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\[0, 255\]"):
         metrics.no_reference_stats(np.full((4, 4, 3), 256.0))

@@ -99,6 +99,39 @@ def test_keras_round_trip_identical_outputs(tmp_path):
     assert model_lib.architecture(loaded) == {"input_mode": "rgb", "base_filters": 4, "depth": 2}
 
 
+@pytest.mark.parametrize("input_mode,channels", [("rgb", 3), ("bayer", 4)])
+def test_resize_upsampling_model(input_mode, channels, tmp_path):
+    """upsampling="resize": no transposed convolution, and a head_smooth that starts as the
+    identity, so the untrained output is the depth-to-space of the head's 1x1 convolution."""
+    unet = model_lib.build_unet(input_mode, base_filters=4, depth=2, upsampling="resize")
+    layer_types = {type(l).__name__ for l in unet.layers}
+    assert "Conv2DTranspose" not in layer_types and "UpSampling2D" in layer_types
+    assert unet.layers[-1].name == "head_smooth"
+    # 3x3 upconvs (9/4 of the 2x2 ones' kernel) and 3*3*3*3 + 3 for head_smooth.
+    paper = model_lib.build_unet(input_mode, base_filters=4, depth=2)
+    upconvs = [(l.kernel_size, l.filters, int(l.kernel.shape[2])) for l in unet.layers
+               if l.name.endswith("_upconv")]
+    extra = sum((9 - 4) * filters * cin for _, filters, cin in upconvs)
+    assert unet.count_params() == paper.count_params() + extra + 84
+    x = np.random.default_rng(4).uniform(size=(1, 16, 24, channels)).astype(np.float32)
+    before_smooth = tf.keras.Model(unet.input, unet.get_layer("head_depth_to_space").output)
+    np.testing.assert_allclose(unet(x).numpy(), before_smooth(x).numpy(), atol=1e-6)
+    arch = model_lib.architecture(unet)
+    assert arch == {"input_mode": input_mode, "base_filters": 4, "depth": 2,
+                    "upsampling": "resize"}
+    path = str(tmp_path / "resize.keras")
+    unet.save(path)
+    loaded = model_lib.load_model(path)
+    assert model_lib.architecture(loaded) == arch
+    np.testing.assert_array_equal(loaded(x).numpy(), unet(x).numpy())
+    # Weights do not cross between the two upsamplings: the error names the layer.
+    with pytest.raises(model_lib.ArchitectureMismatchError, match="upconv"):
+        model_lib.copy_weights(unet, paper)
+    assert model_lib.default_transfer_blocks(unet) == ["up2", "head"]
+    model_lib.set_trainable_blocks(unet, "up2,head")
+    assert unet.get_layer("head_smooth").trainable and not unet.get_layer("up1_upconv").trainable
+
+
 def test_export_writes_saved_model(tmp_path):
     unet = model_lib.build_unet("rgb", base_filters=4, depth=2)
     x = np.random.default_rng(2).uniform(size=(1, 8, 8, 3)).astype(np.float32)
@@ -178,5 +211,7 @@ def test_load_model_errors_name_the_path(tmp_path):
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="input_mode"):
         model_lib.build_unet("raw")
+    with pytest.raises(ValueError, match="upsampling"):
+        model_lib.build_unet(upsampling="nearest")
     with pytest.raises(ValueError):
         model_lib.build_unet(depth=0)

@@ -179,6 +179,25 @@ def test_ssim_loss_term_trains_and_the_model_reloads(tmp_path, tiny_data):
     assert reloaded.output_shape == (None, None, None, 3)
 
 
+def test_resize_upsampling_trains_and_transfer_keeps_it(tmp_path, tiny_data):
+    pretrain = training.train(tiny_config(tmp_path / "pre", tiny_data, upsampling="resize",
+                                          steps_per_epoch=2, val_data="none", num_images=0))
+    assert "--upsampling=resize" in open(tmp_path / "pre" / "flags.txt").read()
+    pretrained = model_lib.load_model(pretrain.final_model_path)
+    assert model_lib.architecture(pretrained)["upsampling"] == "resize"
+    # Transfer takes the upsampling from --init_from, as it takes the width and depth.
+    transfer = training.train(tiny_config(tmp_path / "tr", tiny_data, stage="transfer",
+                                          init_from=pretrain.final_model_path, base_filters=None,
+                                          depth=None, steps_per_epoch=1, val_data="none",
+                                          num_images=0))
+    transferred = model_lib.load_model(transfer.final_model_path)
+    assert model_lib.architecture(transferred) == model_lib.architecture(pretrained)
+    changed = [layer.name for layer in transferred.layers if layer.weights and any(
+        not np.array_equal(mine, theirs) for mine, theirs in
+        zip(layer.get_weights(), pretrained.get_layer(layer.name).get_weights()))]
+    assert changed and {model_lib.block_of(name) for name in changed} <= {"up2", "head"}
+
+
 @pytest.mark.slow
 def test_jit_compile_trains_and_finished_run_is_kept(tmp_path, tiny_data):
     config = tiny_config(tmp_path / "xla", tiny_data, jit_compile=True, steps_per_epoch=2,
