@@ -11,6 +11,7 @@ a smooth window, lowlight_tf.inference), optionally tools/enhance's whole path o
   python benchmarks/inference.py --modes=enhance,enhance_exposure --repeats=2
   python benchmarks/inference.py --modes=enhance,enhance_nochroma   # the chroma filter's cost
   python benchmarks/inference.py --modes=enhance,enhance_portrait   # turning a portrait upright
+  python benchmarks/inference.py --modes=enhance,enhance_single     # the shift ensemble's cost
   python benchmarks/inference.py --tile=512 --overlap=64
 
 Weights are random (speed and memory do not depend on them); the default model is the paper's
@@ -34,7 +35,8 @@ _MODES = flags.DEFINE_list(
     "inference, write), enhance_exposure (the same with a calibrated exposure curve: "
     "brightness.anchor_exposure), enhance_nochroma (enhance without its default chroma filter, "
     "chroma.filter_chroma), enhance_portrait (enhance of the same photo stored sideways with "
-    "EXIF Orientation 6, as phones store a portrait: the output is turned upright), torch "
+    "EXIF Orientation 6, as phones store a portrait: the output is turned upright), "
+    "enhance_single (enhance without its default shift ensemble: the model runs once), torch "
     "(the same U-Net in PyTorch, whole image; skipped when torch is not importable).")
 _MEGAPIXELS = flags.DEFINE_float(
     "megapixels", 12.0, "Image size in megapixels, 4:3 aspect ratio.", lower_bound=0.01)
@@ -56,8 +58,9 @@ _ENHANCE_INPUT = flags.DEFINE_string("enhance_input", None,
                                      "Internal: the photo the enhance mode reads.")
 
 ALL_MODES = ("whole", "tiled", "enhance", "enhance_exposure", "enhance_nochroma",
-             "enhance_portrait", "torch")
-ENHANCE_MODES = ("enhance", "enhance_exposure", "enhance_nochroma", "enhance_portrait")
+             "enhance_portrait", "enhance_single", "torch")
+ENHANCE_MODES = ("enhance", "enhance_exposure", "enhance_nochroma", "enhance_portrait",
+                 "enhance_single")
 PORTRAIT_ORIENTATION = 6  # EXIF: stored turned 90 degrees, as a phone held upright stores it
 
 
@@ -85,9 +88,11 @@ def _child_tf(mode):
     model = model_lib.build_unet("rgb", base_filters=_BASE_FILTERS.value, depth=_DEPTH.value)
     rng = np.random.default_rng(0)
     tile = _TILE.value if mode in ("tiled",) + ENHANCE_MODES else None
+    shift_ensemble = mode in ENHANCE_MODES and mode != "enhance_single"  # enhance's default
     # Warm-up: traces the tf.function and builds the oneDNN kernels of the tile shape.
     warm = rng.uniform(0, 40, (_TILE.value, _TILE.value, 3)).astype(np.float32)
-    inference.predict_image(model, warm, tile=tile, overlap=_OVERLAP.value)
+    inference.predict_image(model, warm, tile=tile, overlap=_OVERLAP.value,
+                            shift_ensemble=shift_ensemble)
     del warm
     rss_before = _peak_rss_mib()
     if mode in ENHANCE_MODES:
@@ -101,7 +106,7 @@ def _child_tf(mode):
                 start = time.perf_counter()
                 options = enhance_lib.EnhanceOptions(
                     tile=tile, overlap=_OVERLAP.value, exposure_curve=exposure_curve,
-                    chroma_filter=mode != "enhance_nochroma")
+                    chroma_filter=mode != "enhance_nochroma", shift_ensemble=shift_ensemble)
                 output = enhance_lib.enhance_file(model, path, tmp, options,
                                                   overwrite=True)  # each repeat rewrites it
                 seconds.append(time.perf_counter() - start)
@@ -115,9 +120,8 @@ def _child_tf(mode):
         seconds = []
         for _ in range(_REPEATS.value):
             start = time.perf_counter()
-            out = inference.predict_image(model, image, tile=tile, overlap=_OVERLAP.value)
+            inference.predict_image(model, image, tile=tile, overlap=_OVERLAP.value)
             seconds.append(time.perf_counter() - start)
-            del out
         megapixels = height * width / 1e6
     best = min(seconds)
     return {"mode": mode, "framework": "tensorflow", "height": height, "width": width,

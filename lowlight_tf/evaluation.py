@@ -167,7 +167,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
              stitch="blend", save_images=4, baselines=tuple(baselines_lib.BASELINE_KEYS),
              model_label=None, facts=None, max_images=None, default_split=DEFAULT_SPLIT,
              exposure_curves=None, input_gains=DEFAULT_GAINS, unpaired=None, overwrite=False,
-             chroma_filter=False, progress=print):
+             chroma_filter=False, shift_ensemble=False, progress=print):
     """Evaluates a model and the classical baselines on test sets; writes the reports.
 
     Args:
@@ -201,6 +201,9 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
       overwrite: allow writing into a folder that holds files this tool did not write.
       chroma_filter: also a row "<label> + chroma filter": the model's output with its chroma
         smoothed where its luma is flat (`chroma.filter_chroma`, what `tools/enhance` applies).
+      shift_ensemble: run the model as the mean over the four 1-pixel shifts of its input
+        (`inference.predict_array`; what `tools/enhance` does by default); its rows are
+        labelled "<label> + shift ensemble".
       progress: callable taking one line of text (None for silence, also of the per-image
         progress bar of lowlight_tf.progress on stderr).
 
@@ -225,7 +228,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
         model, datasets, tile=tile, overlap=overlap, stitch=stitch, baselines=baselines,
         model_label=model_label, default_split=default_split, exposure_curves=exposure_curves,
         input_gains=input_gains, unpaired=unpaired, say=say, quiet=progress is None,
-        chroma_filter=chroma_filter)
+        chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
     if facts is None:
         facts = training_facts(model_path) if model_path else TrainingFacts()
     report = ReportFolder(output_dir, overwrite=overwrite)
@@ -243,7 +246,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
         settings = {"model": os.path.abspath(model_path) if model_path else None, "tile": tile,
                     "overlap": overlap if tile else None, "stitch": stitch,
                     "datasets": [d.spec for d in resolved], "max_images": max_images,
-                    "input_gains": list(scorer.gains),
+                    "input_gains": list(scorer.gains), "shift_ensemble": shift_ensemble,
                     "unpaired": os.path.abspath(unpaired) if unpaired else None,
                     "seconds": round(time.time() - started, 1)}
         write_reports(report, rows, per_image, settings, unpaired_rows=unpaired_rows,
@@ -266,7 +269,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
 
 def _check_and_load(model, datasets, *, tile, overlap, stitch, baselines, model_label,
                     default_split, exposure_curves, input_gains, unpaired, say, quiet,
-                    chroma_filter=False):
+                    chroma_filter=False, shift_ensemble=False):
     """Check every argument of `evaluate` and load the model, before any inference.
 
     Returns (Scorer, resolved datasets, exposure curves by spec, unpaired paths or None, model
@@ -296,7 +299,10 @@ def _check_and_load(model, datasets, *, tile, overlap, stitch, baselines, model_
             f"Model {model_path or model_label or ''} takes packed bayer raw input "
             f"([H/2, W/2, {channels}]) but the datasets hold RGB images; evaluate an rgb model "
             "(tools/train builds rgb models) or enhance raw files with tools/enhance.")
-    scorer = scoring.Scorer(keras_model, model_label or default_model_label(model_path),
-                            tuple(baseline_names), gains, tile=tile, overlap=overlap,
-                            stitch=stitch, say=say, quiet=quiet, chroma_filter=chroma_filter)
+    label = model_label or default_model_label(model_path)
+    if shift_ensemble:
+        label += scoring.SHIFT_ENSEMBLE
+    scorer = scoring.Scorer(keras_model, label, tuple(baseline_names), gains, tile=tile,
+                            overlap=overlap, stitch=stitch, say=say, quiet=quiet,
+                            chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
     return scorer, resolved, exposure_curves, unpaired_paths, model_path

@@ -35,6 +35,7 @@ CALIBRATED_EXPOSURE = " + calibrated exposure"
 CALIBRATED_COLOUR = " + calibrated colour"
 # Suffix of the model's row with its output's chroma filtered (chroma.filter_chroma).
 CHROMA_FILTERED = " + chroma filter"
+SHIFT_ENSEMBLE = " + shift ensemble"  # suffix of the model's label when it runs as one
 PANEL_MAX_SIDE = 800  # panels are downscaled so one image of the triptych is at most this wide
 
 
@@ -141,6 +142,8 @@ class Scorer:
       say: callable(str) for progress lines; quiet: no progress bars.
       chroma_filter: also a row of the model's output with its chroma filtered
         (chroma.filter_chroma).
+      shift_ensemble: the model runs as the mean over the four 1-pixel shifts of its input
+        (inference.predict_array).
     """
     keras_model: object
     label: str
@@ -152,6 +155,7 @@ class Scorer:
     say: object = print
     quiet: bool = False
     chroma_filter: bool = False
+    shift_ensemble: bool = False
 
     def model_rows(self, exposure_curve=None):
         """The model's row names, in the order `outputs` gives them."""
@@ -163,7 +167,8 @@ class Scorer:
         """{row name: 8-bit float32 output} of the model (and calibrated exposure, chroma
         filter) and the baselines for one input `dark` float32 [H, W, 3] in [0, 255]."""
         prediction = quantize(inference.predict_image(
-            self.keras_model, dark, tile=self.tile, overlap=self.overlap, stitch=self.stitch))
+            self.keras_model, dark, tile=self.tile, overlap=self.overlap, stitch=self.stitch,
+            shift_ensemble=self.shift_ensemble))
         outputs = {self.label: prediction}
         if exposure_curve is not None:
             for per_channel, label in ((False, self.anchored), (True, self.anchored_colour)):

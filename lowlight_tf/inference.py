@@ -48,25 +48,46 @@ class UnreadableImageError(ValueError):
 _PREDICTORS = weakref.WeakKeyDictionary()
 
 
-def _predictor(model):
+# The input shifts (rows, columns) of the shift ensemble, in model-input pixels.
+ENSEMBLE_SHIFTS = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _predictor(model, shift_ensemble=False):
     """A tf.function running `model` after its exposure normalisation on [B, h, w, C] float32.
 
-    Traced once for any size; the caller multiplies inputs by `model.exposure_gain` first.
+    Traced once for any size; the caller multiplies inputs by `model.exposure_gain` first. With
+    `shift_ensemble`, the output is the mean of the model's outputs for the input shifted by
+    each of ENSEMBLE_SHIFTS (padded symmetrically to the model's multiple and cropped back):
+    the U-Net's space-to-depth and depth-to-space give every 2x2 pixel phase weights of its
+    own, and the four shifts put each output pixel once in every phase, which cancels the
+    2-pixel periodic texture this leaves (RESULTS.md, session 17) at 4x the compute.
     """
     try:
-        return _PREDICTORS[model]
-    except (KeyError, TypeError):
-        pass
-    channels = int(model.input_shape[-1])
+        cache = _PREDICTORS.setdefault(model, {})
+    except TypeError:  # not weakly referenceable: traced again on each call
+        cache = {}
+    if shift_ensemble in cache:
+        return cache[shift_ensemble]
+    channels, out_scale, multiple = model_geometry(model)
     spec = tf.TensorSpec([None, None, None, channels], tf.float32)
     # Inputs arrive already multiplied by the whole image's exposure gain (predict_array), so
     # tiles share one gain: the layers after the model's exposure normalisation run here.
     core = model_lib.after_exposure_normalization(model)
-    function = tf.function(lambda x: core(x, training=False), input_signature=[spec])
-    try:
-        _PREDICTORS[model] = function
-    except TypeError:
-        pass
+
+    def ensemble(x):
+        height, width = tf.shape(x)[1] * out_scale, tf.shape(x)[2] * out_scale
+        total = None
+        for dy, dx in ENSEMBLE_SHIFTS:
+            shifted = tf.pad(x, [[0, 0], [dy, multiple - dy], [dx, multiple - dx], [0, 0]],
+                             mode="SYMMETRIC")
+            y0, x0 = dy * out_scale, dx * out_scale
+            out = core(shifted, training=False)[:, y0:y0 + height, x0:x0 + width]
+            total = out if total is None else total + out
+        return total / float(len(ENSEMBLE_SHIFTS))
+
+    function = tf.function(ensemble if shift_ensemble else (lambda x: core(x, training=False)),
+                           input_signature=[spec])
+    cache[shift_ensemble] = function
     return function
 
 
@@ -152,7 +173,7 @@ def _window_1d(start, tile, length, overlap, scale):
 
 
 def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend",
-                  exposure_gain=None):
+                  exposure_gain=None, shift_ensemble=False):
     """Runs the model on one model-range input of any size.
 
     Args:
@@ -168,6 +189,8 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
       exposure_gain: for a model with exposure normalisation, the gain of the whole image
         (`model.exposure_gain`); None computes it from `x`. Every tile uses this one gain, so
         tiled and whole-image inference agree.
+      shift_ensemble: average the model over the four 1-pixel shifts of its input (4x the
+        compute; removes the U-Net's 2-pixel periodic texture; see `_predictor`).
 
     Returns:
       float32 [h * s, w * s, 3], the prediction clipped to [0, 1]; s = 2 for bayer, else 1.
@@ -179,7 +202,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
         kind = "a packed bayer mosaic [H/2, W/2, 4]" if channels == 4 else "an RGB image [H, W, 3]"
         raise ValueError(f"This model expects {kind}; got an input of shape {x.shape}. A bayer "
                          "model needs camera raw input and an rgb model needs RGB images.")
-    predict = _predictor(model)
+    predict = _predictor(model, shift_ensemble)
     gain = model_lib.exposure_gain(model, x) if exposure_gain is None else float(exposure_gain)
     if stitch == "paper":
         return _predict_paper(predict, x, gain, _round_up(tile or 64, multiple), out_scale)
@@ -263,13 +286,14 @@ def _predict_blended(predict, padded, gain, size, tile, overlap, multiple, out_s
     return out
 
 
-def predict_image(model, image, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend"):
+def predict_image(model, image, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend",
+                  shift_ensemble=False):
     """Enhances one RGB image of any size with an rgb U-Net.
 
     Args:
       model: an rgb U-Net (`build_unet(input_mode="rgb")` or `load_model`).
       image: float32 [H, W, 3] in [0, 255], the dark image.
-      tile, overlap, stitch: see `predict_array` (sizes in pixels of `image`).
+      tile, overlap, stitch, shift_ensemble: see `predict_array` (sizes in pixels of `image`).
 
     Returns:
       float32 [H, W, 3] in [0, 255], the enhanced image (not quantised).
@@ -278,7 +302,8 @@ def predict_image(model, image, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="b
     if image.size and (image.min() < 0.0 or image.max() > 255.0):
         raise ValueError(f"predict_image expects [0, 255] values, got [{image.min()}, "
                          f"{image.max()}].")
-    out = predict_array(model, image / 255.0, tile=tile, overlap=overlap, stitch=stitch)
+    out = predict_array(model, image / 255.0, tile=tile, overlap=overlap, stitch=stitch,
+                        shift_ensemble=shift_ensemble)
     out *= 255.0
     return out
 
@@ -399,20 +424,21 @@ class ScaledArray:
         return self.array[index].astype(np.float32) / self.scale
 
 
-def predict_decoded(model, decoded, tile, overlap):
+def predict_decoded(model, decoded, tile, overlap, shift_ensemble=False):
     """Runs the model on a DecodedInput; returns float32 [H * s, W * s, 3] in [0, 1]."""
     x = decoded.model_input
     _, out_scale, multiple = model_geometry(model)
     if tile is not None:  # image pixels -> model-input pixels (the packed mosaic is half size)
         tile, overlap = max(1, tile // out_scale), overlap // out_scale
     if decoded.scale == 1.0:
-        return predict_array(model, x, tile=tile, overlap=overlap)
+        return predict_array(model, x, tile=tile, overlap=overlap, shift_ensemble=shift_ensemble)
     height, width = x.shape[:2]
     if tile is None or (height <= tile and width <= tile):
-        return predict_array(model, x.astype(np.float32) / np.float32(decoded.scale))
+        return predict_array(model, x.astype(np.float32) / np.float32(decoded.scale),
+                             shift_ensemble=shift_ensemble)
     # Tiled: pad the integer image (half the bytes of float32) and convert tiles as they are cut.
     gain = model_lib.exposure_gain(model, ScaledArray(x, decoded.scale))
     padded = _pad_to(x, _round_up(height, multiple), _round_up(width, multiple))
     out = predict_array(model, ScaledArray(padded, decoded.scale), tile=tile, overlap=overlap,
-                        exposure_gain=gain)
+                        exposure_gain=gain, shift_ensemble=shift_ensemble)
     return out[:height * out_scale, :width * out_scale]

@@ -1,8 +1,9 @@
 """The U-Net's own Keras layers around tf.nn's space/depth rearrangements (paper §3.2, Figure 4).
 
 `SpaceToDepth` packs the RGB input into the half-resolution 12-channel tensor the first block
-sees; `DepthToSpace` is the head's output through `tf.nn.depth_to_space`. Both are registered
-with Keras under package "lowlight_tf", so saved models load by that name.
+sees; `DepthToSpace` is the head's output through `tf.nn.depth_to_space`; `BilinearUpsample`
+is the resize of `build_unet(upsampling="resize")`. All are registered with Keras under package
+"lowlight_tf", so saved models load by that name.
 """
 import keras
 import tensorflow as tf
@@ -60,4 +61,33 @@ class DepthToSpace(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["block_size"] = self.block_size
+        return config
+
+
+@keras.saving.register_keras_serializable(package="lowlight_tf")
+class BilinearUpsample(keras.layers.Layer):
+    """Bilinear resize by an integer `factor` (tf.image.resize, half-pixel centres).
+
+    [B, H, W, C] -> [B, H * factor, W * factor, C], same dtype. Unlike Keras's UpSampling2D
+    (which fails inside a tf.function whose input height and width are unknown, as in tiled
+    inference), the output size comes from the input's dynamic shape.
+    """
+
+    def __init__(self, factor=2, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, inputs):
+        size = tf.shape(inputs)[1:3] * self.factor
+        return tf.cast(tf.image.resize(inputs, size, method="bilinear"), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        f = self.factor
+        return (batch, None if height is None else height * f,
+                None if width is None else width * f, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config["factor"] = self.factor
         return config

@@ -189,7 +189,7 @@ def _upsample(x, filters, block, upsampling):
     if upsampling == "transpose":
         return keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
                                             name=f"{block}_upconv")(x)
-    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{block}_upsample")(x)
+    x = layers.BilinearUpsample(2, name=f"{block}_upsample")(x)
     return keras.layers.Conv2D(filters, 3, padding="same", name=f"{block}_upconv")(x)
 
 
@@ -360,7 +360,7 @@ def architecture(model):
         arch["exposure_normalization"] = layer.target_mean
     if any(is_adapter(l.name) for l in model.layers):
         arch["adapters"] = True
-    if any(isinstance(l, keras.layers.UpSampling2D) for l in model.layers):
+    if any(isinstance(l, layers.BilinearUpsample) for l in model.layers):
         arch["upsampling"] = "resize"
     return arch
 

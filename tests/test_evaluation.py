@@ -16,6 +16,7 @@ from lowlight_tf import evaluation
 from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import evaluation_report
 from lowlight_tf import training_facts
+from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import layers
 from lowlight_tf import model as model_lib
@@ -523,6 +524,23 @@ def test_unpaired_no_reference_check(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_shift_ensemble_rows(tiny_model, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    dim = np.random.default_rng(2).integers(20, 60, (48, 64, 3)).astype(np.uint8)
+    Image.fromarray(dim).save(photos / "dim.png")
+    evaluation.evaluate(tiny_model, [], str(tmp_path / "out"), unpaired=str(photos),
+                        baselines=(), model_label="tiny", shift_ensemble=True, progress=None)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["shift_ensemble"] is True
+    [row] = summary["unpaired_rows"]
+    assert row["method"] == "tiny + shift ensemble"
+    # The row's statistics are those of the ensemble prediction, not of the plain one.
+    ensemble = scoring.quantize(inference.predict_image(tiny_model, dim.astype(np.float32),
+                                                        shift_ensemble=True))
+    assert row["mean_brightness"] == pytest.approx(float(np.mean(ensemble)), abs=1e-3)
+
+
 def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
     import shutil
     model_path = tmp_path / "tiny.keras"

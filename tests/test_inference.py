@@ -19,6 +19,7 @@ from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import enhance as enhance_lib
 from lowlight_tf import inference
 from lowlight_tf import layers
+from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
 from lowlight_tf import simulation
 from lowlight_tf.media import decode
@@ -62,6 +63,46 @@ def test_whole_image_pads_reflect_and_crops(tiny_model):
     got = inference.predict_image(tiny_model, image)
     assert got.shape == (37, 45, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_shift_ensemble_is_the_mean_of_four_shifted_predictions(tiny_model):
+    # An independent computation: pad each shift by hand (symmetric, to the model's multiple),
+    # run the Keras model eagerly, crop back and average.
+    x = _random_image(24, 36, seed=7, high=60.0) / 255.0  # sides are multiples of 4
+    multiple = model_lib.size_multiple(tiny_model)
+    expected = np.zeros_like(x)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        shifted = np.pad(x, ((dy, multiple - dy), (dx, multiple - dx), (0, 0)), mode="symmetric")
+        expected += tiny_model(shifted[None]).numpy()[0, dy:dy + 24, dx:dx + 36] / 4.0
+    ours = inference.predict_array(tiny_model, x, shift_ensemble=True)
+    np.testing.assert_allclose(ours, np.clip(expected, 0, 1), atol=1e-5)
+    plain = inference.predict_array(tiny_model, x)
+    assert np.abs(ours - plain).max() > 1e-3  # the option does something
+
+
+def test_shift_ensemble_removes_the_two_pixel_texture(tiny_model):
+    # A random-weight U-Net gives each 2x2 phase its own head weights: a smooth input comes out
+    # with a 2-pixel checkerboard, which the ensemble cancels.
+    y, x = np.mgrid[:96, :128].astype(np.float32)
+    smooth = np.stack([20 + 0.2 * x, 30 + 0.1 * y, 25 + 0.1 * (x + y)], -1) / 255.0
+    plain = 255.0 * inference.predict_array(tiny_model, smooth)
+    ensemble = 255.0 * inference.predict_array(tiny_model, smooth, shift_ensemble=True)
+    textured = metrics.periodic_texture(np.round(np.clip(plain, 0, 255)))
+    cleaned = metrics.periodic_texture(np.round(np.clip(ensemble, 0, 255)))
+    assert textured > 5.0 and cleaned < textured / 5.0, (textured, cleaned)
+
+
+def test_shift_ensemble_tiled_and_bayer_shapes(tiny_model):
+    x = _random_image(50, 70, seed=8, high=40.0) / 255.0
+    whole = inference.predict_array(tiny_model, x, shift_ensemble=True)
+    tiled = inference.predict_array(tiny_model, x, tile=32, overlap=16, shift_ensemble=True)
+    assert whole.shape == tiled.shape == (50, 70, 3)
+    # Each tile runs the ensemble on its own (shifts padded at the tile's edges); the blend
+    # hides those edges, so tiled and whole-image ensembles agree away from them.
+    assert np.median(np.abs(whole - tiled)) < 1e-3
+    bayer = model_lib.build_unet("bayer", base_filters=4, depth=1)
+    mosaic = np.random.default_rng(9).uniform(0, 0.2, (20, 28, 4)).astype(np.float32)
+    assert inference.predict_array(bayer, mosaic, shift_ensemble=True).shape == (40, 56, 3)
 
 
 def test_tiled_equals_whole_when_overlap_covers_receptive_field(tiny_model):
@@ -218,11 +259,11 @@ def test_enhance_paths_on_dng_png_tiff_and_broken_file(tiny_model, photo_folder,
     assert len(lines) == 4 and "skipped" in lines[0]
     assert sorted(os.listdir(out_dir)) == names
 
-    # The PNG's output is the model's prediction of that PNG with its chroma filtered (the
-    # default, last), up to 8-bit rounding.
+    # The PNG's output is the model's shift-ensemble prediction of that PNG with its chroma
+    # filtered (both the defaults, the filter last), up to 8-bit rounding.
     dark = np.asarray(Image.open(photo_folder / "dark.png"), np.float32)
-    expected = 255.0 * chroma.filter_chroma(
-        inference.predict_image(tiny_model, dark, tile=32, overlap=8) / 255.0)
+    expected = 255.0 * chroma.filter_chroma(inference.predict_image(
+        tiny_model, dark, tile=32, overlap=8, shift_ensemble=True) / 255.0)
     written = np.asarray(Image.open(out_dir / "dark_enhanced.png"), np.float32)
     assert written.shape == (30, 45, 3)
     assert np.abs(written - expected).max() <= 1.0

@@ -75,6 +75,16 @@ def test_depth_to_space_in_graph_and_matches_numpy():
     np.testing.assert_array_equal(layers.SpaceToDepth(2)(expected).numpy(), x)
 
 
+def test_bilinear_upsample_matches_keras_and_keeps_flat_images_flat():
+    x = np.random.default_rng(5).uniform(size=(2, 3, 5, 4)).astype(np.float32)
+    ours = layers.BilinearUpsample(2)(x).numpy()
+    assert ours.shape == (2, 6, 10, 4)
+    keras_layer = tf.keras.layers.UpSampling2D(2, interpolation="bilinear")
+    np.testing.assert_allclose(ours, keras_layer(x).numpy(), atol=1e-6)
+    np.testing.assert_allclose(layers.BilinearUpsample(2)(np.full((1, 3, 3, 2), 0.3,
+                                                                  np.float32)).numpy(), 0.3)
+
+
 def test_every_layer_name_starts_with_its_block():
     unet = model_lib.build_unet("rgb", base_filters=4, depth=3)
     assert model_lib.block_names(unet) == [
@@ -105,7 +115,7 @@ def test_resize_upsampling_model(input_mode, channels, tmp_path):
     identity, so the untrained output is the depth-to-space of the head's 1x1 convolution."""
     unet = model_lib.build_unet(input_mode, base_filters=4, depth=2, upsampling="resize")
     layer_types = {type(l).__name__ for l in unet.layers}
-    assert "Conv2DTranspose" not in layer_types and "UpSampling2D" in layer_types
+    assert "Conv2DTranspose" not in layer_types and "BilinearUpsample" in layer_types
     assert unet.layers[-1].name == "head_smooth"
     # 3x3 upconvs (9/4 of the 2x2 ones' kernel) and 3*3*3*3 + 3 for head_smooth.
     paper = model_lib.build_unet(input_mode, base_filters=4, depth=2)
@@ -124,6 +134,10 @@ def test_resize_upsampling_model(input_mode, channels, tmp_path):
     loaded = model_lib.load_model(path)
     assert model_lib.architecture(loaded) == arch
     np.testing.assert_array_equal(loaded(x).numpy(), unet(x).numpy())
+    # Inside a tf.function with unknown height and width, as tiled inference runs it.
+    traced = tf.function(lambda t: loaded(t, training=False), input_signature=[
+        tf.TensorSpec([None, None, None, channels], tf.float32)])
+    np.testing.assert_allclose(traced(tf.constant(x)).numpy(), unet(x).numpy(), atol=1e-6)
     # Weights do not cross between the two upsamplings: the error names the layer.
     with pytest.raises(model_lib.ArchitectureMismatchError, match="upconv"):
         model_lib.copy_weights(unet, paper)
