@@ -8,6 +8,9 @@ with a smooth window; each tile's weight is zero within a margin of its inner ed
 equals whole-image inference wherever that margin covers the receptive field, and shows no
 seams elsewhere. The paper's non-overlapping stitching stays available (`stitch="paper"`) for
 comparison.
+With `shift_ensemble` (tools/enhance's default) the prediction is the mean over the image
+shifted by one pixel down, right and both, which cancels the 2-pixel texture that the U-Net's
+per-phase weights (space-to-depth in, depth-to-space out) leave on smooth surfaces.
 
 `enhance_file` / `enhance_paths` apply a model to camera raw files (every LibRaw format, decoded
 by `lowlight_tf.media` as data_prep decodes them) and ordinary images, with bounded memory.
@@ -48,46 +51,29 @@ class UnreadableImageError(ValueError):
 _PREDICTORS = weakref.WeakKeyDictionary()
 
 
-# The input shifts (rows, columns) of the shift ensemble, in model-input pixels.
+# The shifts (rows, columns; model-input pixels) of the shift ensemble (`predict_array`).
 ENSEMBLE_SHIFTS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
-def _predictor(model, shift_ensemble=False):
+def _predictor(model):
     """A tf.function running `model` after its exposure normalisation on [B, h, w, C] float32.
 
-    Traced once for any size; the caller multiplies inputs by `model.exposure_gain` first. With
-    `shift_ensemble`, the output is the mean of the model's outputs for the input shifted by
-    each of ENSEMBLE_SHIFTS (padded symmetrically to the model's multiple and cropped back):
-    the U-Net's space-to-depth and depth-to-space give every 2x2 pixel phase weights of its
-    own, and the four shifts put each output pixel once in every phase, which cancels the
-    2-pixel periodic texture this leaves (RESULTS.md, session 17) at 4x the compute.
+    Traced once for any size; the caller multiplies inputs by `model.exposure_gain` first.
     """
     try:
-        cache = _PREDICTORS.setdefault(model, {})
-    except TypeError:  # not weakly referenceable: traced again on each call
-        cache = {}
-    if shift_ensemble in cache:
-        return cache[shift_ensemble]
-    channels, out_scale, multiple = model_geometry(model)
+        return _PREDICTORS[model]
+    except (KeyError, TypeError):
+        pass
+    channels = int(model.input_shape[-1])
     spec = tf.TensorSpec([None, None, None, channels], tf.float32)
     # Inputs arrive already multiplied by the whole image's exposure gain (predict_array), so
     # tiles share one gain: the layers after the model's exposure normalisation run here.
     core = model_lib.after_exposure_normalization(model)
-
-    def ensemble(x):
-        height, width = tf.shape(x)[1] * out_scale, tf.shape(x)[2] * out_scale
-        total = None
-        for dy, dx in ENSEMBLE_SHIFTS:
-            shifted = tf.pad(x, [[0, 0], [dy, multiple - dy], [dx, multiple - dx], [0, 0]],
-                             mode="SYMMETRIC")
-            y0, x0 = dy * out_scale, dx * out_scale
-            out = core(shifted, training=False)[:, y0:y0 + height, x0:x0 + width]
-            total = out if total is None else total + out
-        return total / float(len(ENSEMBLE_SHIFTS))
-
-    function = tf.function(ensemble if shift_ensemble else (lambda x: core(x, training=False)),
-                           input_signature=[spec])
-    cache[shift_ensemble] = function
+    function = tf.function(lambda x: core(x, training=False), input_signature=[spec])
+    try:
+        _PREDICTORS[model] = function
+    except TypeError:
+        pass
     return function
 
 
@@ -105,14 +91,18 @@ def _round_up(value, multiple):
     return -(-int(value) // multiple) * multiple
 
 
-def _pad_to(x, height, width):
-    """Pads [h, w, C] at the bottom/right to [height, width, C], reflecting the content."""
-    pad_h, pad_w = height - x.shape[0], width - x.shape[1]
-    if pad_h == 0 and pad_w == 0:
+def _pad_to(x, height, width, top=0, left=0):
+    """Pads [h, w, C] to [height, width, C], reflecting the content: `top` rows above and `left`
+    columns before it (the shift ensemble), the rest at the bottom/right. A `ScaledArray` stays
+    one (its integer array is padded)."""
+    if isinstance(x, ScaledArray):
+        return ScaledArray(_pad_to(x.array, height, width, top, left), x.scale)
+    pad_h, pad_w = height - x.shape[0] - top, width - x.shape[1] - left
+    if pad_h == 0 and pad_w == 0 and top == 0 and left == 0:
         return x
     # "reflect" needs at least 2 pixels; a 1-pixel side can only be repeated.
     mode = "reflect" if min(x.shape[0], x.shape[1]) > 1 else "edge"
-    return np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+    return np.pad(x, ((top, pad_h), (left, pad_w), (0, 0)), mode=mode)
 
 
 def _run_batches(predict, tiles, gain=1.0):
@@ -123,7 +113,8 @@ def _run_batches(predict, tiles, gain=1.0):
     height, width = tiles[0].shape[:2]
     batch_size = max(1, MAX_BATCH_PIXELS // (height * width))
     for begin in range(0, len(tiles), batch_size):
-        batch = np.stack([np.asarray(t, np.float32) for t in tiles[begin:begin + batch_size]])
+        batch = np.stack([np.asarray(t[...], np.float32)  # t[...]: a ScaledArray converts
+                          for t in tiles[begin:begin + batch_size]])
         if gain != 1.0:
             batch *= np.float32(gain)
         out = predict(tf.constant(batch)).numpy()
@@ -189,8 +180,12 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
       exposure_gain: for a model with exposure normalisation, the gain of the whole image
         (`model.exposure_gain`); None computes it from `x`. Every tile uses this one gain, so
         tiled and whole-image inference agree.
-      shift_ensemble: average the model over the four 1-pixel shifts of its input (4x the
-        compute; removes the U-Net's 2-pixel periodic texture; see `_predictor`).
+      shift_ensemble: the mean of the model's predictions for the input shifted by each of
+        ENSEMBLE_SHIFTS (reflected into the gap, cropped back; 4x the compute). The U-Net's
+        space-to-depth and depth-to-space give every 2x2 pixel phase weights of its own, which
+        leaves a 2-pixel periodic texture; the four shifts put each output pixel once in every
+        phase and cancel it (RESULTS.md, session 17). For a bayer model a shift is one packed
+        pixel (two sensor pixels, keeping the colour pattern).
 
     Returns:
       float32 [h * s, w * s, 3], the prediction clipped to [0, 1]; s = 2 for bayer, else 1.
@@ -202,30 +197,54 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
         kind = "a packed bayer mosaic [H/2, W/2, 4]" if channels == 4 else "an RGB image [H, W, 3]"
         raise ValueError(f"This model expects {kind}; got an input of shape {x.shape}. A bayer "
                          "model needs camera raw input and an rgb model needs RGB images.")
-    predict = _predictor(model, shift_ensemble)
+    predict = _predictor(model)
     gain = model_lib.exposure_gain(model, x) if exposure_gain is None else float(exposure_gain)
-    if stitch == "paper":
-        return _predict_paper(predict, x, gain, _round_up(tile or 64, multiple), out_scale)
     height, width = x.shape[:2]
-    padded_h, padded_w = _round_up(height, multiple), _round_up(width, multiple)
-    padded = _pad_to(x, padded_h, padded_w)
-    if tile is None or (tile >= padded_h and tile >= padded_w):
+    shifts = ENSEMBLE_SHIFTS if shift_ensemble else ((0, 0),)
+    total = None
+    for dy, dx in shifts:
+        # The image shifted down by dy and right by dx (reflected into the gap), so each output
+        # pixel falls in another 2x2 phase of the U-Net's space-to-depth and depth-to-space;
+        # the padding stays what one pass needs (the network's context reaches the borders).
+        size = (height + dy, width + dx)
+        if stitch == "paper":
+            patch = _round_up(tile or 64, multiple)
+            padded = _pad_to(x, _round_up(size[0], patch), _round_up(size[1], patch), dy, dx)
+            out = _predict_paper(predict, padded, gain, patch, out_scale)
+        else:
+            padded = _pad_to(x, _round_up(size[0], multiple), _round_up(size[1], multiple),
+                             dy, dx)
+            out = _predict_padded(predict, padded, gain, size, tile, overlap, multiple,
+                                  out_scale)
+        out = out[dy * out_scale:(dy + height) * out_scale, dx * out_scale:(dx + width) * out_scale]
+        if total is None:
+            total = np.array(out, np.float32)
+        else:
+            total += out
+        del out, padded
+    if len(shifts) > 1:
+        total /= np.float32(len(shifts))
+    return np.clip(total, 0.0, 1.0, out=total)
+
+
+def _predict_padded(predict, padded, gain, size, tile, overlap, multiple, out_scale):
+    """One pass over `padded` ([H, W, C], sides multiples of `multiple`): whole, or in blended
+    tiles; returns float32 [size[0] * out_scale, size[1] * out_scale, 3]."""
+    if tile is None or (tile >= padded.shape[0] and tile >= padded.shape[1]):
         out = next(_run_batches(predict, [padded], gain))
-        return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
+        return out[:size[0] * out_scale, :size[1] * out_scale]
     tile = _round_up(tile, multiple)
     overlap = _round_up(max(int(overlap), 0), multiple) if overlap else 0
     if overlap > tile // 2:
         raise ValueError(f"overlap ({overlap} px after rounding to the model's multiple "
                          f"{multiple}) must be at most half the tile ({tile} px); use a larger "
                          "tile or a smaller overlap.")
-    return _predict_blended(predict, padded, gain, (height, width), tile, overlap, multiple,
-                            out_scale)
+    return _predict_blended(predict, padded, gain, size, tile, overlap, multiple, out_scale)
 
 
-def _predict_paper(predict, x, gain, patch, out_scale):
-    """The paper's stitching: non-overlapping `patch`-pixel patches of [h, w, C] input `x`."""
-    height, width = x.shape[:2]
-    padded = _pad_to(x, _round_up(height, patch), _round_up(width, patch))
+def _predict_paper(predict, padded, gain, patch, out_scale):
+    """The paper's stitching: non-overlapping `patch`-pixel patches of [H, W, C] input `padded`
+    (sides multiples of `patch`); returns float32 [H * out_scale, W * out_scale, 3]."""
     rows, cols = padded.shape[0] // patch, padded.shape[1] // patch
     tiles = [padded[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
              for r in range(rows) for c in range(cols)]
@@ -234,7 +253,7 @@ def _predict_paper(predict, x, gain, patch, out_scale):
     for index, prediction in enumerate(_run_batches(predict, tiles, gain)):
         r, c = divmod(index, cols)
         out[r * side:(r + 1) * side, c * side:(c + 1) * side] = prediction
-    return np.clip(out[:height * out_scale, :width * out_scale], 0.0, 1.0)
+    return out
 
 
 def _predict_blended(predict, padded, gain, size, tile, overlap, multiple, out_scale):
@@ -427,7 +446,7 @@ class ScaledArray:
 def predict_decoded(model, decoded, tile, overlap, shift_ensemble=False):
     """Runs the model on a DecodedInput; returns float32 [H * s, W * s, 3] in [0, 1]."""
     x = decoded.model_input
-    _, out_scale, multiple = model_geometry(model)
+    _, out_scale, _ = model_geometry(model)
     if tile is not None:  # image pixels -> model-input pixels (the packed mosaic is half size)
         tile, overlap = max(1, tile // out_scale), overlap // out_scale
     if decoded.scale == 1.0:
@@ -436,9 +455,7 @@ def predict_decoded(model, decoded, tile, overlap, shift_ensemble=False):
     if tile is None or (height <= tile and width <= tile):
         return predict_array(model, x.astype(np.float32) / np.float32(decoded.scale),
                              shift_ensemble=shift_ensemble)
-    # Tiled: pad the integer image (half the bytes of float32) and convert tiles as they are cut.
-    gain = model_lib.exposure_gain(model, ScaledArray(x, decoded.scale))
-    padded = _pad_to(x, _round_up(height, multiple), _round_up(width, multiple))
-    out = predict_array(model, ScaledArray(padded, decoded.scale), tile=tile, overlap=overlap,
-                        exposure_gain=gain, shift_ensemble=shift_ensemble)
-    return out[:height * out_scale, :width * out_scale]
+    # Tiled: the integer image is padded (half the bytes of float32) and tiles are converted
+    # as they are cut.
+    return predict_array(model, ScaledArray(x, decoded.scale), tile=tile, overlap=overlap,
+                         shift_ensemble=shift_ensemble)

@@ -66,15 +66,18 @@ def test_whole_image_pads_reflect_and_crops(tiny_model):
 
 
 def test_shift_ensemble_is_the_mean_of_four_shifted_predictions(tiny_model):
-    # An independent computation: pad each shift by hand (symmetric, to the model's multiple),
-    # run the Keras model eagerly, crop back and average.
-    x = _random_image(24, 36, seed=7, high=60.0) / 255.0  # sides are multiples of 4
+    # An independent computation: shift the image by hand (reflecting into the gap), pad it at
+    # the bottom/right to the model's multiple, run the Keras model eagerly, crop back, average.
+    x = _random_image(24, 35, seed=7, high=60.0) / 255.0
     multiple = model_lib.size_multiple(tiny_model)
     expected = np.zeros_like(x)
     for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        shifted = np.pad(x, ((dy, multiple - dy), (dx, multiple - dx), (0, 0)), mode="symmetric")
-        expected += tiny_model(shifted[None]).numpy()[0, dy:dy + 24, dx:dx + 36] / 4.0
+        bottom = -(-(24 + dy) // multiple) * multiple - 24 - dy
+        right = -(-(35 + dx) // multiple) * multiple - 35 - dx
+        shifted = np.pad(x, ((dy, bottom), (dx, right), (0, 0)), mode="reflect")
+        expected += tiny_model(shifted[None]).numpy()[0, dy:dy + 24, dx:dx + 35] / 4.0
     ours = inference.predict_array(tiny_model, x, shift_ensemble=True)
+    assert ours.shape == (24, 35, 3)
     np.testing.assert_allclose(ours, np.clip(expected, 0, 1), atol=1e-5)
     plain = inference.predict_array(tiny_model, x)
     assert np.abs(ours - plain).max() > 1e-3  # the option does something
@@ -466,8 +469,8 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
                           f"--output_dir={blocker / 'out'}", cwd=str(tmp_path))
     assert unwritable.returncode == 2 and "a_file" in unwritable.stderr
 
-    # One launch wires --exposure_preset, --exposure_colour and --nochroma_filter through to
-    # the library: its output is enhance_file's with the same options. (Their refusals are
+    # One launch wires --exposure_preset, --exposure_colour, --nochroma_filter and
+    # --noshift_ensemble through to the library: its output is enhance_file's with the same options. (Their refusals are
     # library tests: test_enhance_exposure_colour_sets_each_channels_mean,
     # test_load_exposure_curve_names_a_preset_without_one; a missing model: test_model.)
     preset = simulation.load_preset("paper")
@@ -476,22 +479,24 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
     simulation.save_preset(preset, str(tmp_path / "camera.json"))
     wired = run_tool("enhance", str(photo_folder / "dark.png"), f"--model={model_path}",
                      f"--exposure_preset={tmp_path / 'camera.json'}", "--exposure_colour",
-                     "--nochroma_filter", f"--output_dir={tmp_path / 'out4'}", cwd=str(tmp_path))
+                     "--nochroma_filter", "--noshift_ensemble", f"--output_dir={tmp_path / 'out4'}",
+                     cwd=str(tmp_path))
     assert wired.returncode == 0, wired.stderr
     assert os.listdir(tmp_path / "out4") == ["dark_enhanced.png"]
     written = np.asarray(Image.open(tmp_path / "out4" / "dark_enhanced.png"), np.float32)
     in_process = enhance_lib.enhance_file(
         tiny_model, str(photo_folder / "dark.png"), str(tmp_path),
         enhance_lib.EnhanceOptions(exposure_curve=preset.exposure_curve, exposure_colour=True,
-                                   chroma_filter=False))
+                                   chroma_filter=False, shift_ensemble=False))
     assert np.abs(written - np.asarray(Image.open(in_process), np.float32)).max() <= 1.0
     assert written[..., 0].mean() < 0.75 * written[..., 1].mean()  # the calibrated balance
-    # The default filters the network's chroma; --nochroma_filter (above) does not.
+    # The default runs the shift ensemble and filters its chroma; the flags above do not.
     default = run_tool("enhance", str(photo_folder / "dark.png"), f"--model={model_path}",
                        f"--output_dir={tmp_path / 'out8'}", cwd=str(tmp_path))
     assert default.returncode == 0, default.stderr
     dark = np.asarray(Image.open(photo_folder / "dark.png"), np.float32)
-    network = inference.predict_image(tiny_model, dark, tile=inference.DEFAULT_TILE)
+    network = inference.predict_image(tiny_model, dark, tile=inference.DEFAULT_TILE,
+                                      shift_ensemble=True)
     filtered = np.asarray(Image.open(tmp_path / "out8" / "dark_enhanced.png"), np.float32)
     assert np.abs(filtered - 255.0 * chroma.filter_chroma(network / 255.0)).max() <= 1.0
     assert np.abs(filtered - network).max() > 1.0
