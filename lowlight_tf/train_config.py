@@ -108,9 +108,8 @@ class TrainConfig:
     upsampling: str | None = option(
         None, "Decoder upsampling. transpose: the paper's 2x2 stride-2 transposed convolution. "
         "resize: a bilinear resize then a 3x3 convolution, and a 3x3 convolution after the "
-        "head's depth-to-space, so no output pixel position has weights of its own (against a "
-        "2- and 4-pixel periodic texture; beyond the paper). Default: the --init_from model's, "
-        "else transpose.", choices=UPSAMPLING)
+        "head's depth-to-space (beyond the paper; measured level with transpose, RESULTS.md "
+        "session 17). Default: the --init_from model's, else transpose.", choices=UPSAMPLING)
     exposure_gain: str = option(
         "image", "How an exposure-normalising model's training patches are normalised. image: "
         "the input pipeline multiplies each patch by its whole image's gain, as inference does "

@@ -118,7 +118,7 @@ def resolve_config(config):
     if not 0.0 <= c.exposure_normalization < 1.0:
         raise ConfigError(f"--exposure_normalization={c.exposure_normalization} must be 0 (off) "
                           f"or a mean level in (0, 1), e.g. {model_lib.CANONICAL_DARK_MEAN:.4f}.")
-    c.upsampling = c.upsampling or "transpose"
+    c.upsampling = c.upsampling or model_lib.UPSAMPLING[0]  # the paper's
     c.base_filters = 32 if c.base_filters is None else int(c.base_filters)
     c.depth = 4 if c.depth is None else int(c.depth)
     if c.base_filters < 1 or c.depth < 1:
@@ -156,7 +156,7 @@ def _take_architecture(c):
     if c.exposure_normalization is None:
         c.exposure_normalization = arch.get("exposure_normalization", 0.0)
     if c.upsampling is None:
-        c.upsampling = arch.get("upsampling", "transpose")
+        c.upsampling = arch.get("upsampling", model_lib.UPSAMPLING[0])
 
 
 def learning_rate_schedule(config):
@@ -189,7 +189,9 @@ def create_model(config, strategy):
     with strategy.scope():
         model = model_lib.build_unet("rgb", config.base_filters, config.depth,
                                      exposure_normalization=config.exposure_normalization,
-                                     adapters=config.adapters, upsampling=config.upsampling)
+                                     adapters=config.adapters,
+                                     # unset (a config not through resolve_config): the paper's
+                                     upsampling=config.upsampling or model_lib.UPSAMPLING[0])
         if source is not None:
             model_lib.copy_weights(source, model)
         trainable, frozen = model_lib.set_trainable_blocks(model, config.trainable_blocks)

@@ -227,5 +227,8 @@ def test_rejects_bad_arguments():
         model_lib.build_unet("raw")
     with pytest.raises(ValueError, match="upsampling"):
         model_lib.build_unet(upsampling="nearest")
+    # The training flag's choices are the model's (train_config stays free of TensorFlow).
+    from lowlight_tf import train_config
+    assert train_config.UPSAMPLING == model_lib.UPSAMPLING
     with pytest.raises(ValueError):
         model_lib.build_unet(depth=0)
