@@ -23,8 +23,9 @@ CALIBRATION_METHODS = ("joint", "paper", "isp", "none")
 # others - model_dir, stage, data, init_from, epochs, ... - are set per stage by the run).
 TRAIN_OPTIONS = ("simulation_params", "simulation_steps", "patch_size", "batch_size",
                  "validation_steps", "lr_schedule", "warmup_steps", "clipnorm", "ssim_weight",
-                 "base_filters", "depth", "exposure_normalization", "upsampling", "exposure_gain", "dim_fraction", "cache",
-                 "cache_budget_mb", "seed", "jit_compile")
+                 "base_filters", "depth", "exposure_normalization", "upsampling",
+                 "exposure_gain", "dim_fraction", "cache", "cache_budget_mb", "seed",
+                 "jit_compile")
 
 
 @dataclasses.dataclass

@@ -27,9 +27,10 @@ class TrainConfig:
     """Every option of one training run (the flags of tools/train, same names).
 
     `base_filters`/`depth`/`exposure_normalization`/`upsampling` None mean "the --init_from
-    model's, else 32/4/0/transpose"; `trainable_blocks` "" means the stage's default; `val_data` "" means the train
-    data's `val` split and "none" disables validation; `train_data` "sample" uses the embedded
-    sample photos built under `sample_root` ("" = `<model_dir>/../sample_data`).
+    model's, else 32/4/0/transpose"; `trainable_blocks` "" means the stage's default;
+    `val_data` "" means the train data's `val` split and "none" disables validation;
+    `train_data` "sample" uses the embedded sample photos built under `sample_root`
+    ("" = `<model_dir>/../sample_data`).
     """
     model_dir: str = option(
         "", "Output folder for checkpoints, TensorBoard logs, flags.txt and final.keras. Running "

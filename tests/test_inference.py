@@ -470,8 +470,9 @@ def test_enhance_cli(tiny_model, photo_folder, tmp_path):
     assert unwritable.returncode == 2 and "a_file" in unwritable.stderr
 
     # One launch wires --exposure_preset, --exposure_colour, --nochroma_filter and
-    # --noshift_ensemble through to the library: its output is enhance_file's with the same options. (Their refusals are
-    # library tests: test_enhance_exposure_colour_sets_each_channels_mean,
+    # --noshift_ensemble through to the library: its output is enhance_file's with the same
+    # options. (Their refusals are library tests:
+    # test_enhance_exposure_colour_sets_each_channels_mean,
     # test_load_exposure_curve_names_a_preset_without_one; a missing model: test_model.)
     preset = simulation.load_preset("paper")
     preset.exposure_curve = np.tile(np.linspace(0.0, 255.0, 256), (3, 1))
