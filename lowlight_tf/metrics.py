@@ -33,6 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lowlight_tf import chroma
+
 PEAK = 255.0
 # SSIM settings of Wang et al. (2004), the ones tf.image.ssim and skimage use.
 SSIM_FILTER_SIZE = 11
@@ -233,8 +235,6 @@ def no_reference_stats(image):
 # is compared with (bins 3-10 away on either side; a Hann window leaks a line into +-2 bins).
 TEXTURE_PERIODS = (2, 4)
 _TEXTURE_NEIGHBOURS = range(3, 11)
-# Luma weights (Rec. 601) of the texture index.
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def periodic_texture(image):
@@ -259,7 +259,7 @@ def periodic_texture(image):
     if image.ndim != 3 or image.shape[-1] not in (1, 3):
         raise ValueError(f"periodic_texture needs one [H, W, 3] or [H, W, 1] image; got shape "
                          f"{image.shape}.")
-    luma = image[..., 0] if image.shape[-1] == 1 else image @ _LUMA
+    luma = image[..., 0] if image.shape[-1] == 1 else image @ chroma.YCBCR[0].astype(np.float32)
     ratios = []
     for lines in (luma, luma.T):  # rows: period along x; then columns: along y
         length = lines.shape[1]
