@@ -6,10 +6,13 @@ once (no tiling), so a server or a phone app needs no code of this project:
    taken before padding, as `predict_array` takes it);
 2. reflect padding at the bottom/right to the model's size multiple (`model.size_multiple`);
 3. the network after its exposure normalisation;
-4. the crop back to the input's size and the clip to [0, 1];
-5. the chroma filter tools/enhance applies by default (`chroma.filter_chroma_tensor`: the
-   output's Cb/Cr guided-filtered by its luma, removing the coloured blotches of dark shadows),
-   unless exported with `chroma_filter=False`;
+4. the crop back to the input's size; with the shift ensemble tools/enhance runs by default
+   (`inference.ENSEMBLE_SHIFTS`), steps 2-4 for the image shifted by each of the four 1-pixel
+   shifts (reflected into the gap) and the mean of the four (4x the compute; removes the
+   U-Net's 2-pixel periodic texture), unless exported with `shift_ensemble=False`;
+5. the clip to [0, 1] and the chroma filter tools/enhance applies by default
+   (`chroma.filter_chroma_tensor`: the output's Cb/Cr guided-filtered by its luma, removing the
+   coloured blotches of dark shadows), unless exported with `chroma_filter=False`;
 6. for uint8, x 255 rounded.
 
 Signatures (the same in the SavedModel and the TFLite file):
@@ -46,6 +49,7 @@ import tensorflow as tf
 
 from lowlight_tf import chroma
 from lowlight_tf import files
+from lowlight_tf import inference
 from lowlight_tf import model as model_lib
 
 FORMATS = ("saved_model", "tflite")
@@ -100,38 +104,41 @@ def parse_input_size(text):
     return height, width
 
 
-def _padding_indices(length, padded, reflect):
+def _padding_indices(length, padded, reflect, offset=0):
     """Source index of each of `padded` positions along an axis of `length` (int32 tensors).
 
-    Reflection without repeating the edge (numpy's "reflect"), continued as a triangle wave for
-    pads longer than the side; `reflect` False repeats the edge (numpy's "edge").
+    The side starts at position `offset` (the positions before it and after its end are
+    padding). Reflection without repeating the edge (numpy's "reflect"), continued as a triangle
+    wave for pads longer than the side; `reflect` False repeats the edge (numpy's "edge").
     """
-    positions = tf.range(padded)
+    positions = tf.range(padded) - offset
     period = tf.maximum(2 * (length - 1), 1)
-    folded = positions % period
+    folded = positions % period  # floor modulo: non-negative for positions before the side
     reflected = tf.where(folded < length, folded, period - folded)
-    return tf.where(reflect, reflected, tf.minimum(positions, length - 1))
+    return tf.where(reflect, reflected, tf.clip_by_value(positions, 0, length - 1))
 
 
-def enhance_tensor(model, images, chroma_filter=True):
+def enhance_tensor(model, images, chroma_filter=True, shift_ensemble=True):
     """The model's whole-image enhancement as TensorFlow ops (traceable, exportable).
 
-    Equals `chroma.filter_chroma(inference.predict_array(model, image))` for each image of the
-    batch (without the filter when `chroma_filter` is False).
+    Equals `chroma.filter_chroma(inference.predict_array(model, image, shift_ensemble=True))`
+    for each image of the batch (without the filter when `chroma_filter` is False, one pass of
+    the network when `shift_ensemble` is False).
 
     Args:
       model: an rgb U-Net from `lowlight_tf.model`.
       images: float32 [B, H, W, 3] in [0, 1], any H, W >= 1.
       chroma_filter: apply the chroma filter last, as tools/enhance does by default.
+      shift_ensemble: average the four 1-pixel shifts, as tools/enhance does by default.
 
     Returns:
       float32 [B, H, W, 3] in [0, 1].
     """
     core = model_lib.after_exposure_normalization(model)
-    return _enhance_with(model, core, images, chroma_filter)
+    return _enhance_with(model, core, images, chroma_filter, shift_ensemble)
 
 
-def _enhance_with(model, core, images, chroma_filter):
+def _enhance_with(model, core, images, chroma_filter, shift_ensemble):
     """`enhance_tensor` with the network after the exposure normalisation built once."""
     multiple = model_lib.size_multiple(model)
     layer = model_lib.exposure_layer(model)
@@ -141,23 +148,28 @@ def _enhance_with(model, core, images, chroma_filter):
         images = images * model_lib.normalization_gain(mean, layer.target_mean)
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
-    padded_h = (height + multiple - 1) // multiple * multiple
-    padded_w = (width + multiple - 1) // multiple * multiple
     # Reflection needs 2 pixels per side; a 1-pixel side is repeated (as predict_array does).
     reflect = tf.minimum(height, width) > 1
-    padded = tf.gather(images, _padding_indices(height, padded_h, reflect), axis=1)
-    padded = tf.gather(padded, _padding_indices(width, padded_w, reflect), axis=2)
-    out = tf.clip_by_value(core(padded, training=False)[:, :height, :width, :], 0.0, 1.0)
+    shifts = inference.ENSEMBLE_SHIFTS if shift_ensemble else ((0, 0),)
+    total = 0.0
+    for dy, dx in shifts:  # as inference.predict_array: shifted down/right, padded as one pass
+        padded_h = (height + dy + multiple - 1) // multiple * multiple
+        padded_w = (width + dx + multiple - 1) // multiple * multiple
+        padded = tf.gather(images, _padding_indices(height, padded_h, reflect, dy), axis=1)
+        padded = tf.gather(padded, _padding_indices(width, padded_w, reflect, dx), axis=2)
+        total += core(padded, training=False)[:, dy:dy + height, dx:dx + width, :]
+    out = tf.clip_by_value(total / float(len(shifts)), 0.0, 1.0)
     return chroma.filter_chroma_tensor(out) if chroma_filter else out
 
 
-def build_archive(model, input_size=None, chroma_filter=True):
+def build_archive(model, input_size=None, chroma_filter=True, shift_ensemble=True):
     """A keras.export.ExportArchive with the `serving_default` and `enhance_float` signatures.
 
     Args:
       model: an rgb U-Net from `lowlight_tf.model`.
       input_size: None for any [B, H, W, 3]; (H, W) fixes the input to [1, H, W, 3].
       chroma_filter: the signatures apply the chroma filter last (`enhance_tensor`).
+      shift_ensemble: the signatures average the four 1-pixel shifts (`enhance_tensor`).
     """
     if int(model.input_shape[-1]) != 3:
         raise ExportError("Only rgb models can be exported: a bayer model's input is a packed "
@@ -167,11 +179,11 @@ def build_archive(model, input_size=None, chroma_filter=True):
 
     def enhance_uint8(image):
         images = tf.cast(image, tf.float32) / 255.0
-        out = _enhance_with(model, core, images, chroma_filter)
+        out = _enhance_with(model, core, images, chroma_filter, shift_ensemble)
         return {OUTPUT_KEY: tf.cast(tf.round(out * 255.0), tf.uint8)}
 
     def enhance_float(image):
-        return {OUTPUT_KEY: _enhance_with(model, core, image, chroma_filter)}
+        return {OUTPUT_KEY: _enhance_with(model, core, image, chroma_filter, shift_ensemble)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -213,7 +225,7 @@ def _write_archive(archive, directory):
 
 
 def export_saved_model(model, output_dir, *, name=DEFAULT_NAME, version=DEFAULT_VERSION,
-                       overwrite=False, inputs=(), chroma_filter=True):
+                       overwrite=False, inputs=(), chroma_filter=True, shift_ensemble=True):
     """Writes the model as a SavedModel for TensorFlow Serving at `output_dir/name/version/`.
 
     The folder is written as a hidden sibling (`.VERSION.*.partial`, which Serving ignores) and
@@ -227,6 +239,7 @@ def export_saved_model(model, output_dir, *, name=DEFAULT_NAME, version=DEFAULT_
       overwrite: replace an existing `name/version`.
       inputs: paths that must never be written (the source model).
       chroma_filter: the signatures apply the chroma filter last (`enhance_tensor`).
+      shift_ensemble: the signatures average the four 1-pixel shifts (`enhance_tensor`).
 
     Returns:
       The version folder's path.
@@ -237,7 +250,7 @@ def export_saved_model(model, output_dir, *, name=DEFAULT_NAME, version=DEFAULT_
     _check_name(name, version)
     final = saved_model_path(output_dir, name, version)
     _guard(final, overwrite, inputs)
-    archive = build_archive(model, chroma_filter=chroma_filter)
+    archive = build_archive(model, chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".{int(version)}.", suffix=".partial", dir=parent)
@@ -283,7 +296,8 @@ def _set_quantization(converter, quantize):
         converter.target_spec.supported_types = [tf.float16]
 
 
-def tflite_bytes(model, *, quantize="none", input_size=None, chroma_filter=True):
+def tflite_bytes(model, *, quantize="none", input_size=None, chroma_filter=True,
+                 shift_ensemble=True):
     """Converts the model to a TFLite flatbuffer with both signatures.
 
     Args:
@@ -292,11 +306,12 @@ def tflite_bytes(model, *, quantize="none", input_size=None, chroma_filter=True)
         data needed).
       input_size: None for any size (the default); (H, W) fixes the input to [1, H, W, 3].
       chroma_filter: the signatures apply the chroma filter last (`enhance_tensor`).
+      shift_ensemble: the signatures average the four 1-pixel shifts (`enhance_tensor`).
 
     Returns:
       bytes, the .tflite file.
     """
-    archive = build_archive(model, input_size, chroma_filter)
+    archive = build_archive(model, input_size, chroma_filter, shift_ensemble)
     with tempfile.TemporaryDirectory(prefix="lowlight_export.") as directory:
         _write_archive(archive, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(
@@ -308,7 +323,7 @@ def tflite_bytes(model, *, quantize="none", input_size=None, chroma_filter=True)
 
 
 def export_tflite(model, output_dir, *, name=DEFAULT_NAME, quantize="none", input_size=None,
-                  overwrite=False, inputs=(), chroma_filter=True):
+                  overwrite=False, inputs=(), chroma_filter=True, shift_ensemble=True):
     """Writes `output_dir/name.tflite` atomically (see `tflite_bytes` for the arguments).
 
     Returns:
@@ -321,7 +336,7 @@ def export_tflite(model, output_dir, *, name=DEFAULT_NAME, quantize="none", inpu
     path = tflite_path(output_dir, name)
     _guard(path, overwrite, inputs)
     data = tflite_bytes(model, quantize=quantize, input_size=input_size,
-                        chroma_filter=chroma_filter)
+                        chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
     os.makedirs(output_dir, exist_ok=True)
     files.write_bytes(path, data)
     return path
@@ -330,17 +345,20 @@ def export_tflite(model, output_dir, *, name=DEFAULT_NAME, quantize="none", inpu
 @dataclasses.dataclass
 class ExportResult:
     """What `export` wrote: `path` (folder or file), `format`, `quantize`, `input_size`,
-    `model_path` (the source) and `chroma_filter` (whether the signatures filter chroma)."""
+    `model_path` (the source), `chroma_filter` (whether the signatures filter chroma) and
+    `shift_ensemble` (whether they average the four 1-pixel shifts)."""
     path: str
     format: str
     quantize: str
     input_size: tuple = None
     model_path: str = ""
     chroma_filter: bool = True
+    shift_ensemble: bool = True
 
 
 def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VERSION,
-           quantize="none", input_size=None, overwrite=False, chroma_filter=True):
+           quantize="none", input_size=None, overwrite=False, chroma_filter=True,
+           shift_ensemble=True):
     """Loads a model and exports it; the library side of tools/export.
 
     Args:
@@ -353,6 +371,8 @@ def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VE
       input_size: TFLite only: None for any size, else (H, W).
       overwrite: replace an existing export of the same name (and version).
       chroma_filter: the signatures apply the chroma filter last, as tools/enhance does.
+      shift_ensemble: the signatures average the four 1-pixel shifts, as tools/enhance does
+        (4x the network's compute).
 
     Returns:
       ExportResult.
@@ -375,13 +395,14 @@ def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VE
     if fmt == "saved_model":
         path = export_saved_model(model, output_dir, name=name, version=version,
                                   overwrite=overwrite, inputs=[model_path],
-                                  chroma_filter=chroma_filter)
+                                  chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
     else:
         path = export_tflite(model, output_dir, name=name, quantize=quantize,
                              input_size=input_size, overwrite=overwrite, inputs=[model_path],
-                             chroma_filter=chroma_filter)
+                             chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
     return ExportResult(path=path, format=fmt, quantize=quantize, input_size=input_size,
-                        model_path=model_path, chroma_filter=chroma_filter)
+                        model_path=model_path, chroma_filter=chroma_filter,
+                        shift_ensemble=shift_ensemble)
 
 
 # ----------------------------------------------------------------------------------------------

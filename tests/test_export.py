@@ -1,7 +1,7 @@
 """Tests for lowlight_tf.export and tools/export: SavedModel and TFLite against Keras inference.
 
-Tolerances (against `inference.predict_array` of the same .keras model followed by
-`chroma.filter_chroma`, what tools/enhance writes by default, on a 41 x 70 image, no
+Tolerances (against `inference.predict_array` of the same .keras model with the shift ensemble,
+followed by `chroma.filter_chroma`, what tools/enhance writes by default, on a 41 x 70 image, no
 multiple of the models' size multiple 8, so padding, cropping and the whole-image exposure gain
 are exercised; the image is lit from below, so a gain taken after padding or edge instead of
 reflect padding is off by > 0.03):
@@ -54,9 +54,10 @@ def _psnr(a, b):
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
 
 
-def _keras(model, image, chroma_filter=True):
-    """What the exports must reproduce: Keras inference, then (default) the chroma filter."""
-    out = inference.predict_array(model, image)
+def _keras(model, image, chroma_filter=True, shift_ensemble=True):
+    """What the exports must reproduce: Keras inference (by default with the shift ensemble),
+    then (default) the chroma filter."""
+    out = inference.predict_array(model, image, shift_ensemble=shift_ensemble)
     return chroma.filter_chroma(out) if chroma_filter else out
 
 
@@ -210,6 +211,25 @@ def test_exports_without_the_chroma_filter_give_the_network_output(models, workd
 
 
 @pytest.mark.slow
+def test_exports_without_the_shift_ensemble_run_the_network_once(models, workdir):
+    """shift_ensemble=False exports one pass (Keras's predict_array without the ensemble); the
+    ensemble changes the output (so the comparisons above test its shifts and crops)."""
+    model, path = models["exposure"]
+    image = _input_for("exposure")
+    assert np.abs(_keras(model, image) - _keras(model, image, shift_ensemble=False)).max() > 0.01
+    result = export.export(path, str(workdir / "noensemble"), fmt="saved_model",
+                           shift_ensemble=False)
+    assert result.shift_ensemble is False
+    np.testing.assert_allclose(export.saved_model_enhancer(result.path)(image),
+                               _keras(model, image, shift_ensemble=False), rtol=0,
+                               atol=FLOAT_TOLERANCE)
+    tflite = export.export_tflite(model, str(workdir / "noensemble"), shift_ensemble=False)
+    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(image),
+                               _keras(model, image, shift_ensemble=False), rtol=0,
+                               atol=FLOAT_TOLERANCE)
+
+
+@pytest.mark.slow
 def test_saved_model_refuses_existing_version_and_overwrite_replaces(models, workdir):
     model = models["plain"][0]
     output_dir = str(workdir / "again")
@@ -248,10 +268,18 @@ def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     # --nochroma_filter reaches the export: the network's output as it is.
     raw = run_tool("export", *args, "--nochroma_filter", "--name=raw")
     assert raw.returncode == 0, raw.stderr
-    assert "chroma filter off" in raw.stdout
+    assert "chroma filter off, shift ensemble on" in raw.stdout
     np.testing.assert_allclose(
         export.TFLiteEnhancer(os.path.join(output_dir, "raw.tflite"))(image),
         _keras(model, image, chroma_filter=False), rtol=0, atol=FLOAT_TOLERANCE)
+
+    # --noshift_ensemble reaches the export: one pass of the network.
+    once = run_tool("export", *args, "--noshift_ensemble", "--name=once")
+    assert once.returncode == 0, once.stderr
+    assert "shift ensemble off" in once.stdout
+    np.testing.assert_allclose(
+        export.TFLiteEnhancer(os.path.join(output_dir, "once.tflite"))(image),
+        _keras(model, image, shift_ensemble=False), rtol=0, atol=FLOAT_TOLERANCE)
 
 
 def test_refusals_say_what_to_do(models, workdir, monkeypatch):
