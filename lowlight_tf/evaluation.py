@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from lowlight_tf import baselines as baselines_lib
+from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import data
 from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import inference
@@ -167,7 +168,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
              stitch="blend", save_images=4, baselines=tuple(baselines_lib.BASELINE_KEYS),
              model_label=None, facts=None, max_images=None, default_split=DEFAULT_SPLIT,
              exposure_curves=None, input_gains=DEFAULT_GAINS, unpaired=None, overwrite=False,
-             chroma_filter=False, shift_ensemble=False, progress=print):
+             chroma_filter=False, shift_ensemble=False, brightness="", progress=print):
     """Evaluates a model and the classical baselines on test sets; writes the reports.
 
     Args:
@@ -204,6 +205,12 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
       shift_ensemble: run the model as the mean over the four 1-pixel shifts of its input
         (`inference.predict_array`; what `tools/enhance` does by default); its rows are
         labelled "<label> + shift ensemble".
+      brightness: "" for none, or a tools/enhance `--brightness` setting ("auto", a mean level
+        such as "0.4", an EV change such as "+1ev"): also a row "<label> + brightness SETTING"
+        (" + chroma filter" when `chroma_filter`): the model's output with its brightness set
+        as tools/enhance sets it (`brightness.apply_brightness`, then the chroma filter), so
+        `shift_ensemble=True, chroma_filter=True, brightness="auto"` scores what
+        `lowlight-enhance` writes with its defaults.
       progress: callable taking one line of text (None for silence, also of the per-image
         progress bar of lowlight_tf.progress on stderr).
 
@@ -228,7 +235,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
         model, datasets, tile=tile, overlap=overlap, stitch=stitch, baselines=baselines,
         model_label=model_label, default_split=default_split, exposure_curves=exposure_curves,
         input_gains=input_gains, unpaired=unpaired, say=say, quiet=progress is None,
-        chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
+        chroma_filter=chroma_filter, shift_ensemble=shift_ensemble, brightness=brightness)
     if facts is None:
         facts = training_facts(model_path) if model_path else TrainingFacts()
     report = ReportFolder(output_dir, overwrite=overwrite)
@@ -247,6 +254,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
                     "overlap": overlap if tile else None, "stitch": stitch,
                     "datasets": [d.spec for d in resolved], "max_images": max_images,
                     "input_gains": list(scorer.gains), "shift_ensemble": shift_ensemble,
+                    "brightness": scorer.brightness or None,
                     "unpaired": os.path.abspath(unpaired) if unpaired else None,
                     "seconds": round(time.time() - started, 1)}
         write_reports(report, rows, per_image, settings, unpaired_rows=unpaired_rows,
@@ -269,7 +277,7 @@ def evaluate(model, datasets, output_dir, *, tile=None, overlap=inference.DEFAUL
 
 def _check_and_load(model, datasets, *, tile, overlap, stitch, baselines, model_label,
                     default_split, exposure_curves, input_gains, unpaired, say, quiet,
-                    chroma_filter=False, shift_ensemble=False):
+                    chroma_filter=False, shift_ensemble=False, brightness=""):
     """Check every argument of `evaluate` and load the model, before any inference.
 
     Returns (Scorer, resolved datasets, exposure curves by spec, unpaired paths or None, model
@@ -283,6 +291,12 @@ def _check_and_load(model, datasets, *, tile, overlap, stitch, baselines, model_
         raise EvaluationError(f"Unknown baseline(s) {unknown}; choose from "
                               f"{', '.join(baselines_lib.BASELINE_KEYS)}.")
     gains = parse_gains(input_gains)
+    brightness = str(brightness or "").strip().lower()
+    if brightness:
+        try:
+            brightness_lib.parse_brightness(brightness)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from e
     unpaired_paths = scoring.unpaired_inputs(unpaired) if unpaired is not None else None
     if isinstance(datasets, str):
         datasets = [datasets]
@@ -304,5 +318,6 @@ def _check_and_load(model, datasets, *, tile, overlap, stitch, baselines, model_
         label += scoring.SHIFT_ENSEMBLE
     scorer = scoring.Scorer(keras_model, label, tuple(baseline_names), gains, tile=tile,
                             overlap=overlap, stitch=stitch, say=say, quiet=quiet,
-                            chroma_filter=chroma_filter, shift_ensemble=shift_ensemble)
+                            chroma_filter=chroma_filter, shift_ensemble=shift_ensemble,
+                            brightness=brightness)
     return scorer, resolved, exposure_curves, unpaired_paths, model_path

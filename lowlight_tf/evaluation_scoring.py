@@ -36,6 +36,9 @@ CALIBRATED_COLOUR = " + calibrated colour"
 # Suffix of the model's row with its output's chroma filtered (chroma.filter_chroma).
 CHROMA_FILTERED = " + chroma filter"
 SHIFT_ENSEMBLE = " + shift ensemble"  # suffix of the model's label when it runs as one
+# Suffix of the model's row with its output's brightness set as tools/enhance --brightness does
+# (brightness.apply_brightness), followed by the setting, e.g. " + brightness auto".
+BRIGHTNESS = " + brightness "
 PANEL_MAX_SIDE = 800  # panels are downscaled so one image of the triptych is at most this wide
 
 
@@ -144,6 +147,10 @@ class Scorer:
         (chroma.filter_chroma).
       shift_ensemble: the model runs as the mean over the four 1-pixel shifts of its input
         (inference.predict_array).
+      brightness: "" for none, else a `--brightness` setting of tools/enhance ("auto", a mean
+        level, an EV change): also a row of the model's output with its brightness set so
+        (`brightness.apply_brightness`), then chroma-filtered when `chroma_filter` is on: the
+        order and steps of tools/enhance.
     """
     keras_model: object
     label: str
@@ -156,12 +163,14 @@ class Scorer:
     quiet: bool = False
     chroma_filter: bool = False
     shift_ensemble: bool = False
+    brightness: str = ""
 
     def model_rows(self, exposure_curve=None):
         """The model's row names, in the order `outputs` gives them."""
         return ([self.label] + ([self.anchored, self.anchored_colour]
                                 if exposure_curve is not None else [])
-                + ([self.label + CHROMA_FILTERED] if self.chroma_filter else []))
+                + ([self.label + CHROMA_FILTERED] if self.chroma_filter else [])
+                + ([self.with_brightness] if self.brightness else []))
 
     def outputs(self, dark, exposure_curve=None):
         """{row name: 8-bit float32 output} of the model (and calibrated exposure, chroma
@@ -177,9 +186,21 @@ class Scorer:
         if self.chroma_filter:
             outputs[self.label + CHROMA_FILTERED] = quantize(
                 255.0 * chroma.filter_chroma(prediction / 255.0))
+        if self.brightness:
+            adjusted = brightness_lib.apply_brightness(prediction / 255.0, dark / 255.0,
+                                                       self.brightness)
+            if self.chroma_filter:
+                adjusted = chroma.filter_chroma(adjusted)
+            outputs[self.with_brightness] = quantize(255.0 * adjusted)
         for name in self.baseline_names:
             outputs[name] = quantize(baselines_lib.apply(name, dark))
         return outputs
+
+    @property
+    def with_brightness(self):
+        """Row label of the model with its brightness set as tools/enhance --brightness."""
+        return (self.label + BRIGHTNESS + self.brightness
+                + (CHROMA_FILTERED if self.chroma_filter else ""))
 
     @property
     def anchored(self):

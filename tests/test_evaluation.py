@@ -541,6 +541,58 @@ def test_shift_ensemble_rows(tiny_model, tmp_path):
     assert row["mean_brightness"] == pytest.approx(float(np.mean(ensemble)), abs=1e-3)
 
 
+@pytest.mark.slow
+def test_brightness_row_is_what_enhance_writes(pairs_dataset, tiny_model, tmp_path):
+    """--brightness adds a row of the output with tools/enhance's brightness step, then its
+    chroma filter; on paired data and unpaired photos, and at every gain."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    # Bright enough (mean >= brightness.WELL_EXPOSED_MEAN) that "auto" limits the output.
+    well = np.random.default_rng(3).integers(60, 200, (40, 56, 3)).astype(np.uint8)
+    Image.fromarray(well).save(photos / "well.png")
+    rows = evaluation.evaluate(tiny_model, [f"{pairs_dataset}/tfr/toy"], str(tmp_path / "out"),
+                               unpaired=str(photos), input_gains=(1.0, 2.0), baselines=(),
+                               model_label="tiny", chroma_filter=True, brightness="0.6",
+                               progress=None)
+    label = "tiny + brightness 0.6 + chroma filter"
+    assert [r["method"] for r in rows] == ["tiny", "tiny + chroma filter", label] * 2
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["brightness"] == "0.6"
+    # A mean level: every output of the row has that mean (8-bit rounding aside).
+    with open(tmp_path / "out" / "per_image.csv", encoding="utf-8") as f:
+        lines = [line for line in csv.DictReader(f) if line["method"] == label]
+    assert lines and all(float(line["brightness_ratio"]) > 0 for line in lines)
+    [unpaired] = [r for r in summary["unpaired_rows"] if r["method"] == label and r["gain"] == 1]
+    assert unpaired["mean_brightness"] == pytest.approx(0.6 * 255.0, abs=0.6)
+
+    # "auto" on a well-exposed photo: the output's mean is held at 1.15 x the input's, by hand.
+    evaluation.evaluate(tiny_model, [], str(tmp_path / "auto"), unpaired=str(photos),
+                        baselines=(), model_label="tiny", brightness="auto", progress=None)
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    [plain, auto] = summary["unpaired_rows"]
+    assert auto["method"] == "tiny + brightness auto"
+    prediction = inference.predict_image(tiny_model, well.astype(np.float32)) / 255.0
+    expected = scoring.quantize(255.0 * brightness_lib.apply_brightness(
+        prediction, well / 255.0, "auto"))
+    assert auto["mean_brightness"] == pytest.approx(float(expected.mean()), abs=1e-3)
+    assert auto["mean_brightness"] <= brightness_lib.AUTO_MAX_GAIN * well.mean() + 0.5
+    assert plain["method"] == "tiny"
+
+    with pytest.raises(evaluation.EvaluationError, match="Invalid brightness"):
+        evaluation.evaluate(tiny_model, [], str(tmp_path / "bad"), unpaired=str(photos),
+                            brightness="bright", progress=None)
+    assert not (tmp_path / "bad").exists()
+
+    # The flag of tools/evaluate reaches the library.
+    model_path = tmp_path / "tiny.keras"
+    tiny_model.save(str(model_path))
+    run = run_tool("evaluate", f"--model={model_path}", f"--unpaired={photos}",
+                   "--baselines=none", "--brightness=auto", f"--output_dir={tmp_path / 'cli'}",
+                   cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert "| tiny + brightness auto | unpaired:photos | 1 | 1 |" in run.stdout
+
+
 def test_evaluate_cli_sweep_unpaired_and_damaged_data(pairs_dataset, tmp_path):
     import shutil
     model_path = tmp_path / "tiny.keras"
