@@ -192,40 +192,21 @@ def test_fixed_input_size_tflite(models, workdir):
 
 
 @pytest.mark.slow
-def test_exports_without_the_chroma_filter_give_the_network_output(models, workdir):
-    """chroma_filter=False exports the network's output as it is; the filter changes it (so the
-    comparisons with the filtered reference above are not vacuous)."""
+@pytest.mark.parametrize("step", ["chroma_filter", "shift_ensemble"])
+def test_exports_without_a_step_leave_it_out(models, workdir, step):
+    """chroma_filter=False exports the network's output as it is, shift_ensemble=False one pass
+    of the network (Keras's predict_array without it); each step changes the output, so the
+    comparisons above with both steps on are not vacuous."""
     model, path = models["exposure"]
     image = _input_for("exposure")
-    assert np.abs(_keras(model, image) - _keras(model, image, chroma_filter=False)).max() > 0.01
-    result = export.export(path, str(workdir / "nofilter"), fmt="saved_model",
-                           chroma_filter=False)
-    assert result.chroma_filter is False
-    np.testing.assert_allclose(export.saved_model_enhancer(result.path)(image),
-                               _keras(model, image, chroma_filter=False), rtol=0,
-                               atol=FLOAT_TOLERANCE)
-    tflite = export.export_tflite(model, str(workdir / "nofilter"), chroma_filter=False)
-    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(image),
-                               _keras(model, image, chroma_filter=False), rtol=0,
-                               atol=FLOAT_TOLERANCE)
-
-
-@pytest.mark.slow
-def test_exports_without_the_shift_ensemble_run_the_network_once(models, workdir):
-    """shift_ensemble=False exports one pass (Keras's predict_array without the ensemble); the
-    ensemble changes the output (so the comparisons above test its shifts and crops)."""
-    model, path = models["exposure"]
-    image = _input_for("exposure")
-    assert np.abs(_keras(model, image) - _keras(model, image, shift_ensemble=False)).max() > 0.01
-    result = export.export(path, str(workdir / "noensemble"), fmt="saved_model",
-                           shift_ensemble=False)
-    assert result.shift_ensemble is False
-    np.testing.assert_allclose(export.saved_model_enhancer(result.path)(image),
-                               _keras(model, image, shift_ensemble=False), rtol=0,
-                               atol=FLOAT_TOLERANCE)
-    tflite = export.export_tflite(model, str(workdir / "noensemble"), shift_ensemble=False)
-    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(image),
-                               _keras(model, image, shift_ensemble=False), rtol=0,
+    without = _keras(model, image, **{step: False})
+    assert np.abs(_keras(model, image) - without).max() > 0.01
+    result = export.export(path, str(workdir / f"no_{step}"), fmt="saved_model", **{step: False})
+    assert getattr(result, step) is False
+    np.testing.assert_allclose(export.saved_model_enhancer(result.path)(image), without,
+                               rtol=0, atol=FLOAT_TOLERANCE)
+    tflite = export.export_tflite(model, str(workdir / f"no_{step}"), **{step: False})
+    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(image), without, rtol=0,
                                atol=FLOAT_TOLERANCE)
 
 
@@ -265,21 +246,15 @@ def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     assert open(written, "rb").read() == before
     assert sorted(os.listdir(output_dir)) == ["phone.tflite"]  # no temporary left
 
-    # --nochroma_filter reaches the export: the network's output as it is.
-    raw = run_tool("export", *args, "--nochroma_filter", "--name=raw")
+    # --nochroma_filter and --noshift_ensemble reach the export: one pass of the network, its
+    # output as it is (each step changes the output: test_exports_without_a_step_leave_it_out).
+    raw = run_tool("export", *args, "--nochroma_filter", "--noshift_ensemble", "--name=raw")
     assert raw.returncode == 0, raw.stderr
-    assert "chroma filter off, shift ensemble on" in raw.stdout
+    assert "chroma filter off, shift ensemble off" in raw.stdout
     np.testing.assert_allclose(
         export.TFLiteEnhancer(os.path.join(output_dir, "raw.tflite"))(image),
-        _keras(model, image, chroma_filter=False), rtol=0, atol=FLOAT_TOLERANCE)
-
-    # --noshift_ensemble reaches the export: one pass of the network.
-    once = run_tool("export", *args, "--noshift_ensemble", "--name=once")
-    assert once.returncode == 0, once.stderr
-    assert "shift ensemble off" in once.stdout
-    np.testing.assert_allclose(
-        export.TFLiteEnhancer(os.path.join(output_dir, "once.tflite"))(image),
-        _keras(model, image, shift_ensemble=False), rtol=0, atol=FLOAT_TOLERANCE)
+        _keras(model, image, chroma_filter=False, shift_ensemble=False), rtol=0,
+        atol=FLOAT_TOLERANCE)
 
 
 def test_refusals_say_what_to_do(models, workdir, monkeypatch):
