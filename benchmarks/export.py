@@ -5,8 +5,8 @@ One process, the same threads for both runtimes (TensorFlow's intra-op pool and 
 interpreter both get --threads; inter-op 1), and the timed calls interleaved (TFLite, Keras
 whole, Keras tiled, then again) so a change of machine load hits every mode alike:
 - tflite: the .tflite file of lowlight_tf.export (--quantize, float signature, without the chroma
-  filter and the shift ensemble so both runtimes run the same network once), the whole image in one call with the
-  interpreter's input resized to it (the file takes any size);
+  filter and the shift ensemble so both runtimes run the same network once), the whole image in
+  one call with the interpreter's input resized to it (the file takes any size);
 - keras_whole: inference.predict_array on the whole image (what the export computes);
 - keras_tiled: inference.predict_array with tools/enhance's default tiles (1024 px, overlap 32),
   the bounded-memory path.

@@ -9,7 +9,8 @@ recomputed so decoders get past the checksum). Input i depends only on (--seed, 
 failure is replayed with --replay_index.
 
 Every input is fed to every entry point, each in a worker process:
-  decode_any    lowlight_tf.media.decode.decode_any (tools/make_tfrecords); expected skip: DecodeError
+  decode_any    lowlight_tf.media.decode.decode_any (tools/make_tfrecords); expected skip:
+                DecodeError
   decode_input  lowlight_tf.inference.decode_input (tools/enhance: an rgb model's reader, and
                 for DNGs also a bayer model's packing); UnreadableImageError
   load_pairs    lowlight_tf.calibration.load_pairs on a low/ + high/ folder whose low/ image is

@@ -53,7 +53,8 @@ def tools_dir():
 
 
 def configs_dir():
-    """The folder of the shipped flagfiles: `lowlight_tf/_configs` when installed, else `configs/`."""
+    """The folder of the shipped flagfiles: `lowlight_tf/_configs` when installed, else
+    `configs/`."""
     return _shipped_dir(_INSTALLED_CONFIGS, "configs")
 
 

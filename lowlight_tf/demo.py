@@ -27,8 +27,9 @@ from lowlight_tf import reproduce
 # method's quality (the shipped model does). The simulation is the preset the shipped model was
 # trained on (its card), so the demo's test images are of the kind it knows.
 DEMO_SETTINGS = dict(
-    calibration="none", simulation_params="eliei_rgb_tone", base_filters=16, depth=4, patch_size=128, batch_size=8,
-    pretrain_epochs=30, pretrain_steps=50, pretrain_learning_rate=1e-3, lr_schedule="cosine", warmup_steps=100, clipnorm=1.0,
+    calibration="none", simulation_params="eliei_rgb_tone", base_filters=16, depth=4,
+    patch_size=128, batch_size=8, pretrain_epochs=30, pretrain_steps=50,
+    pretrain_learning_rate=1e-3, lr_schedule="cosine", warmup_steps=100, clipnorm=1.0,
     validation_steps=2, save_images=2, input_gains="0.5,1,2,4",
     stages="prepare,calibrate,simulated_test,eval_shipped,pretrain,eval_pretrain,report")
 

@@ -352,16 +352,17 @@ def architecture(model):
     """Returns the build_unet arguments of a model: {"input_mode", "base_filters", "depth"}, plus
     "exposure_normalization" for a model that normalises exposure, "adapters" for one with
     adapters and "upsampling" for a resize-convolution model (absent: the paper's)."""
-    input_mode = "rgb" if any(isinstance(l, layers.SpaceToDepth) for l in model.layers) else "bayer"
-    depth = sum(isinstance(l, keras.layers.MaxPooling2D) for l in model.layers)
+    input_mode = ("rgb" if any(isinstance(layer, layers.SpaceToDepth) for layer in model.layers)
+                  else "bayer")
+    depth = sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
     base_filters = model.get_layer("down1_conv1").filters
-    layer = exposure_layer(model)
+    exposure = exposure_layer(model)
     arch = {"input_mode": input_mode, "base_filters": int(base_filters), "depth": int(depth)}
-    if layer is not None:
-        arch["exposure_normalization"] = layer.target_mean
-    if any(is_adapter(l.name) for l in model.layers):
+    if exposure is not None:
+        arch["exposure_normalization"] = exposure.target_mean
+    if any(is_adapter(layer.name) for layer in model.layers):
         arch["adapters"] = True
-    if any(isinstance(l, layers.BilinearUpsample) for l in model.layers):
+    if any(isinstance(layer, layers.BilinearUpsample) for layer in model.layers):
         arch["upsampling"] = "resize"
     return arch
 

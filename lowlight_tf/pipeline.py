@@ -399,9 +399,12 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
     dataset = dataset.map(lambda example: _prepare(example, paired, patch_size, context),
                           num_parallel_calls=tf.data.AUTOTUNE)
     crop_seed = _stream_seed(seed, _STREAM_CROP)
-    crop = lambda index, element: _with_strip(_random_patch(  # noqa: E731
-        _images(element, context), patch_size,
-        tf.random.experimental.stateless_fold_in(crop_seed, index)), element, context)
+
+    def crop(index, element):
+        return _with_strip(_random_patch(
+            _images(element, context), patch_size,
+            tf.random.experimental.stateless_fold_in(crop_seed, index)), element, context)
+
     if cache is False or cache == "none":
         # Streaming: each decoded image is cut to its patch at once and the shuffle buffer holds
         # patches, so memory does not grow with the images' size or number. Images come in file

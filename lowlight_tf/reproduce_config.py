@@ -16,8 +16,8 @@ from lowlight_tf.train_config import TrainConfig
 
 STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "eval_shipped", "pretrain",
           "eval_pretrain", "transfer_target", "scratch_target", "calibrate_device",
-          "pretrain_device", "transfer_device", "finetune_all_device", "scratch_device", "full_device",
-          "device_subsets", "report")
+          "pretrain_device", "transfer_device", "finetune_all_device", "scratch_device",
+          "full_device", "device_subsets", "report")
 CALIBRATION_METHODS = ("joint", "paper", "isp", "none")
 # The TrainConfig options that tools/reproduce exposes, shared by all its training stages (the
 # others - model_dir, stage, data, init_from, epochs, ... - are set per stage by the run).

@@ -282,7 +282,8 @@ def example_images(config, val_ds, sample_datasets):
     if len(images[0]) < config.num_images:
         progress.warn(f"TensorBoard shows {len(images[0])} example image(s), not --num_images="
                       f"{config.num_images}: they come from the first {what} batch, which holds "
-                      f"{len(dark)} patch(es) (a batch holds at most --batch_size={config.batch_size}"
+                      f"{len(dark)} patch(es) (a batch holds at most "
+                      f"--batch_size={config.batch_size}"
                       + (", and the validation set has fewer patches" if len(dark) <
                          config.batch_size else "") + ").")
     return images

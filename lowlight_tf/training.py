@@ -256,7 +256,8 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
         _enable_determinism()
     keras.utils.set_random_seed(config.seed)
     chief = is_chief(strategy)
-    resuming, skip_epochs, finish_from = (run_dir.resume_state(config) if chief else (False, 0, None))
+    resuming, skip_epochs, finish_from = (run_dir.resume_state(config) if chief
+                                          else (False, 0, None))
     # Non-chief workers write their (identical) checkpoints and logs to a scratch folder.
     out_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="lowlight_worker_")
 

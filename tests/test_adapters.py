@@ -1,4 +1,7 @@
-"""Tests for lowlight_tf.adapters and `tools/train --adapters`: device adapters merged into the U-Net."""
+"""Tests for lowlight_tf.adapters and `tools/train --adapters`.
+
+Device adapters merged into the U-Net.
+"""
 import os
 
 import keras
@@ -31,9 +34,9 @@ def test_zero_adapters_keep_the_pretrained_output():
     x = _image(0)
     np.testing.assert_array_equal(adapted(x).numpy(), plain(x).numpy())
     # Every 3x3 convolution has its adapter, and nothing else has one.
-    names = {l.name for l in adapted.layers}
-    convs = [l.name for l in plain.layers if isinstance(l, keras.layers.Conv2D)
-             and l.kernel_size == (3, 3)]
+    names = {layer.name for layer in adapted.layers}
+    convs = [layer.name for layer in plain.layers if isinstance(layer, keras.layers.Conv2D)
+             and layer.kernel_size == (3, 3)]
     assert len(convs) == 10 and all(c.replace("_conv", "_adapter") in names for c in convs)
     assert sum(model_lib.is_adapter(n) for n in names) == len(convs)
 
@@ -80,14 +83,15 @@ def test_adapters_train_beside_the_transfer_blocks_only():
     model_lib.set_trainable_blocks(model, "up2,head")
     trainable, frozen = adapters.set_adapters_trainable(model)
     names = {w.path.split("/")[0] for w in model.trainable_weights}
-    adapter_names = {l.name for l in model.layers if model_lib.is_adapter(l.name)}
+    adapter_names = {layer.name for layer in model.layers if model_lib.is_adapter(layer.name)}
     assert adapter_names <= names
     assert all(n.startswith(("up2_", "head_")) or n in adapter_names for n in names)
-    adapter_params = sum(int(np.prod(w.shape)) for l in model.layers if l.name in adapter_names
-                         for w in l.weights)
+    adapter_params = sum(int(np.prod(w.shape)) for layer in model.layers
+                         if layer.name in adapter_names for w in layer.weights)
     assert trainable == adapter_params + sum(
-        int(np.prod(w.shape)) for l in model.layers if l.name.startswith(("up2_", "head_"))
-        and l.name not in adapter_names for w in l.weights)
+        int(np.prod(w.shape)) for layer in model.layers
+        if layer.name.startswith(("up2_", "head_")) and layer.name not in adapter_names
+        for w in layer.weights)
     assert trainable + frozen == model.count_params()
     with pytest.raises(ValueError, match="no adapters"):
         adapters.set_adapters_trainable(model_lib.build_unet("rgb", 4, 2))

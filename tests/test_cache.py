@@ -60,7 +60,8 @@ def test_auto_caches_in_memory_only_within_the_budget(tmp_path):
     assert mode == "none" and megabytes == pytest.approx(1000 * 64 * 64 * 3 * 2 / 2**20)
     assert pipeline_cache.cache_mode("none", source, count=4, budget_mb=1) == ("none", None)
     with pytest.raises(ValueError, match="does not exist"):
-        pipeline_cache.cache_mode(f"disk:{tmp_path / 'missing' / 'c'}", source, count=4, budget_mb=1)
+        pipeline_cache.cache_mode(f"disk:{tmp_path / 'missing' / 'c'}", source, count=4,
+                                  budget_mb=1)
     with pytest.raises(ValueError, match="not one of"):
         pipeline_cache.cache_mode("fast", source, count=4, budget_mb=1)
 

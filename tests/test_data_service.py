@@ -1,4 +1,5 @@
-"""tf.data service: the training pipeline runs on a dispatcher + worker on loopback, same batches."""
+"""tf.data service: the training pipeline runs on a dispatcher + worker on loopback, same
+batches."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +11,10 @@ from lowlight_tf.train_config import TrainConfig
 
 @pytest.fixture(name="service", scope="module")
 def _service():
-    """A tf.data service dispatcher and one worker in this process; yields the dispatcher's address."""
+    """A tf.data service dispatcher and one worker in this process.
+
+    Yields the dispatcher's address.
+    """
     dispatcher = tf.data.experimental.service.DispatchServer()
     address = dispatcher.target.split("://")[1]
     worker = tf.data.experimental.service.WorkerServer(

@@ -44,8 +44,11 @@ def test_train_dataset_dim_fraction_gives_clean_darkened_patches():
     brights = _bright(count=4, size=(32, 32))
     source = tf.data.Dataset.from_tensor_slices(
         {"bright": brights, "id": [f"p{i}.png" for i in range(4)]})
-    make = lambda fraction: pipeline.train_dataset(  # noqa: E731
-        source, patch_size=16, batch_size=8, seed=0, simulation="paper", dim_fraction=fraction)
+
+    def make(fraction):
+        return pipeline.train_dataset(
+            source, patch_size=16, batch_size=8, seed=0, simulation="paper", dim_fraction=fraction)
+
     dark, bright = next(iter(make(1.0)))
     # Every dark patch is its bright patch darkened in linear light by one factor per patch.
     linear_dark = dim_exposure.srgb_to_linear(dark).numpy()

@@ -46,7 +46,7 @@ def test_mirrored_two_devices_same_loss_as_one():
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=ROOT, env=tool_env(),
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT")][-1]
+    line = [text for text in result.stdout.splitlines() if text.startswith("RESULT")][-1]
     results = json.loads(line[len("RESULT"):])
     assert results["one"]["replicas"] == 1 and results["two"]["replicas"] == 2
     # The global batch of 8 is split 4 + 4; the MAE and its gradient must equal the one-device

@@ -393,7 +393,8 @@ def test_expected_brightness_and_anchor_exposure():
     curve = np.stack([np.linspace(0, 255, 256) ** 0.9 * k for k in (1.0, 0.8, 0.9)])
     # By hand: the per-channel lookup of every pixel, averaged.
     by_hand = np.mean([curve[c][dark[..., c].astype(int)] for c in range(3)]) / 255.0
-    assert brightness_lib.expected_brightness(dark / 255.0, curve) == pytest.approx(by_hand, rel=1e-9)
+    assert brightness_lib.expected_brightness(dark / 255.0, curve) == pytest.approx(
+        by_hand, rel=1e-9)
     scaled = inference.ScaledArray(dark.astype(np.uint8), 255.0)  # integer input, as decoded
     assert brightness_lib.expected_brightness(scaled, curve) == pytest.approx(by_hand, rel=1e-6)
     prediction = rng.uniform(0.0, 0.2, dark.shape).astype(np.float32)
@@ -733,7 +734,8 @@ def test_apply_brightness_mean_target_and_ev():
         assert out.mean() == pytest.approx(target, abs=1e-4)
         assert out.min() >= 0.0 and out.max() <= 1.0
     faint = prediction * 0.01  # a large gain must not magnify histogram binning
-    assert brightness_lib.apply_brightness(faint, dark, "0.5").mean() == pytest.approx(0.5, abs=5e-4)
+    assert brightness_lib.apply_brightness(faint, dark, "0.5").mean() == pytest.approx(
+        0.5, abs=5e-4)
     # +1 EV doubles linear light: sRGB 0.537099 (linear 0.25) -> 0.735357 (linear 0.5); -1 EV
     # halves it: 0.537099 -> sRGB of linear 0.125 = 1.055 * 0.125 ** (1 / 2.4) - 0.055
     # = 0.388573 (IEC 61966-2-1, by hand).

@@ -105,7 +105,7 @@ def test_keras_round_trip_identical_outputs(tmp_path):
     unet.save(path)
     loaded = model_lib.load_model(path)
     np.testing.assert_array_equal(loaded(x).numpy(), unet(x).numpy())
-    assert [l.name for l in loaded.layers] == [l.name for l in unet.layers]
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in unet.layers]
     assert model_lib.architecture(loaded) == {"input_mode": "rgb", "base_filters": 4, "depth": 2}
 
 
@@ -114,13 +114,13 @@ def test_resize_upsampling_model(input_mode, channels, tmp_path):
     """upsampling="resize": no transposed convolution, and a head_smooth that starts as the
     identity, so the untrained output is the depth-to-space of the head's 1x1 convolution."""
     unet = model_lib.build_unet(input_mode, base_filters=4, depth=2, upsampling="resize")
-    layer_types = {type(l).__name__ for l in unet.layers}
+    layer_types = {type(layer).__name__ for layer in unet.layers}
     assert "Conv2DTranspose" not in layer_types and "BilinearUpsample" in layer_types
     assert unet.layers[-1].name == "head_smooth"
     # 3x3 upconvs (9/4 of the 2x2 ones' kernel) and 3*3*3*3 + 3 for head_smooth.
     paper = model_lib.build_unet(input_mode, base_filters=4, depth=2)
-    upconvs = [(l.kernel_size, l.filters, int(l.kernel.shape[2])) for l in unet.layers
-               if l.name.endswith("_upconv")]
+    upconvs = [(layer.kernel_size, layer.filters, int(layer.kernel.shape[2]))
+               for layer in unet.layers if layer.name.endswith("_upconv")]
     extra = sum((9 - 4) * filters * cin for _, filters, cin in upconvs)
     assert unet.count_params() == paper.count_params() + extra + 84
     x = np.random.default_rng(4).uniform(size=(1, 16, 24, channels)).astype(np.float32)
@@ -157,8 +157,8 @@ def test_export_writes_saved_model(tmp_path):
 def test_set_trainable_blocks_exact():
     unet = model_lib.build_unet("rgb", base_filters=4, depth=3)
     trainable, frozen = model_lib.set_trainable_blocks(unet, "up3,head")
-    expected = sum(int(np.prod(w.shape)) for l in unet.layers
-                   if l.name.startswith(("up3_", "head_")) for w in l.weights)
+    expected = sum(int(np.prod(w.shape)) for layer in unet.layers
+                   if layer.name.startswith(("up3_", "head_")) for w in layer.weights)
     assert trainable == expected > 0
     assert trainable + frozen == unet.count_params()
     for layer in unet.layers:

@@ -40,7 +40,8 @@ def _docstring_first_line(tool):
 
 @pytest.fixture(scope="module")
 def built_metadata(tmp_path_factory):
-    """The METADATA and entry points setuptools builds from this tree, as (Message, {name: value})."""
+    """The METADATA and entry points setuptools builds from this tree, as
+    (Message, {name: value})."""
     out = tmp_path_factory.mktemp("metadata")
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from setuptools import build_meta; "

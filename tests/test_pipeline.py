@@ -157,8 +157,11 @@ def test_simulation_darkens_with_per_patch_parameters():
 
 def test_simulation_full_model_is_reproducible_and_darker():
     source = _images_source(count=5)
-    make = lambda seed: pipeline.train_dataset(  # noqa: E731
-        source, patch_size=24, batch_size=4, seed=seed, simulation="paper")
+
+    def make(seed):
+        return pipeline.train_dataset(
+            source, patch_size=24, batch_size=4, seed=seed, simulation="paper")
+
     first, again, other = _batches(make(0), 3), _batches(make(0), 3), _batches(make(1), 3)
     for (dark_a, bright_a), (dark_b, _) in zip(first, again):
         np.testing.assert_array_equal(dark_a, dark_b)
@@ -231,8 +234,11 @@ def test_small_images_are_mirror_extended():
 
 def test_validation_is_fixed_finite_and_independent_of_batch_size():
     source = _images_source(count=5, size=(40, 44))
-    make = lambda batch_size: pipeline.validation_dataset(  # noqa: E731
-        source, patch_size=16, batch_size=batch_size, seed=2, simulation="paper")
+
+    def make(batch_size):
+        return pipeline.validation_dataset(
+            source, patch_size=16, batch_size=batch_size, seed=2, simulation="paper")
+
     dataset = make(2)
     epoch_one = list(dataset.as_numpy_iterator())
     epoch_two = list(dataset.as_numpy_iterator())

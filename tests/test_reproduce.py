@@ -207,8 +207,9 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
             bright_splits="train:0.5,val:0.25,test:0.25"), BUILDERS, progress=None)
     with pytest.raises(reproduce.ReproduceError, match="--device_calibration.*fixed preset"):
         reproduce.run_reproduce(reproduce.ReproduceConfig.create(
-            work_dir=str(tmp_path / "d"), calibration="none", simulation_params="paper.json", device_calibration=True,
-            device_pairs=str(inputs / "device")), BUILDERS, progress=None)
+            work_dir=str(tmp_path / "d"), calibration="none", simulation_params="paper.json",
+            device_calibration=True, device_pairs=str(inputs / "device")), BUILDERS,
+            progress=None)
     # A stage these flags leave out is an error when named, not a silent no-op.
     with pytest.raises(reproduce.ReproduceError, match="calibrate_device.*--device_calibration"):
         reproduce.run_reproduce(reproduce.ReproduceConfig.create(

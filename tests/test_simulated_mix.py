@@ -37,8 +37,8 @@ def test_each_batch_is_the_real_stream_then_its_own_simulated_patches(paired, ti
     real_only, _, _ = train_data.make_datasets(
         config(paired, tiny_data, simulated_data="", simulated_fraction=0.0))
     simulated_only = pipeline.train_dataset(
-        data.load(*tiny_data.rsplit("/", 1), "train"), patch_size=PATCH, batch_size=SIMULATED, seed=3,
-        simulation=simulation.load_preset("paper"))
+        data.load(*tiny_data.rsplit("/", 1), "train"), patch_size=PATCH, batch_size=SIMULATED,
+        seed=3, simulation=simulation.load_preset("paper"))
     real = [pair for batch in _batches(real_only, 3) for pair in zip(*batch)]
     simulated = _batches(simulated_only, 4)
     for index, (dark, bright) in enumerate(_batches(mixed, 4)):

@@ -238,7 +238,10 @@ def test_apply_tone_curve_interpolates_each_channel():
     image = np.asarray([[[[10.5, 10.5, 10.5], [255.0, 255.0, 255.0], [-3.0, 300.0, 0.0]]]],
                        np.float32)
     mapped = simulation.apply_tone_curve(image, curve).numpy()
-    square = lambda v: v ** 2 / 255.0  # noqa: E731
+
+    def square(v):
+        return v ** 2 / 255.0
+
     expected = [[[[10.5, (square(10) + square(11)) / 2, 7.0], [255.0, 255.0, 7.0],
                   [0.0, 255.0, 7.0]]]]  # out-of-range inputs clip to [0, 255] first
     np.testing.assert_allclose(mapped, expected, rtol=1e-5, atol=1e-4)

@@ -174,8 +174,11 @@ def test_training_pipeline_simulates_with_an_isp_preset_unchanged():
     brights = np.random.default_rng(4).integers(0, 256, (4, 40, 48, 3)).astype(np.float32)
     source = tf.data.Dataset.from_tensor_slices(
         {"bright": brights, "id": [f"photo_{i}.png" for i in range(4)]})
-    make = lambda: pipeline.train_dataset(source, patch_size=16, batch_size=4, seed=2,  # noqa: E731
-                                          simulation=preset)
+
+    def make():
+        return pipeline.train_dataset(source, patch_size=16, batch_size=4, seed=2,
+                                      simulation=preset)
+
     (dark, bright), = [(d.numpy(), b.numpy()) for d, b in make().take(1)]
     (again, _), = [(d.numpy(), b.numpy()) for d, b in make().take(1)]
     assert dark.shape == bright.shape == (4, 16, 16, 3) and dark.dtype == np.float32

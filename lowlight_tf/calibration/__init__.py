@@ -24,8 +24,9 @@ Beyond the paper, `calibrate_isp` (module `isp`) fits the ISP-aware model of
 the noise's spatial correlation.
 
 Modules: `pairs` (reading and splitting pairs), `estimators`, `joint` and `moments` (the joint
-fit), `noise`, `report` (fidelity), `fit` (`calibrate`, the distribution), `isp`. This package exposes their public API, so callers
-write `calibration.calibrate`, `calibration.load_pairs`, `calibration.CalibrationError`, ...
+fit), `noise`, `report` (fidelity), `fit` (`calibrate`, the distribution), `isp`. This package
+exposes their public API, so callers write `calibration.calibrate`, `calibration.load_pairs`,
+`calibration.CalibrationError`, ...
 Images are NumPy float32 [H, W, 3] in [0, 255].
 """
 from lowlight_tf.calibration.estimators import (JOINT_EXPONENTS, METHODS, PIXEL_RANGE,

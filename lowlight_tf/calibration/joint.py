@@ -319,7 +319,8 @@ def _refine_exponent(context, exponents, candidates):
 
     if len(fine) > 2:
         optimize.minimize_scalar(objective, method="bounded",
-                                 bounds=(fine[max(best - 1, 0)], fine[min(best + 1, len(fine) - 1)]),
+                                 bounds=(fine[max(best - 1, 0)],
+                                         fine[min(best + 1, len(fine) - 1)]),
                                  options={"xatol": EXPONENT_TOLERANCE})
     return min(seen, key=lambda point: point.score)
 

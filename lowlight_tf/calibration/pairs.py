@@ -63,7 +63,8 @@ def load_pair_folder(folder):
 
     def listing(directory):
         return {os.path.splitext(name)[0]: os.path.join(directory, name)
-                for name in os.listdir(directory) if formats.extension(name) in formats.IMAGE_EXTENSIONS}
+                for name in os.listdir(directory)
+                if formats.extension(name) in formats.IMAGE_EXTENSIONS}
 
     low, high = listing(low_dir), listing(high_dir)
     ids = sorted(set(low) & set(high), key=id_sort_key)
