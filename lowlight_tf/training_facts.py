@@ -19,7 +19,8 @@ class TrainingFacts:
     """What Table 1 says about how a model was trained.
 
     `training_images` maps a dataset key `OUTPUT_DIR/NAME` (absolute) to the number of its images
-    used in training; datasets not in the map get 0 when `known` is True and "n/a" otherwise. A
+    used in training, each image once however many runs of the --init_from chain trained on it
+    (a transfer, then every block from it, on one draw: the draw's size); datasets not in the map get 0 when `known` is True and "n/a" otherwise. A
     simulated test set counts the images its source dataset gave to training (the paper's
     "RAISE 6k, 6000" row: pretrained on simulated RAISE, tested on simulated RAISE).
     `epochs` is the Table 1 text "initial / transfer", e.g. "100 / 250" or "100 / -".
@@ -70,22 +71,35 @@ def _dataset_key(spec_text, sample_root=None):
     return os.path.abspath(os.path.join(parsed.output_dir, parsed.name)), parsed.split
 
 
-def _count_training_images(flags):
-    """(dataset key, number of images a tools/train run used), or (None, None) if unknown."""
-    from lowlight_tf import pipeline
+def _training_subset(flags):
+    """(dataset key, split, fraction, seed) a tools/train run drew its images from, or None."""
     try:
         key, split = _dataset_key(flags.get("train_data", ""), flags.get("sample_root"))
         if key is None:
-            return None, None
-        output_dir, name = os.path.split(key)
-        fraction = float(flags.get("train_fraction", 1.0))
-        if fraction >= 1.0:
-            return key, data.num_examples(output_dir, name, split)
-        subset = pipeline.select_fraction(data.load(output_dir, name, split), fraction,
-                                          seed=int(flags.get("seed", 0)))
-        return key, int(subset.reduce(0, lambda count, _: count + 1))
-    except (ValueError, OSError, ImportError):
-        return None, None
+            return None
+        fraction = min(float(flags.get("train_fraction", 1.0)), 1.0)
+        return key, split, fraction, int(flags.get("seed", 0))
+    except ValueError:
+        return None
+
+
+def _subset_ids(key, split, fraction, seed):
+    """The ids (bytes) of the examples `pipeline.select_fraction` keeps."""
+    from lowlight_tf import pipeline
+    output_dir, name = os.path.split(key)
+    subset = pipeline.select_fraction(data.load(output_dir, name, split), fraction, seed=seed)
+    return {bytes(i) for i in subset.map(lambda example: example["id"]).as_numpy_iterator()}
+
+
+def _count_distinct_images(key, split, draws):
+    """How many distinct images of `key`'s `split` the (fraction, seed) draws used together."""
+    output_dir, name = os.path.split(key)
+    if any(fraction >= 1.0 for fraction, _ in draws):
+        return data.num_examples(output_dir, name, split)
+    ids = set()
+    for fraction, seed in draws:  # the same subset twice (a chain on one draw) counts once
+        ids |= _subset_ids(key, split, fraction, seed)
+    return len(ids)
 
 
 def training_facts(model_path):
@@ -105,10 +119,17 @@ def training_facts(model_path):
         chain.append(flags)
         model_dir = model_dir_of(flags.get("init_from")) if flags.get("init_from") else None
     facts = TrainingFacts(known=True)
+    draws = {}  # (key, split) -> {(fraction, seed)}: each image counts once per dataset
     for flags in chain:
-        key, count = _count_training_images(flags)
-        if key is not None:
-            facts.training_images[key] = facts.training_images.get(key, 0) + count
+        subset = _training_subset(flags)
+        if subset is not None:
+            draws.setdefault(subset[:2], set()).add(subset[2:])
+    for (key, split), subsets in draws.items():
+        try:
+            count = _count_distinct_images(key, split, subsets)
+        except (ValueError, OSError):
+            continue
+        facts.training_images[key] = facts.training_images.get(key, 0) + count
     own = chain[0]
     epochs = own.get("epochs", NOT_AVAILABLE)
     checkpoint = re.match(r"^epoch_(\d+)\.weights\.h5$", os.path.basename(str(model_path)))

@@ -12,6 +12,7 @@ from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import baselines
 from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import curves
+from lowlight_tf import data
 from lowlight_tf import evaluation
 from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import evaluation_report
@@ -20,6 +21,7 @@ from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import layers
 from lowlight_tf import model as model_lib
+from lowlight_tf import pipeline
 from lowlight_tf import simulation
 
 
@@ -233,6 +235,37 @@ def test_training_facts_for_pretrain_and_unknown(model_dirs, tmp_path):
     run.mkdir()
     (run / "flags.txt").write_text(f"--init_from={tmp_path / 'lone.keras'}\n--epochs=15\n")
     assert training_facts.training_facts(str(run)).epochs == "n/a / 15"
+
+
+def test_training_images_count_each_image_once_along_an_init_chain(pairs_dataset, tmp_path):
+    """Table 1's image count: a chain that trains twice on one draw (a transfer, then every
+    block from it) counts the draw once; two draws count their union."""
+    toy = f"{pairs_dataset}/tfr/toy"
+    key = os.path.abspath(f"{pairs_dataset}/tfr/toy")
+
+    def run(name, init_from="", fraction=0.5, seed=0):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "flags.txt").write_text(
+            f"--train_data={toy}:train\n--train_fraction={fraction}\n--seed={seed}\n"
+            f"--init_from={init_from}\n--epochs=3\n")
+        return str(folder)
+
+    def ids(seed):
+        subset = pipeline.select_fraction(data.load(f"{pairs_dataset}/tfr", "toy", "train"),
+                                          0.5, seed=seed)
+        return {bytes(i) for i in subset.map(lambda e: e["id"]).as_numpy_iterator()}
+
+    first = run("first")
+    assert training_facts.training_facts(first).training_images == {key: 1}
+    again = run("again", init_from=first)
+    assert training_facts.training_facts(again).training_images == {key: 1}
+    for seed in range(1, 6):  # another draw: the union of the two subsets
+        other = run(f"other{seed}", init_from=first, seed=seed)
+        union = len(ids(0) | ids(seed))
+        assert training_facts.training_facts(other).training_images == {key: union}
+    everything = run("everything", init_from=again, fraction=1.0)
+    assert training_facts.training_facts(everything).training_images == {key: 2}
 
 
 def test_calibrated_exposure_row(pairs_dataset, model_dirs, tmp_path):
