@@ -20,9 +20,10 @@ class TrainingFacts:
 
     `training_images` maps a dataset key `OUTPUT_DIR/NAME` (absolute) to the number of its images
     used in training, each image once however many runs of the --init_from chain trained on it
-    (a transfer, then every block from it, on one draw: the draw's size); datasets not in the map get 0 when `known` is True and "n/a" otherwise. A
-    simulated test set counts the images its source dataset gave to training (the paper's
-    "RAISE 6k, 6000" row: pretrained on simulated RAISE, tested on simulated RAISE).
+    (a transfer, then every block from it, on one draw: the draw's size); datasets not in the
+    map get 0 when `known` is True and "n/a" otherwise. A simulated test set counts the images
+    its source dataset gave to training (the paper's "RAISE 6k, 6000" row: pretrained on
+    simulated RAISE, tested on simulated RAISE).
     `epochs` is the Table 1 text "initial / transfer", e.g. "100 / 250" or "100 / -".
     """
     known: bool = False
