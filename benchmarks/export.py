@@ -9,16 +9,21 @@ whole, Keras tiled, then again) so a change of machine load hits every mode alik
   one call with the interpreter's input resized to it (the file takes any size);
 - keras_whole: inference.predict_array on the whole image (what the export computes);
 - keras_tiled: inference.predict_array with tools/enhance's default tiles (1024 px, overlap 32),
-  the bounded-memory path.
+  the bounded-memory path;
+- tflite_ensemble (not in the default --modes): the .tflite file as tools/export writes it by
+  default, with the shift ensemble (four shifted passes averaged), timed against tflite.
 
   python benchmarks/export.py                          # 4000 x 3000, paper model, 2 threads
   python benchmarks/export.py --height=1500 --width=2000 --repeats=3
+  python benchmarks/export.py --modes=tflite,tflite_ensemble --base_filters=16
 
 Weights are random (latency does not depend on them); the default model is the paper's (32 base
 filters, depth 4, ~7.8 M parameters). The first call of each mode (delegate preparation,
 tracing) is reported apart from the timed calls. Peak resident memory is the process's, read
-after each mode's first call in the order above (TFLite first, so its figure is its own).
+after each mode's first call in the order above (TFLite first, so its figure is its own; the
+ensemble's, last, is the process's peak so far).
 """
+import functools
 import json
 import os
 import resource
@@ -40,11 +45,12 @@ from lowlight_tf import export  # noqa: E402
 from lowlight_tf import inference  # noqa: E402
 from lowlight_tf import model as model_lib  # noqa: E402
 
-ALL_MODES = ("tflite", "keras_whole", "keras_tiled")
+ALL_MODES = ("tflite", "keras_whole", "keras_tiled", "tflite_ensemble")
+DEFAULT_MODES = ALL_MODES[:3]
 
 _HEIGHT = flags.DEFINE_integer("height", 3000, "Image height in pixels.", lower_bound=1)
 _WIDTH = flags.DEFINE_integer("width", 4000, "Image width in pixels.", lower_bound=1)
-_MODES = flags.DEFINE_list("modes", list(ALL_MODES),
+_MODES = flags.DEFINE_list("modes", list(DEFAULT_MODES),
                            f"Modes to time, from {', '.join(ALL_MODES)}.")
 _THREADS = flags.DEFINE_integer(
     "threads", 2, "Threads of both runtimes (TensorFlow intra-op pool, TFLite interpreter).",
@@ -79,14 +85,14 @@ def _dark_image(height, width):
     return np.clip(image, 0.0, 0.15).astype(np.float32)
 
 
-def _run_modes(model, tflite_path, image, modes):
-    """Times each mode; returns {mode: {"first_s", "seconds": [...], "cpu_seconds": [...],
-    "peak_rss_mib"}} (wall-clock and process CPU seconds of each timed call)."""
+def _run_modes(model, tflite_paths, image, modes):
+    """Times each mode (`tflite_paths`: {tflite mode: .tflite path}); returns {mode:
+    {"first_s", "seconds": [...], "cpu_seconds": [...], "peak_rss_mib"}} (wall-clock and
+    process CPU seconds of each timed call)."""
     calls = {}
-    if "tflite" in modes:
-        enhancer = export.TFLiteEnhancer(tflite_path, export.SIGNATURE_FLOAT,
-                                         num_threads=_THREADS.value)
-        calls["tflite"] = lambda: enhancer(image)
+    for mode, path in tflite_paths.items():
+        enhancer = export.TFLiteEnhancer(path, export.SIGNATURE_FLOAT, num_threads=_THREADS.value)
+        calls[mode] = functools.partial(enhancer, image)
     if "keras_whole" in modes:
         calls["keras_whole"] = lambda: inference.predict_array(model, image)
     if "keras_tiled" in modes:
@@ -131,16 +137,18 @@ def main(argv):
           f"{os.getloadavg()[0]:.1f}.", flush=True)
     image = _dark_image(height, width)
     with tempfile.TemporaryDirectory(prefix="export_benchmark.") as directory:
-        tflite_path = None
-        if "tflite" in _MODES.value:
+        tflite_paths = {}
+        for mode in ("tflite", "tflite_ensemble"):
+            if mode not in _MODES.value:
+                continue
             start = time.perf_counter()
-            tflite_path = export.export_tflite(model, directory, name="bench",
-                                               quantize=_QUANTIZE.value, chroma_filter=False,
-                                               shift_ensemble=False)
-            print(f"  converted to TFLite ({_QUANTIZE.value}, "
-                  f"{os.path.getsize(tflite_path) / 2**20:.1f} MiB) in "
+            tflite_paths[mode] = export.export_tflite(
+                model, directory, name=mode, quantize=_QUANTIZE.value, chroma_filter=False,
+                shift_ensemble=mode == "tflite_ensemble")
+            print(f"  converted to TFLite ({mode}, {_QUANTIZE.value}, "
+                  f"{os.path.getsize(tflite_paths[mode]) / 2**20:.1f} MiB) in "
                   f"{time.perf_counter() - start:.1f} s", flush=True)
-        results = _run_modes(model, tflite_path, image, _MODES.value)
+        results = _run_modes(model, tflite_paths, image, _MODES.value)
 
     rows = []
     print("\n| mode | first call s | best s | median s | MPix/s (best) | CPU s (median) "
@@ -167,6 +175,12 @@ def main(argv):
                 cpu_ratio = by_mode["tflite"]["cpu_median_s"] / by_mode[other]["cpu_median_s"]
                 print(f"TFLite ({_QUANTIZE.value}) / {other} latency: {ratio:.2f}x "
                       f"(best of {_REPEATS.value}); CPU time {cpu_ratio:.2f}x (median)")
+        if "tflite_ensemble" in by_mode:
+            ensemble, single = by_mode["tflite_ensemble"], by_mode["tflite"]
+            print(f"TFLite shift ensemble / one pass: latency "
+                  f"{ensemble['best_s'] / single['best_s']:.2f}x (best of {_REPEATS.value}); "
+                  f"CPU time {ensemble['cpu_median_s'] / single['cpu_median_s']:.2f}x (median); "
+                  f"peak RSS {single['peak_rss_mib']} -> {ensemble['peak_rss_mib']} MiB")
         if "max_abs_diff_vs_keras" in by_mode["tflite"]:
             print(f"TFLite vs Keras whole-image output: max abs difference "
                   f"{by_mode['tflite']['max_abs_diff_vs_keras']:.2e} (range [0, 1])")

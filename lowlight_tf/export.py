@@ -6,10 +6,11 @@ once (no tiling), so a server or a phone app needs no code of this project:
    taken before padding, as `predict_array` takes it);
 2. reflect padding at the bottom/right to the model's size multiple (`model.size_multiple`);
 3. the network after its exposure normalisation;
-4. the crop back to the input's size; with the shift ensemble tools/enhance runs by default
-   (`inference.ENSEMBLE_SHIFTS`), steps 2-4 for the image shifted by each of the four 1-pixel
-   shifts (reflected into the gap) and the mean of the four (4x the compute; removes the
-   U-Net's 2-pixel periodic texture), unless exported with `shift_ensemble=False`;
+4. the crop back to the input's size; exported with `shift_ensemble=True`, steps 2-4 for the
+   image shifted by each of the four 1-pixel shifts (`inference.ENSEMBLE_SHIFTS`, reflected
+   into the gap) and the mean of the four, as tools/enhance runs by default (removes the
+   U-Net's 2-pixel periodic texture; 4x the time and, measured in TFLite, 2.5x the peak memory:
+   `benchmarks/export.py --modes=tflite,tflite_ensemble`, so exports default to one pass);
 5. the clip to [0, 1] and the chroma filter tools/enhance applies by default
    (`chroma.filter_chroma_tensor`: the output's Cb/Cr guided-filtered by its luma, removing the
    coloured blotches of dark shadows), unless exported with `chroma_filter=False`;
@@ -118,18 +119,18 @@ def _padding_indices(length, padded, reflect, offset=0):
     return tf.where(reflect, reflected, tf.clip_by_value(positions, 0, length - 1))
 
 
-def enhance_tensor(model, images, chroma_filter=True, shift_ensemble=True):
+def enhance_tensor(model, images, chroma_filter=True, shift_ensemble=False):
     """The model's whole-image enhancement as TensorFlow ops (traceable, exportable).
 
-    Equals `chroma.filter_chroma(inference.predict_array(model, image, shift_ensemble=True))`
-    for each image of the batch (without the filter when `chroma_filter` is False, one pass of
-    the network when `shift_ensemble` is False).
+    Equals `chroma.filter_chroma(inference.predict_array(model, image, shift_ensemble=...))`
+    for each image of the batch (without the filter when `chroma_filter` is False).
 
     Args:
       model: an rgb U-Net from `lowlight_tf.model`.
       images: float32 [B, H, W, 3] in [0, 1], any H, W >= 1.
       chroma_filter: apply the chroma filter last, as tools/enhance does by default.
-      shift_ensemble: average the four 1-pixel shifts, as tools/enhance does by default.
+      shift_ensemble: average the four 1-pixel shifts, as tools/enhance does by default (4x
+        the compute).
 
     Returns:
       float32 [B, H, W, 3] in [0, 1].
@@ -162,7 +163,7 @@ def _enhance_with(model, core, images, chroma_filter, shift_ensemble):
     return chroma.filter_chroma_tensor(out) if chroma_filter else out
 
 
-def build_archive(model, input_size=None, chroma_filter=True, shift_ensemble=True):
+def build_archive(model, input_size=None, chroma_filter=True, shift_ensemble=False):
     """A keras.export.ExportArchive with the `serving_default` and `enhance_float` signatures.
 
     Args:
@@ -225,7 +226,7 @@ def _write_archive(archive, directory):
 
 
 def export_saved_model(model, output_dir, *, name=DEFAULT_NAME, version=DEFAULT_VERSION,
-                       overwrite=False, inputs=(), chroma_filter=True, shift_ensemble=True):
+                       overwrite=False, inputs=(), chroma_filter=True, shift_ensemble=False):
     """Writes the model as a SavedModel for TensorFlow Serving at `output_dir/name/version/`.
 
     The folder is written as a hidden sibling (`.VERSION.*.partial`, which Serving ignores) and
@@ -297,7 +298,7 @@ def _set_quantization(converter, quantize):
 
 
 def tflite_bytes(model, *, quantize="none", input_size=None, chroma_filter=True,
-                 shift_ensemble=True):
+                 shift_ensemble=False):
     """Converts the model to a TFLite flatbuffer with both signatures.
 
     Args:
@@ -323,7 +324,7 @@ def tflite_bytes(model, *, quantize="none", input_size=None, chroma_filter=True,
 
 
 def export_tflite(model, output_dir, *, name=DEFAULT_NAME, quantize="none", input_size=None,
-                  overwrite=False, inputs=(), chroma_filter=True, shift_ensemble=True):
+                  overwrite=False, inputs=(), chroma_filter=True, shift_ensemble=False):
     """Writes `output_dir/name.tflite` atomically (see `tflite_bytes` for the arguments).
 
     Returns:
@@ -353,12 +354,12 @@ class ExportResult:
     input_size: tuple = None
     model_path: str = ""
     chroma_filter: bool = True
-    shift_ensemble: bool = True
+    shift_ensemble: bool = False
 
 
 def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VERSION,
            quantize="none", input_size=None, overwrite=False, chroma_filter=True,
-           shift_ensemble=True):
+           shift_ensemble=False):
     """Loads a model and exports it; the library side of tools/export.
 
     Args:
@@ -372,7 +373,7 @@ def export(model_path, output_dir, *, fmt, name=DEFAULT_NAME, version=DEFAULT_VE
       overwrite: replace an existing export of the same name (and version).
       chroma_filter: the signatures apply the chroma filter last, as tools/enhance does.
       shift_ensemble: the signatures average the four 1-pixel shifts, as tools/enhance does
-        (4x the network's compute).
+        by default (4x the time, 2.5x the peak memory in TFLite; off by default).
 
     Returns:
       ExportResult.

@@ -1,7 +1,7 @@
 """Tests for lowlight_tf.export and tools/export: SavedModel and TFLite against Keras inference.
 
-Tolerances (against `inference.predict_array` of the same .keras model with the shift ensemble,
-followed by `chroma.filter_chroma`, what tools/enhance writes by default, on a 41 x 70 image, no
+Tolerances (against `inference.predict_array` of the same .keras model (one pass, the exports'
+default) followed by `chroma.filter_chroma`, what tools/enhance writes with --noshift_ensemble, on a 41 x 70 image, no
 multiple of the models' size multiple 8, so padding, cropping and the whole-image exposure gain
 are exercised; the image is lit from below, so a gain taken after padding or edge instead of
 reflect padding is off by > 0.03):
@@ -54,9 +54,9 @@ def _psnr(a, b):
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
 
 
-def _keras(model, image, chroma_filter=True, shift_ensemble=True):
-    """What the exports must reproduce: Keras inference (by default with the shift ensemble),
-    then (default) the chroma filter."""
+def _keras(model, image, chroma_filter=True, shift_ensemble=False):
+    """What the exports must reproduce: Keras inference (one pass by default, or the shift
+    ensemble), then (default) the chroma filter."""
     out = inference.predict_array(model, image, shift_ensemble=shift_ensemble)
     return chroma.filter_chroma(out) if chroma_filter else out
 
@@ -192,21 +192,27 @@ def test_fixed_input_size_tflite(models, workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", ["chroma_filter", "shift_ensemble"])
-def test_exports_without_a_step_leave_it_out(models, workdir, step):
-    """chroma_filter=False exports the network's output as it is, shift_ensemble=False one pass
-    of the network (Keras's predict_array without it); each step changes the output, so the
-    comparisons above with both steps on are not vacuous."""
+@pytest.mark.parametrize("step, value", [("chroma_filter", False), ("shift_ensemble", True)])
+def test_exports_with_a_step_switched_follow_keras(models, workdir, step, value):
+    """chroma_filter=False exports the network's output as it is; shift_ensemble=True averages
+    the four 1-pixel shifts as tools/enhance does by default (Keras's predict_array with it).
+    Each step changes the output, so the comparisons with the defaults are not vacuous."""
     model, path = models["exposure"]
     image = _input_for("exposure")
-    without = _keras(model, image, **{step: False})
-    assert np.abs(_keras(model, image) - without).max() > 0.01
-    result = export.export(path, str(workdir / f"no_{step}"), fmt="saved_model", **{step: False})
-    assert getattr(result, step) is False
-    np.testing.assert_allclose(export.saved_model_enhancer(result.path)(image), without,
+    switched = _keras(model, image, **{step: value})
+    assert np.abs(_keras(model, image) - switched).max() > 0.01
+    result = export.export(path, str(workdir / f"{step}_{value}"), fmt="saved_model",
+                           **{step: value})
+    assert getattr(result, step) is value
+    np.testing.assert_allclose(export.saved_model_enhancer(result.path)(image), switched,
                                rtol=0, atol=FLOAT_TOLERANCE)
-    tflite = export.export_tflite(model, str(workdir / f"no_{step}"), **{step: False})
-    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(image), without, rtol=0,
+    tflite = export.export_tflite(model, str(workdir / f"{step}_{value}"), **{step: value})
+    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(image), switched, rtol=0,
+                               atol=FLOAT_TOLERANCE)
+    # Any size, including one below the model's multiple (the shifts' padding and crops).
+    small = _input_for("exposure", 5, 3, seed=5)
+    np.testing.assert_allclose(export.TFLiteEnhancer(tflite)(small),
+                               _keras(model, small, **{step: value}), rtol=0,
                                atol=FLOAT_TOLERANCE)
 
 
@@ -246,14 +252,14 @@ def test_tool_end_to_end_and_refuses_to_overwrite(models, workdir):
     assert open(written, "rb").read() == before
     assert sorted(os.listdir(output_dir)) == ["phone.tflite"]  # no temporary left
 
-    # --nochroma_filter and --noshift_ensemble reach the export: one pass of the network, its
-    # output as it is (each step changes the output: test_exports_without_a_step_leave_it_out).
-    raw = run_tool("export", *args, "--nochroma_filter", "--noshift_ensemble", "--name=raw")
+    # --nochroma_filter and --shift_ensemble reach the export: the four shifts averaged, the
+    # output as it is (each step changes the output: test_exports_with_a_step_switched_...).
+    raw = run_tool("export", *args, "--nochroma_filter", "--shift_ensemble", "--name=raw")
     assert raw.returncode == 0, raw.stderr
-    assert "chroma filter off, shift ensemble off" in raw.stdout
+    assert "chroma filter off, shift ensemble on" in raw.stdout
     np.testing.assert_allclose(
         export.TFLiteEnhancer(os.path.join(output_dir, "raw.tflite"))(image),
-        _keras(model, image, chroma_filter=False, shift_ensemble=False), rtol=0,
+        _keras(model, image, chroma_filter=False, shift_ensemble=True), rtol=0,
         atol=FLOAT_TOLERANCE)
 
 
