@@ -1,10 +1,10 @@
 """Tests for lowlight_tf.export and tools/export: SavedModel and TFLite against Keras inference.
 
 Tolerances (against `inference.predict_array` of the same .keras model (one pass, the exports'
-default) followed by `chroma.filter_chroma`, what tools/enhance writes with --noshift_ensemble, on a 41 x 70 image, no
-multiple of the models' size multiple 8, so padding, cropping and the whole-image exposure gain
-are exercised; the image is lit from below, so a gain taken after padding or edge instead of
-reflect padding is off by > 0.03):
+default) followed by `chroma.filter_chroma`, what tools/enhance writes with --noshift_ensemble,
+on a 41 x 70 image, no multiple of the models' size multiple 8, so padding, cropping and the
+whole-image exposure gain are exercised; the image is lit from below, so a gain taken after
+padding or edge instead of reflect padding is off by > 0.03):
 - SavedModel and float32 TFLite, float signature: max abs difference <= 1e-4 (measured 0 and
   5e-7); uint8 signature: within 1 level (measured 0).
 - float16 TFLite: PSNR against Keras >= 60 dB; dynamic_int8: >= 45 dB (measured 97 / 87 dB on
