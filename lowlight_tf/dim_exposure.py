@@ -3,7 +3,7 @@
 The §3.1 simulation teaches what a camera's *dark* frame looks like: noisy, low-contrast,
 with the camera's floor and tone. A user's photo may instead be merely *dim*: a clean,
 well-rendered photo taken one to three stops too short (the LIME test photos, a dusk snapshot).
-An exposure-normalising network (`model.ExposureNormalization`) sees such a photo at the same
+An exposure-normalising network (`exposure.ExposureNormalization`) sees such a photo at the same
 mean as a dark frame, and a network trained on dark frames only stretches it with the dark
 frames' strong curve: highlights clip to white (RESULTS.md, session 5: 52% clipped pixels).
 

@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowlight_tf import chroma
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import files
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
@@ -135,18 +136,18 @@ def enhance_tensor(model, images, chroma_filter=True, shift_ensemble=False):
     Returns:
       float32 [B, H, W, 3] in [0, 1].
     """
-    core = model_lib.after_exposure_normalization(model)
+    core = exposure_lib.after_exposure_normalization(model)
     return _enhance_with(model, core, images, chroma_filter, shift_ensemble)
 
 
 def _enhance_with(model, core, images, chroma_filter, shift_ensemble):
     """`enhance_tensor` with the network after the exposure normalisation built once."""
     multiple = model_lib.size_multiple(model)
-    layer = model_lib.exposure_layer(model)
+    layer = exposure_lib.exposure_layer(model)
     if layer is not None:
         # The gain of each whole, unpadded image, as ExposureNormalization computes it.
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        images = images * model_lib.normalization_gain(mean, layer.target_mean)
+        images = images * exposure_lib.normalization_gain(mean, layer.target_mean)
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
     # Reflection needs 2 pixels per side; a 1-pixel side is repeated (as predict_array does).
@@ -175,7 +176,7 @@ def build_archive(model, input_size=None, chroma_filter=True, shift_ensemble=Fal
     if int(model.input_shape[-1]) != 3:
         raise ExportError("Only rgb models can be exported: a bayer model's input is a packed "
                           "camera raw mosaic that needs rawpy decoding first (tools/enhance).")
-    core = model_lib.after_exposure_normalization(model)
+    core = exposure_lib.after_exposure_normalization(model)
     shape = [None, None, None, 3] if input_size is None else [1, *input_size, 3]
 
     def enhance_uint8(image):

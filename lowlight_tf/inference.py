@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowlight_tf import curves
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import files
 from lowlight_tf import model as model_lib
 from lowlight_tf.media import decode
@@ -58,7 +59,7 @@ ENSEMBLE_SHIFTS = ((0, 0), (0, 1), (1, 0), (1, 1))
 def _predictor(model):
     """A tf.function running `model` after its exposure normalisation on [B, h, w, C] float32.
 
-    Traced once for any size; the caller multiplies inputs by `model.exposure_gain` first.
+    Traced once for any size; the caller multiplies inputs by `exposure.exposure_gain` first.
     """
     try:
         return _PREDICTORS[model]
@@ -68,7 +69,7 @@ def _predictor(model):
     spec = tf.TensorSpec([None, None, None, channels], tf.float32)
     # Inputs arrive already multiplied by the whole image's exposure gain (predict_array), so
     # tiles share one gain: the layers after the model's exposure normalisation run here.
-    core = model_lib.after_exposure_normalization(model)
+    core = exposure_lib.after_exposure_normalization(model)
     function = tf.function(lambda x: core(x, training=False), input_signature=[spec])
     try:
         _PREDICTORS[model] = function
@@ -178,7 +179,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
         multiple), at most tile / 2; ignored for whole-image inference and paper stitching.
       stitch: "blend" (overlapping tiles, smooth window) or "paper" (non-overlapping patches).
       exposure_gain: for a model with exposure normalisation, the gain of the whole image
-        (`model.exposure_gain`); None computes it from `x`. Every tile uses this one gain, so
+        (`exposure.exposure_gain`); None computes it from `x`. Every tile uses this one gain, so
         tiled and whole-image inference agree.
       shift_ensemble: the mean of the model's predictions for the input shifted by each of
         ENSEMBLE_SHIFTS (reflected into the gap, cropped back; 4x the compute). The U-Net's
@@ -198,7 +199,7 @@ def predict_array(model, x, *, tile=None, overlap=DEFAULT_OVERLAP, stitch="blend
         raise ValueError(f"This model expects {kind}; got an input of shape {x.shape}. A bayer "
                          "model needs camera raw input and an rgb model needs RGB images.")
     predict = _predictor(model)
-    gain = model_lib.exposure_gain(model, x) if exposure_gain is None else float(exposure_gain)
+    gain = exposure_lib.exposure_gain(model, x) if exposure_gain is None else float(exposure_gain)
     height, width = x.shape[:2]
     shifts = ENSEMBLE_SHIFTS if shift_ensemble else ((0, 0),)
     total = None

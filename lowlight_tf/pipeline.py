@@ -26,7 +26,7 @@ beyond the paper) every patch carries a context strip: its whole image area-resi
 [patch_size, CONTEXT_COLUMNS], cached with the image and appended to the patch's right side after
 the crop. The strip is simulated with the patch (same parameters, same dim stops), so its mean
 is the whole dark image's mean; the dark patch leaves the pipeline multiplied by that image's
-gain (`model.normalization_gain`), as tiled inference multiplies each tile, and the strip is
+gain (`exposure.normalization_gain`), as tiled inference multiplies each tile, and the strip is
 cut off. Per-patch normalisation instead would scale every shadow and every highlight patch to
 the same mean, which inference never does.
 
@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from lowlight_tf import dim_exposure
-from lowlight_tf import model as model_lib
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import pipeline_cache
 from lowlight_tf import simulation as simulation_lib
 from lowlight_tf.media import formats
@@ -322,7 +322,7 @@ def _to_pair(patches, paired, preset, steps, seed, dim_fraction=0.0, dim_seed=No
     if exposure_normalization:
         size = patches.shape[-2] - CONTEXT_COLUMNS
         image_mean = tf.reduce_mean(dark[..., size:, :], axis=[-3, -2, -1], keepdims=True)
-        gain = model_lib.normalization_gain(image_mean / 255.0, exposure_normalization)
+        gain = exposure_lib.normalization_gain(image_mean / 255.0, exposure_normalization)
         dark, bright = dark[..., :size, :] * gain, bright[..., :size, :]
     return dark / 255.0, bright / 255.0
 
@@ -366,7 +366,7 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
             replaced by clean dim ones (`dim_exposure.mix_dim`, beyond the paper).
         exposure_normalization: 0, or the target mean in (0, 1) of the model's
             ExposureNormalization: each dark patch is multiplied by its whole image's gain
-            (module docstring), and the model is fitted inside `model.exposure_applied_outside`.
+            (module docstring), and the model is fitted inside `exposure.exposure_applied_outside`.
 
     Returns:
         Infinite tf.data.Dataset of (dark, bright), both float32

@@ -110,7 +110,7 @@ def pipeline_exposure(config):
 
     Non-zero for an exposure-normalising model trained with --exposure_gain=image: each patch
     gets its whole image's gain in the pipeline (`pipeline.train_dataset`), and `training`
-    fits the model with its own layer passed through (`model.exposure_applied_outside`).
+    fits the model with its own layer passed through (`exposure.exposure_applied_outside`).
     """
     if config.exposure_gain != "image":
         return 0.0

@@ -37,6 +37,7 @@ from absl import logging
 from lowlight_tf import adapters
 from lowlight_tf import config as config_lib
 from lowlight_tf import distribute
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import files
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
@@ -117,7 +118,7 @@ def resolve_config(config):
     c.exposure_normalization = float(c.exposure_normalization or 0.0)
     if not 0.0 <= c.exposure_normalization < 1.0:
         raise ConfigError(f"--exposure_normalization={c.exposure_normalization} must be 0 (off) "
-                          f"or a mean level in (0, 1), e.g. {model_lib.CANONICAL_DARK_MEAN:.4f}.")
+                          f"or a mean level in (0, 1), e.g. {exposure_lib.CANONICAL_DARK_MEAN:.4f}.")
     c.upsampling = c.upsampling or model_lib.UPSAMPLING[0]  # the paper's
     c.base_filters = 32 if c.base_filters is None else int(c.base_filters)
     c.depth = 4 if c.depth is None else int(c.depth)
@@ -287,7 +288,7 @@ def train(config, strategy=None, extra_callbacks=(), sample_datasets=None):
     _log(config, _start_message(config, strategy, (trainable, frozen), description,
                                 resuming and os.path.join(out_dir, BACKUP_DIR)))
 
-    normalised_outside = (model_lib.exposure_applied_outside(model)
+    normalised_outside = (exposure_lib.exposure_applied_outside(model)
                           if train_data.pipeline_exposure(config) else contextlib.nullcontext())
     with normalised_outside:  # the pipeline already multiplied each patch by its image's gain
         history, elapsed = _fit(model, train_ds, val_ds, config, guard,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lowlight_tf import adapters
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import model as model_lib
 from lowlight_tf import training
 from test_training import tiny_config  # pylint: disable=import-error
@@ -41,7 +42,7 @@ def test_zero_adapters_keep_the_pretrained_output():
     assert sum(model_lib.is_adapter(n) for n in names) == len(convs)
 
 
-@pytest.mark.parametrize("exposure_normalization", [0.0, model_lib.CANONICAL_DARK_MEAN])
+@pytest.mark.parametrize("exposure_normalization", [0.0, exposure_lib.CANONICAL_DARK_MEAN])
 def test_merged_model_computes_what_the_adapters_computed(exposure_normalization):
     keras.utils.set_random_seed(2)
     adapted = model_lib.build_unet("rgb", 4, 2, exposure_normalization, adapters=True)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from conftest import run_tool  # pylint: disable=import-error
 from lowlight_tf import chroma
 from lowlight_tf import export
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import files
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
@@ -76,7 +77,7 @@ def models(workdir):
     out = {}
     for index, kind in enumerate(KINDS):
         keras.utils.set_random_seed(index)
-        mean = model_lib.CANONICAL_DARK_MEAN if kind == "exposure" else 0.0
+        mean = exposure_lib.CANONICAL_DARK_MEAN if kind == "exposure" else 0.0
         model = model_lib.build_unet("rgb", base_filters=4, depth=2, exposure_normalization=mean)
         # Centre the outputs at mid-grey so the [0, 1] clip does not hide differences; the
         # normalised dark input gives tiny activations, so its output contrast is raised.

@@ -1,13 +1,14 @@
-"""Exposure-normalising models (model.ExposureNormalization): any darkness in, one output."""
+"""Exposure-normalising models (exposure.ExposureNormalization): any darkness in, one output."""
 import keras
 import numpy as np
 import pytest
 
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import inference
 from lowlight_tf import model as model_lib
 from lowlight_tf import train_config, training
 
-TARGET = model_lib.CANONICAL_DARK_MEAN
+TARGET = exposure_lib.CANONICAL_DARK_MEAN
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def _scene(height=96, width=160, seed=0):
 
 
 def test_layer_scales_each_image_to_the_target_mean():
-    layer = model_lib.ExposureNormalization(TARGET)
+    layer = exposure_lib.ExposureNormalization(TARGET)
     images = np.stack([_scene(seed=0), _scene(seed=1) * 3.0]).astype(np.float32)
     out = layer(images).numpy()
     np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), [TARGET, TARGET], rtol=1e-5)
@@ -33,7 +34,7 @@ def test_layer_scales_each_image_to_the_target_mean():
     black = layer(np.zeros((1, 8, 8, 3), np.float32)).numpy()
     assert np.all(np.isfinite(black)) and black.max() == 0.0
     with pytest.raises(ValueError, match="target_mean"):
-        model_lib.ExposureNormalization(1.5)
+        exposure_lib.ExposureNormalization(1.5)
 
 
 def test_output_does_not_depend_on_input_exposure(normalising_model):
@@ -63,7 +64,7 @@ def test_tiles_share_the_whole_image_gain():
         return np.abs(out - whole).mean() / scale
 
     assert relative_error(tiled) < 0.05
-    gain = model_lib.exposure_gain(normalising_model, dark)
+    gain = exposure_lib.exposure_gain(normalising_model, dark)
     wrong = inference.predict_array(normalising_model, dark, tile=64, overlap=16,
                                     exposure_gain=gain * 2.0)
     assert relative_error(wrong) > 0.3  # the check above can fail
@@ -74,11 +75,11 @@ def test_tiles_share_the_whole_image_gain():
 
 def test_exposure_gain_and_architecture(normalising_model, tmp_path):
     dark = _scene()
-    assert model_lib.exposure_gain(normalising_model, dark) == pytest.approx(
+    assert exposure_lib.exposure_gain(normalising_model, dark) == pytest.approx(
         TARGET / dark.mean(dtype=np.float64), rel=1e-6)
     assert model_lib.architecture(normalising_model)["exposure_normalization"] == TARGET
     plain = model_lib.build_unet("rgb", base_filters=4, depth=2)
-    assert model_lib.exposure_gain(plain, dark) == 1.0
+    assert exposure_lib.exposure_gain(plain, dark) == 1.0
     assert "exposure_normalization" not in model_lib.architecture(plain)
     path = str(tmp_path / "m.keras")
     normalising_model.save(path)

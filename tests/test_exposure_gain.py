@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import model as model_lib
 from lowlight_tf import pipeline, simulation, training
 from test_training import tiny_config  # pylint: disable=import-error
 
-TARGET = model_lib.CANONICAL_DARK_MEAN
+TARGET = exposure_lib.CANONICAL_DARK_MEAN
 SHADOW, LIGHT = 4.0, 40.0  # the fixture's dark levels (of 255): left and right half
 
 
@@ -93,15 +94,15 @@ def test_layer_passes_through_only_inside_the_context():
     keras.utils.set_random_seed(0)
     model = model_lib.build_unet("rgb", base_filters=4, depth=2, exposure_normalization=TARGET)
     dark = np.random.default_rng(0).uniform(0, 0.1, (2, 32, 32, 3)).astype(np.float32)
-    core = model_lib.after_exposure_normalization(model)
+    core = exposure_lib.after_exposure_normalization(model)
     normalised = model(dark).numpy()
-    with model_lib.exposure_applied_outside(model):
+    with exposure_lib.exposure_applied_outside(model):
         np.testing.assert_allclose(model(dark).numpy(), core(dark).numpy(), atol=1e-6)
         assert np.abs(model(dark).numpy() - normalised).max() > 1e-3  # the check can fail
     np.testing.assert_array_equal(model(dark).numpy(), normalised)
     assert model.train_function is None and model.predict_function is None
     plain = model_lib.build_unet("rgb", base_filters=4, depth=2)
-    with model_lib.exposure_applied_outside(plain) as inside:
+    with exposure_lib.exposure_applied_outside(plain) as inside:
         assert inside is plain
 
 
@@ -113,7 +114,7 @@ class _LayerState(keras.callbacks.Callback):
         self.states = []
 
     def on_train_batch_end(self, batch, logs=None):
-        self.states.append(model_lib.exposure_layer(self.model).applied_outside)
+        self.states.append(exposure_lib.exposure_layer(self.model).applied_outside)
 
 
 @pytest.mark.parametrize("gain", ["image", "patch"])
@@ -126,6 +127,6 @@ def test_training_fits_with_the_layer_passed_through_only_for_image_gain(tmp_pat
     assert state.states == [gain == "image"] * 3
     assert f"--exposure_gain={gain}" in open(tmp_path / gain / "flags.txt").read()
     saved = model_lib.load_model(result.final_model_path)
-    assert not model_lib.exposure_layer(saved).applied_outside
+    assert not exposure_lib.exposure_layer(saved).applied_outside
     dark = np.random.default_rng(1).uniform(0, 0.05, (1, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(saved(dark * 3).numpy(), saved(dark).numpy(), atol=1e-5)
