@@ -4,7 +4,6 @@
   exposure curve expects for that dark input;
 - `apply_brightness` with `parse_brightness`: `--brightness=auto|MEAN|+-Nev` of tools/enhance
   ("auto" keeps the network's brightness but never brightens a well-exposed input much);
-- `no_reference_stats`: mean brightness and clipped-highlight fraction of an output.
 Images are float [H, W, 3] in [0, 1] (or `inference`'s scaled view of an 8/16-bit input).
 """
 import dataclasses
@@ -12,7 +11,6 @@ import dataclasses
 import numpy as np
 
 from lowlight_tf import curves
-from lowlight_tf import metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,7 +59,7 @@ def anchor_exposure(prediction, dark, exposure_curve, out=None, per_channel=Fals
 
 
 # ----------------------------------------------------------------------------------------------
-# The user's brightness control and no-reference checks of an output (beyond the paper).
+# The user's brightness control (beyond the paper).
 
 BRIGHTNESS_AUTO = "auto"
 # "auto" never lifts the mean of an input at least this bright (of full scale) ...
@@ -215,21 +213,3 @@ def apply_brightness(prediction, dark, brightness=BRIGHTNESS_AUTO, out=None):
             gain = AUTO_MAX_GAIN * input_mean / output_mean
     result = np.multiply(prediction, np.float32(gain), out=out, dtype=np.float32)
     return np.clip(result, 0.0, 1.0, out=result)
-
-
-def no_reference_stats(image):
-    """Two no-reference numbers that show a blow-out: mean brightness and clipped highlights.
-
-    Args:
-      image: float [H, W, 3] in [0, 1] (an output before quantisation).
-    Returns:
-      dict: `mean` (float in [0, 1], over pixels and channels) and `clipped` (float in [0, 1],
-      the fraction of pixels with any channel >= 254 after rounding to 8 bits).
-    """
-    clipped, pixels = 0, 0
-    threshold = (metrics.CLIPPED_LEVEL - 0.5) / 255.0  # rounds to >= 254 in 8 bits
-    for begin in range(0, image.shape[0], 256):
-        band = np.asarray(image[begin:begin + 256], np.float32)
-        clipped += int(np.count_nonzero(np.any(band >= threshold, axis=-1)))
-        pixels += band.shape[0] * band.shape[1]
-    return {"mean": image_mean(image), "clipped": clipped / pixels if pixels else 0.0}

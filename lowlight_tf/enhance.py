@@ -16,6 +16,7 @@ from PIL import Image
 from lowlight_tf import brightness as brightness_lib
 from lowlight_tf import chroma
 from lowlight_tf import files
+from lowlight_tf import metrics
 from lowlight_tf import progress as progress_lib
 from lowlight_tf.inference import (DEFAULT_OVERLAP, DEFAULT_TILE, ScaledArray,
                                    UnreadableImageError, decode_input, model_geometry,
@@ -210,7 +211,7 @@ def _enhance_one(model, path, output_path, options):
         prediction = chroma.filter_chroma(prediction)
     size = write_image(output_path, prediction, options.fmt, facts.icc_profile, facts.exif,
                        facts.orientation)
-    return size, brightness_lib.no_reference_stats(prediction)
+    return size, metrics.no_reference_stats(prediction, peak=1.0)
 
 
 def enhance_file(model, path, output_dir, options=EnhanceOptions(), *, output_path=None,
@@ -244,7 +245,7 @@ def enhance_file(model, path, output_dir, options=EnhanceOptions(), *, output_pa
 @dataclasses.dataclass
 class EnhanceSummary:
     """What `enhance_paths` did: written (input, output) pairs and skipped (input, reason);
-    `stats[i]` is `brightness.no_reference_stats` of `written[i]`'s output."""
+    `stats[i]` is `metrics.no_reference_stats(..., peak=1.0)` of `written[i]`'s output."""
     written: list
     skipped: list
     seconds: float
@@ -287,7 +288,7 @@ def check_inputs(inputs):
 
 
 def _stats_text(stats):
-    return f"mean {stats['mean']:.3f}, clipped {100.0 * stats['clipped']:.2f}%"
+    return f"mean {stats.mean_brightness:.3f}, clipped {100.0 * stats.clipped_fraction:.2f}%"
 
 
 def enhance_paths(model, inputs, output_dir, options=EnhanceOptions(), *, overwrite=False,
@@ -358,10 +359,10 @@ def format_summary(summary, output_dir):
                 if summary.seconds > 0 and summary.megapixels else "")
              + f"; output in {output_dir}"]
     if summary.stats:
-        means = [stats["mean"] for stats in summary.stats]
-        worst = max(range(len(summary.stats)), key=lambda i: summary.stats[i]["clipped"])
+        means = [stats.mean_brightness for stats in summary.stats]
+        worst = max(range(len(summary.stats)), key=lambda i: summary.stats[i].clipped_fraction)
         lines.append(f"Output mean brightness {min(means):.3f}-{max(means):.3f} of full scale; "
-                     f"most clipped highlights {100.0 * summary.stats[worst]['clipped']:.2f}% "
+                     f"most clipped highlights {100.0 * summary.stats[worst].clipped_fraction:.2f}% "
                      f"of pixels ({os.path.basename(summary.written[worst][1])})")
     if summary.skipped:
         lines.append(f"Skipped {len(summary.skipped)} file(s):")

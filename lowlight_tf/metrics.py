@@ -204,31 +204,45 @@ NoReferenceStats = collections.namedtuple("NoReferenceStats",
                                           ["mean_brightness", "clipped_fraction"])
 
 
-def no_reference_stats(image):
+def no_reference_stats(image, peak=PEAK):
     """Mean brightness and clipped-highlight fraction of one image (no reference needed).
 
+    The one definition behind `tools/evaluate --unpaired`, the sweep's DIM/WELL figures and
+    `tools/enhance`'s per-photo line. Read in row bands, so a full-size photo needs no
+    full-size temporary.
+
     Args:
-        image: float [H, W, 3] in [0, 255] (8-bit units; asserted), e.g. an enhanced output
-            rounded to 8 bits.
+        image: [H, W, C] array-like (or `inference`'s scaled view) with values in [0, peak],
+            e.g. an output rounded to 8 bits (peak 255) or a float output before quantisation
+            (peak 1).
+        peak: the image's full scale (255.0 or 1.0).
 
     Returns:
         NoReferenceStats(mean_brightness, clipped_fraction): `mean_brightness` is the mean over
-        all pixels and channels, float in [0, 255]; `clipped_fraction` is the fraction of pixels
-        with any channel >= 254 (CLIPPED_LEVEL), float in [0, 1].
+        all pixels and channels, float in [0, peak]; `clipped_fraction` is the fraction of
+        pixels with any channel that rounds to >= 254 in 8 bits (CLIPPED_LEVEL), float in
+        [0, 1].
 
     Raises:
-        ValueError: not an [H, W, C] image, empty, or values outside [0, 255].
+        ValueError: not an [H, W, C] image, empty, or values outside [0, peak].
     """
-    image = np.asarray(image, np.float32)
-    if image.ndim != 3 or image.size == 0:
-        raise ValueError(f"no_reference_stats needs one [H, W, C] image; got shape "
-                         f"{image.shape}.")
-    low, high = float(image.min()), float(image.max())
-    if low < -RANGE_TOLERANCE or high > PEAK + RANGE_TOLERANCE or not np.isfinite(low + high):
-        raise ValueError(f"no_reference_stats expects values in [0, 255]; got [{low}, {high}] "
-                         "(scale [0, 1] images by 255 first).")
-    clipped = np.any(image >= CLIPPED_LEVEL - RANGE_TOLERANCE, axis=-1)
-    return NoReferenceStats(float(np.mean(image, dtype=np.float64)), float(np.mean(clipped)))
+    shape = tuple(getattr(image, "shape", np.shape(image)))
+    if len(shape) != 3 or 0 in shape:
+        raise ValueError(f"no_reference_stats needs one [H, W, C] image; got shape {shape}.")
+    peak = float(peak)
+    threshold = (CLIPPED_LEVEL - 0.5) / PEAK * peak  # rounds to >= CLIPPED_LEVEL in 8 bits
+    total, clipped = 0.0, 0
+    for begin in range(0, shape[0], 256):
+        band = np.asarray(image[begin:begin + 256], np.float32)
+        low, high = float(band.min()), float(band.max())
+        if low < -RANGE_TOLERANCE * peak / PEAK or high > peak * (1 + RANGE_TOLERANCE / PEAK) \
+                or not np.isfinite(low + high):
+            raise ValueError(f"no_reference_stats expects values in [0, {peak:g}]; got values "
+                             f"in [{low}, {high}] (pass peak=1.0 for [0, 1] images).")
+        total += float(np.sum(band, dtype=np.float64))
+        clipped += int(np.count_nonzero(np.any(band >= threshold, axis=-1)))
+    pixels = shape[0] * shape[1]
+    return NoReferenceStats(total / (pixels * shape[2]), clipped / pixels)
 
 
 # periodic_texture: the periods (pixels) it looks at, and the spectral neighbours a period's power

@@ -232,6 +232,25 @@ def test_no_reference_stats_hand_computed():
     assert metrics.no_reference_stats(np.full((3, 5, 3), 255.0)) == (255.0, 1.0)
 
 
+def test_no_reference_stats_of_a_float_output_count_what_rounds_to_clipped():
+    # tools/enhance reads its float [0, 1] output before quantisation, in 256-row bands.
+    image = np.full((600, 5, 3), 102.0 / 255.0, np.float32)
+    image[0, 0] = 1.0                      # clipped in every channel
+    image[300, 1, 2] = 254.0 / 255.0       # clipped in one channel (second band)
+    image[599, 2, 1] = 253.4 / 255.0       # rounds to 253: not clipped (third band)
+    stats = metrics.no_reference_stats(image, peak=1.0)
+    assert stats.clipped_fraction == pytest.approx(2 / 3000)
+    assert stats.mean_brightness == pytest.approx(float(np.mean(image, dtype=np.float64)),
+                                                  rel=1e-6)
+    # The same photo in 8-bit units gives the same fraction and 255 times the mean.
+    codes = np.round(image * 255.0)
+    in_codes = metrics.no_reference_stats(codes)
+    assert in_codes.clipped_fraction == stats.clipped_fraction
+    assert in_codes.mean_brightness == pytest.approx(255.0 * stats.mean_brightness, rel=1e-3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.no_reference_stats(image * 255.0, peak=1.0)
+
+
 def test_periodic_texture_finds_a_checkerboard_texture():
     photo = skimage.data.astronaut()[:256, :320].astype(np.float32)  # natural, no period
     plain = metrics.periodic_texture(photo)
