@@ -7,7 +7,8 @@ with parameters sampled per patch.
 
 `train_dataset` chains named stages, each a small function below:
 
-    select_fraction   a deterministic subset by a hash of `id` (e.g. the paper's 10% of pairs)
+    select_fraction   a deterministic subset by a hash of `id` (e.g. the paper's 10% of pairs;
+                      `lowlight_tf.subsets`)
     _prepare          keep dark/bright, stack them into one [H, W, 6] tensor, extend small images,
                       store as uint16 codes (value * 257)
     cache             in memory, on disk or not at all (`pipeline_cache`), after the deterministic
@@ -46,13 +47,13 @@ memory of float32.
 import numbers
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from lowlight_tf import dim_exposure
 from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import pipeline_cache
 from lowlight_tf import simulation as simulation_lib
+from lowlight_tf import subsets
 from lowlight_tf.media import formats
 
 DEFAULT_SHUFFLE_BUFFER = 256
@@ -66,14 +67,12 @@ STREAM_READERS = 2
 CONTEXT_COLUMNS = 16
 # data.load maps uint16 to [0, 255] by dividing by 257 (docs/interfaces.md); v * 257 is exact.
 _CODE_SCALE = float(formats.UINT16_PER_UINT8)
-# Hash range of select_fraction; 2^62 makes ties between different ids practically impossible.
-_HASH_BUCKETS = 1 << 62
 # Stateless seed streams, one per random stage, so changing one stage never shifts another.
 _STREAM_CROP = 1
 _STREAM_SIMULATION = 2
 _STREAM_VALIDATION_CROP = 3
 _STREAM_VALIDATION_SIMULATION = 4
-_STREAM_SELECTION = 5
+# 5 was the id-hash key of select_fraction (now lowlight_tf.subsets.SELECTION_KEY).
 _STREAM_DIM = 6
 
 
@@ -83,18 +82,6 @@ _STREAM_DIM = 6
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-
-
-def _check_fraction(fraction):
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) \
-            or not 0.0 < fraction <= 1.0:
-        raise ValueError(f"The training fraction must be in (0, 1], got {fraction!r} "
-                         "(e.g. 0.1 for the paper's 10% of the real pairs).")
 
 
 def _check_exposure_normalization(target_mean):
@@ -143,55 +130,6 @@ def _resolve_simulation(simulation):
 def _stream_seed(seed, stream):
     """Return the stateless base seed int64 [2] of one random stage."""
     return tf.constant([seed, stream], tf.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# select_fraction.
-# ---------------------------------------------------------------------------------------------
-def _id_hash(example_id, seed):
-    """Keyed (SipHash) hash of an id, int64 in [0, 2^62): a seeded, platform-stable ranking."""
-    return tf.strings.to_hash_bucket_strong(example_id, _HASH_BUCKETS,
-                                            key=[int(seed), _STREAM_SELECTION])
-
-
-def select_fraction(dataset, fraction, *, seed=0, what=None):
-    """Keep a deterministic subset of round(fraction * N) examples, chosen by a hash of `id`.
-
-    The ids are ranked by a keyed hash (seeded by `seed`) and the first round(fraction * N),
-    at least 1, are kept. The subset depends only on the set of ids, the fraction and the seed
-    (not on the order), and it is nested: for the same seed, the ids kept at a smaller fraction
-    are kept at every larger one. For fraction < 1 the dataset is read once to rank the ids,
-    and the counts are logged, e.g. "using 24 of 236 pairs (10%)".
-
-    Args:
-        dataset: finite tf.data.Dataset of dicts with a scalar tf.string `id` (from data.load).
-        fraction: float in (0, 1]; 1 returns the dataset unchanged.
-        seed: non-negative int; another seed picks another subset.
-        what: noun for the log line; defaults to "pairs" when elements have `dark`, else
-            "images".
-
-    Returns:
-        The filtered tf.data.Dataset, same element structure and order.
-
-    Raises:
-        ValueError: bad fraction or seed, or an empty dataset.
-    """
-    _check_fraction(fraction)
-    _check_seed(seed)
-    fraction, seed = float(fraction), int(seed)
-    if what is None:
-        what = "pairs" if "dark" in dataset.element_spec else "images"
-    if fraction == 1.0:
-        return dataset
-    hashes = np.sort(np.fromiter(
-        dataset.map(lambda example: _id_hash(example["id"], seed)).as_numpy_iterator(),
-        np.int64))
-    if hashes.size == 0:
-        raise ValueError(f"The dataset is empty: no {what} to select a fraction of.")
-    count = max(1, int(np.floor(fraction * hashes.size + 0.5)))
-    threshold = int(hashes[count - 1])
-    logging.info("using %d of %d %s (%g%%)", count, hashes.size, what, 100 * fraction)
-    return dataset.filter(lambda example: _id_hash(example["id"], seed) <= threshold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,8 +291,8 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
             JSON path for `simulation.load_preset`); must be None for pairs, which use their
             stored dark images.
         simulation_steps: sub-task steps of the §3.1 simulation, see `simulation.simulate`.
-        train_fraction: fraction in (0, 1] of the examples to use, chosen by `select_fraction`
-            with the same seed.
+        train_fraction: fraction in (0, 1] of the examples to use, chosen by
+            `subsets.select_fraction` with the same seed.
         cache: where the decoded images are cached (uint16, 2 bytes per value): True or
             "memory" (RAM), "disk:PATH" (TensorFlow's file cache at PATH, whose folder must
             exist; one pipeline per PATH at a time), False or "none" (streaming: decode every
@@ -380,8 +318,8 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
     _check_positive_int("patch_size", patch_size)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("shuffle_buffer", shuffle_buffer)
-    _check_seed(seed)
-    _check_fraction(train_fraction)
+    subsets.check_seed(seed)
+    subsets.check_fraction(train_fraction)
     seed, train_fraction = int(seed), float(train_fraction)
     preset = _resolve_simulation(simulation)
     paired = _check_source(source, preset)
@@ -393,7 +331,7 @@ def train_dataset(source, *, patch_size=64, batch_size=16, seed=0, simulation=No
     _check_exposure_normalization(exposure_normalization)
     context = bool(exposure_normalization)
 
-    dataset = select_fraction(source, train_fraction, seed=seed, what=what)
+    dataset = subsets.select_fraction(source, train_fraction, seed=seed, what=what)
     if train_fraction == 1.0:
         _check_not_empty(dataset, "training")
     dataset = dataset.map(lambda example: _prepare(example, paired, patch_size, context),
@@ -464,7 +402,7 @@ def validation_dataset(source, *, patch_size, batch_size, seed=0, simulation=Non
     """
     _check_positive_int("patch_size", patch_size)
     _check_positive_int("batch_size", batch_size)
-    _check_seed(seed)
+    subsets.check_seed(seed)
     seed = int(seed)
     if max_patches is not None:
         _check_positive_int("max_patches", max_patches)

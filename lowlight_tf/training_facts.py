@@ -85,10 +85,10 @@ def _training_subset(flags):
 
 
 def _subset_ids(key, split, fraction, seed):
-    """The ids (bytes) of the examples `pipeline.select_fraction` keeps."""
-    from lowlight_tf import pipeline
+    """The ids (bytes) of the examples `subsets.select_fraction` keeps."""
+    from lowlight_tf import subsets
     output_dir, name = os.path.split(key)
-    subset = pipeline.select_fraction(data.load(output_dir, name, split), fraction, seed=seed)
+    subset = subsets.select_fraction(data.load(output_dir, name, split), fraction, seed=seed)
     return {bytes(i) for i in subset.map(lambda example: example["id"]).as_numpy_iterator()}
 
 

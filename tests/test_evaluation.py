@@ -21,7 +21,7 @@ from lowlight_tf import inference
 from lowlight_tf import metrics
 from lowlight_tf import layers
 from lowlight_tf import model as model_lib
-from lowlight_tf import pipeline
+from lowlight_tf import subsets
 from lowlight_tf import simulation
 
 
@@ -252,7 +252,7 @@ def test_training_images_count_each_image_once_along_an_init_chain(pairs_dataset
         return str(folder)
 
     def ids(seed):
-        subset = pipeline.select_fraction(data.load(f"{pairs_dataset}/tfr", "toy", "train"),
+        subset = subsets.select_fraction(data.load(f"{pairs_dataset}/tfr", "toy", "train"),
                                           0.5, seed=seed)
         return {bytes(i) for i in subset.map(lambda e: e["id"]).as_numpy_iterator()}
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from lowlight_tf import pipeline
+from lowlight_tf import pipeline, subsets
 from lowlight_tf import simulation
 
 # Per-channel offsets of the pixelwise pair function, so a channel mix-up is caught too.
@@ -184,7 +184,7 @@ def test_select_fraction_is_deterministic_nested_and_logged(info_logs):
     names = [f"dir/image_{i:04d}.jpg" for i in range(400)]
 
     def ids(fraction, seed=0, dataset=source):
-        subset = pipeline.select_fraction(dataset, fraction, seed=seed)
+        subset = subsets.select_fraction(dataset, fraction, seed=seed)
         return [x.decode() for x in subset.map(lambda e: e["id"]).as_numpy_iterator()]
 
     tenth = ids(0.1)

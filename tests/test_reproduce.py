@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import ROOT, run_tool  # pylint: disable=import-error
 from data_prep import builders
-from lowlight_tf import data, demo, pipeline, reproduce, simulation
+from lowlight_tf import data, demo, reproduce, simulation, subsets
 
 # What tools/reproduce and tools/demo hand the library.
 BUILDERS = builders.DATASET_BUILDERS
@@ -74,7 +74,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     # The device simulation is fitted on exactly the pairs the device transfer trains on.
     device_params = json.loads((tmp_path / "run" / "simulation_params_device.json").read_text())
     device_train = data.load_spec(report["datasets"]["device_train"])
-    kept = pipeline.select_fraction(device_train, 0.5, seed=config.train.seed)
+    kept = subsets.select_fraction(device_train, 0.5, seed=config.train.seed)
     kept_ids = sorted(e["id"].decode() for e in kept.as_numpy_iterator())
     assert sorted(device_params["provenance"]["fit_ids"]) == kept_ids
     assert 0 < len(kept_ids) < sum(1 for _ in device_train)
@@ -97,7 +97,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
         assert sorted(anchored) == ["device:test"] * 6 + ["target:val"], suffix
     # Each draw's device rows take the exposure curve of the pairs that draw trains on.
     for draw in (0, 1):
-        kept = pipeline.select_fraction(device_train, 0.5, seed=config.train.seed + draw)
+        kept = subsets.select_fraction(device_train, 0.5, seed=config.train.seed + draw)
         ids = ",".join(sorted(e["id"].decode() for e in kept.as_numpy_iterator()))
         said = [line.split(": ", 1)[1] for line in lines
                 if line.startswith(f"  the device's exposure curve (draw {draw})")]
@@ -143,16 +143,16 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     # The second draw of the 50% subset trains on seed 1; the summary spans both draws.
     assert "--seed=1" in (tmp_path / "run" / "models" / "scratch_device_draw1" /
                           "flags.txt").read_text()
-    subsets = summary["device_subsets"]
-    assert [(d["draw"], d["seed"]) for d in subsets["draws"]] == [(0, 0), (1, 1)]
-    assert subsets["draws"][0]["margin"]["mean"] == pytest.approx(compared["mean"])
-    assert subsets["draws"][0]["calibrated"]["margin"]["mean"] == pytest.approx(
+    draws_summary = summary["device_subsets"]
+    assert [(d["draw"], d["seed"]) for d in draws_summary["draws"]] == [(0, 0), (1, 1)]
+    assert draws_summary["draws"][0]["margin"]["mean"] == pytest.approx(compared["mean"])
+    assert draws_summary["draws"][0]["calibrated"]["margin"]["mean"] == pytest.approx(
         calibrated["mean"])
-    assert subsets["calibrated"]["margin_psnr"]["mean"] == pytest.approx(
-        np.mean([d["calibrated"]["margin"]["mean"] for d in subsets["draws"]]))
+    assert draws_summary["calibrated"]["margin_psnr"]["mean"] == pytest.approx(
+        np.mean([d["calibrated"]["margin"]["mean"] for d in draws_summary["draws"]]))
     assert "with the device's calibrated exposure: PSNR / SSIM" in text
-    assert subsets["transfer_psnr"]["mean"] == pytest.approx(
-        np.mean([d["transfer"]["psnr"] for d in subsets["draws"]]))
+    assert draws_summary["transfer_psnr"]["mean"] == pytest.approx(
+        np.mean([d["transfer"]["psnr"] for d in draws_summary["draws"]]))
     draw_rows = [r for r in report["rows"] if "(draw" in r["method"]]
     assert not draw_rows  # the draws have their own table, not Table 1 rows
     assert "drawn 2 times" in text

@@ -11,7 +11,7 @@ import re
 import numpy as np
 
 from lowlight_tf import data
-from lowlight_tf import pipeline
+from lowlight_tf import subsets
 from lowlight_tf.media import decode
 from lowlight_tf.media import formats
 
@@ -88,7 +88,7 @@ def load_pairs(source, default_split="train", *, fraction=1.0, seed=0):
     Args:
       source: the folder or dataset spec.
       default_split: split read when a dataset spec names none.
-      fraction, seed: keep only the subset `lowlight_tf.pipeline.select_fraction` keeps (the
+      fraction, seed: keep only the subset `lowlight_tf.subsets.select_fraction` keeps (the
         pairs that training with --train_fraction=fraction --seed=seed uses); datasets only.
     Returns:
       list of Pair sorted by id (numeric ids numerically).
@@ -108,7 +108,7 @@ def load_pairs(source, default_split="train", *, fraction=1.0, seed=0):
                                f"{error}") from error
     if fraction != 1.0:
         try:
-            dataset = pipeline.select_fraction(dataset, fraction, seed=seed, what="pairs")
+            dataset = subsets.select_fraction(dataset, fraction, seed=seed, what="pairs")
         except ValueError as error:
             raise CalibrationError(f"{source}: {error}") from error
     pairs = []
