@@ -361,8 +361,9 @@ def format_summary(summary, output_dir):
     if summary.stats:
         means = [stats.mean_brightness for stats in summary.stats]
         worst = max(range(len(summary.stats)), key=lambda i: summary.stats[i].clipped_fraction)
+        clipped = summary.stats[worst].clipped_fraction
         lines.append(f"Output mean brightness {min(means):.3f}-{max(means):.3f} of full scale; "
-                     f"most clipped highlights {100.0 * summary.stats[worst].clipped_fraction:.2f}% "
+                     f"most clipped highlights {100.0 * clipped:.2f}% "
                      f"of pixels ({os.path.basename(summary.written[worst][1])})")
     if summary.skipped:
         lines.append(f"Skipped {len(summary.skipped)} file(s):")

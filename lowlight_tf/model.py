@@ -91,7 +91,8 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
         bottleneck base_filters * 2**depth (512 at the defaults).
       depth: number of encoder (and decoder) blocks; the paper uses 4.
       exposure_normalization: 0 for the paper's model; a mean in (0, 1) inserts
-        `ExposureNormalization(target_mean=exposure_normalization)` after the input (rgb only).
+        `exposure.ExposureNormalization(target_mean=exposure_normalization)` after the input
+        (rgb only).
       adapters: also a zero-initialised 1x1 `..._adapterI` beside every 3x3 convolution (the
         output is unchanged until they train; `lowlight_tf.adapters`).
       upsampling: "transpose" (the paper's) or "resize" (see UPSAMPLING; beyond the paper).
@@ -115,7 +116,8 @@ def build_unet(input_mode="rgb", base_filters=32, depth=4, exposure_normalizatio
         inputs = keras.Input(shape=(None, None, 3), name="dark")
         x = inputs
         if exposure_normalization:
-            x = exposure_lib.ExposureNormalization(exposure_normalization, name="exposure_normalization")(x)
+            x = exposure_lib.ExposureNormalization(exposure_normalization,
+                                                   name="exposure_normalization")(x)
         x = layers.SpaceToDepth(layers.BLOCK_SIZE, name="space_to_depth")(x)
     else:
         inputs = keras.Input(shape=(None, None, 4), name="dark_bayer")

@@ -118,7 +118,8 @@ def resolve_config(config):
     c.exposure_normalization = float(c.exposure_normalization or 0.0)
     if not 0.0 <= c.exposure_normalization < 1.0:
         raise ConfigError(f"--exposure_normalization={c.exposure_normalization} must be 0 (off) "
-                          f"or a mean level in (0, 1), e.g. {exposure_lib.CANONICAL_DARK_MEAN:.4f}.")
+                          "or a mean level in (0, 1), e.g. "
+                          f"{exposure_lib.CANONICAL_DARK_MEAN:.4f}.")
     c.upsampling = c.upsampling or model_lib.UPSAMPLING[0]  # the paper's
     c.base_filters = 32 if c.base_filters is None else int(c.base_filters)
     c.depth = 4 if c.depth is None else int(c.depth)

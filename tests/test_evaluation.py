@@ -253,7 +253,7 @@ def test_training_images_count_each_image_once_along_an_init_chain(pairs_dataset
 
     def ids(seed):
         subset = subsets.select_fraction(data.load(f"{pairs_dataset}/tfr", "toy", "train"),
-                                          0.5, seed=seed)
+                                         0.5, seed=seed)
         return {bytes(i) for i in subset.map(lambda e: e["id"]).as_numpy_iterator()}
 
     first = run("first")
