@@ -231,12 +231,12 @@ def no_reference_stats(image, peak=PEAK):
         raise ValueError(f"no_reference_stats needs one [H, W, C] image; got shape {shape}.")
     peak = float(peak)
     threshold = (CLIPPED_LEVEL - 0.5) / PEAK * peak  # rounds to >= CLIPPED_LEVEL in 8 bits
+    tolerance = RANGE_TOLERANCE / PEAK * peak
     total, clipped = 0.0, 0
     for begin in range(0, shape[0], 256):
         band = np.asarray(image[begin:begin + 256], np.float32)
         low, high = float(band.min()), float(band.max())
-        if low < -RANGE_TOLERANCE * peak / PEAK or high > peak * (1 + RANGE_TOLERANCE / PEAK) \
-                or not np.isfinite(low + high):
+        if low < -tolerance or high > peak + tolerance or not np.isfinite(low + high):
             raise ValueError(f"no_reference_stats expects values in [0, {peak:g}]; got values "
                              f"in [{low}, {high}] (pass peak=1.0 for [0, 1] images).")
         total += float(np.sum(band, dtype=np.float64))
