@@ -42,8 +42,9 @@ def test_paper_estimators_by_hand():
     # Pixels in [5, 250] in both images: the first row only.
     level = np.mean([80, 90, 60, 140, 170, 120])  # 110
     corrected = np.maximum(np.asarray([100.0, 200.0]) - level, 0)  # [0, 90]
-    weights = [60 / 90, 30 / 90, 80 / 90]  # only the 200-valued pixel stays in range
-    linear = 90 * np.asarray(weights)  # [60, 30, 80]: equal to dark, so the exponent is 1
+    # only the 200-valued pixel stays in range
+    weights = [60 / corrected[1], 30 / corrected[1], 80 / corrected[1]]
+    linear = corrected[1] * np.asarray(weights)  # [60, 30, 80]: equal to dark, so exponent 1
     estimate = calibration.estimate_paper(dark, bright)
     np.testing.assert_allclose(estimate, [level] + weights + [1.0])
     assert np.all(linear == dark[0, 1])
