@@ -9,6 +9,7 @@ import re
 
 from lowlight_tf import config as config_lib
 from lowlight_tf import data
+from lowlight_tf import subsets
 
 FLAGS_NAME = "flags.txt"
 NOT_AVAILABLE = "n/a"
@@ -86,7 +87,6 @@ def _training_subset(flags):
 
 def _subset_ids(key, split, fraction, seed):
     """The ids (bytes) of the examples `subsets.select_fraction` keeps."""
-    from lowlight_tf import subsets
     output_dir, name = os.path.split(key)
     subset = subsets.select_fraction(data.load(output_dir, name, split), fraction, seed=seed)
     return {bytes(i) for i in subset.map(lambda example: example["id"]).as_numpy_iterator()}
@@ -125,9 +125,9 @@ def training_facts(model_path):
         subset = _training_subset(flags)
         if subset is not None:
             draws.setdefault(subset[:2], set()).add(subset[2:])
-    for (key, split), subsets in draws.items():
+    for (key, split), key_draws in draws.items():
         try:
-            count = _count_distinct_images(key, split, subsets)
+            count = _count_distinct_images(key, split, key_draws)
         except (ValueError, OSError):
             continue
         facts.training_images[key] = facts.training_images.get(key, 0) + count
