@@ -81,6 +81,24 @@ def test_calibration_recovers_a_bright_tone_curve():
     assert preset.provenance["tone_curve"].startswith("bright linear light")
 
 
+@pytest.mark.slow
+def test_a_pair_without_measurable_noise_is_left_out_with_its_reason():
+    """One frame of a random draw can be too dark in a channel to measure its noise: the fit
+    goes on without it and says why; too few measurable pairs is a CalibrationError."""
+    pairs = known_pairs(False, size=128)
+    black = pairs[3].dark.copy()
+    # Green at codes 0 and 1 only: clipped at 0 at every level, as in a very dark frame.
+    black[..., 1] = np.random.default_rng(0).integers(0, 2, black.shape[:2])
+    dark_green = calibration.Pair("dark_green", black, pairs[3].bright)
+    preset, _ = isp_calibration.calibrate_isp(pairs[:3] + [dark_green], progress=None)
+    assert [row["id"] for row in preset.extra["left_out"]] == ["dark_green"]
+    assert "channel G" in preset.extra["left_out"][0]["reason"]
+    assert [row["id"] for row in preset.extra["per_pair"]] == ["0", "1", "2"]
+    np.testing.assert_allclose(preset.isp.shot_gain, TRUE_SHOT_GAIN, rtol=0.15)
+    with pytest.raises(calibration.CalibrationError, match="Only 1 of 2 pairs.*dark_green"):
+        isp_calibration.calibrate_isp([pairs[0], dark_green], progress=None)
+
+
 def test_residual_factors_are_one_for_iid_noise_without_the_high_pass_loss():
     iid = isp_calibration.residual_factors(False, 0.0)
     bayer = isp_calibration.residual_factors(True, 0.0)

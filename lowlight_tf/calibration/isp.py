@@ -50,6 +50,7 @@ MAX_ZERO_FRACTION = 0.01  # bins where more dark pixels are 0 are clipped: left 
 CHI2_MEDIAN = 0.4549364231195724  # median of chi-square(1): median(r^2) / this = var(r)
 MIN_MEAN_LEVEL = 1e-6  # linear mean a bright channel needs to define an exposure ratio
 NOISE_CROP = 512  # central crop used for the noise statistics (speed)
+MIN_FIT_PAIRS = 2  # measurable fit pairs the pooled noise and exposure distribution need
 # (bayer, noise_blur px) in order of increasing spatial correlation.
 # Without a mosaic every channel's noise is equally correlated; with one, red and blue (sparser
 # sites) more than green: per-channel correlations tell a blur from a Bayer path.
@@ -287,14 +288,25 @@ def _per_pair_json(measured, isp, scales):
 
 
 def _measure_all(pairs, label, say, tone_curve):
-    """measure_pair over pairs with one progress line each."""
-    measured = []
+    """measure_pair over pairs with one progress line each.
+
+    A pair whose noise cannot be measured (a channel too dark or clipped at every level: one
+    frame of a random 10% draw can be) is left out with its reason instead of ending the fit.
+    Returns (measurements, the pairs measured, [(id, reason)] of the pairs left out).
+    """
+    measured, kept, skipped = [], [], []
     for index, pair in enumerate(pairs):
-        measured.append(measure_pair(pair, tone_curve))
+        try:
+            measured.append(measure_pair(pair, tone_curve))
+        except CalibrationError as e:
+            skipped.append((pair.id, str(e)))
+            say(f"  {label} {index + 1}/{len(pairs)} pair {pair.id}: left out ({e})")
+            continue
+        kept.append(pair)
         say(f"  {label} {index + 1}/{len(pairs)} pair {pair.id}: exposure "
             + " ".join(f"{v:.4g}" for v in measured[-1]["exposure"])
             + "  corr " + "/".join(f"{v:.3f}" for v in measured[-1]["corr"]))
-    return measured
+    return measured, kept, skipped
 
 
 def calibrate_isp(fit_pairs, *, holdout_pairs=(), tone_curve=False, draws=4, seed=0, source="",
@@ -312,15 +324,23 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), tone_curve=False, draws=4, see
       paths: candidate (bayer, noise_blur) noise paths (`choose_noise_path`).
     Returns:
       (preset, rows): the SimulationPreset (model "isp"; its `extra` holds the per-pair
-      measurements, the noise-path candidates and the fidelity table) and the fidelity rows.
+      measurements, the noise-path candidates, the fidelity table and the pairs `left_out` of
+      the noise and exposure-ratio measurements with the reason) and the fidelity rows.
+    Raises:
+      CalibrationError: fewer than MIN_FIT_PAIRS fit pairs have a measurable noise level.
     """
     say = progress or (lambda *_: None)
     curve = fit_bright_tone_curve(fit_pairs) if tone_curve else None
     if curve is not None:
         say("  bright tone curve (G, linear x 255): " + ", ".join(
             f"{v}->{curve[1, v]:.1f}" for v in (32, 64, 128, 192, 224, 255)))
-    measured = _measure_all(fit_pairs, "fit", say, curve)
-    (bayer, noise_blur), candidates = choose_noise_path(fit_pairs, measured, seed=seed,
+    measured, noise_pairs, skipped = _measure_all(fit_pairs, "fit", say, curve)
+    if len(noise_pairs) < MIN_FIT_PAIRS:
+        raise CalibrationError(
+            f"Only {len(noise_pairs)} of {len(fit_pairs)} pairs have a measurable noise level "
+            f"function; the ISP model needs {MIN_FIT_PAIRS}. Left out: "
+            + "; ".join(reason for _, reason in skipped))
+    (bayer, noise_blur), candidates = choose_noise_path(noise_pairs, measured, seed=seed,
                                                         paths=paths, tone_curve=curve)
 
     def triple(values):
@@ -342,7 +362,7 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), tone_curve=False, draws=4, see
                     "holdout_ids": [pair.id for pair in holdout_pairs],
                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                         timespec="seconds")})
-    holdout = _measure_all(holdout_pairs, "holdout", say, curve)
+    holdout, holdout_pairs, holdout_skipped = _measure_all(holdout_pairs, "holdout", say, curve)
     holdout_scales = shot_scales(np.stack([m["nlf"][:, 0] / residual_factors(bayer, noise_blur)
                                            for m in holdout]), isp.shot_gain) if holdout else []
     rows = []
@@ -355,6 +375,8 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), tone_curve=False, draws=4, see
         "description": f"ISP-model simulation calibrated on {len(fit_pairs)} real pairs.",
         "per_pair": _per_pair_json(measured, isp, scales),
         "holdout_fits": _per_pair_json(holdout, isp, holdout_scales),
+        "left_out": [{"id": pair_id, "reason": reason}
+                     for pair_id, reason in skipped + holdout_skipped],
         "noise_paths": candidates,
         "fidelity": {"rows": report.json_rows(rows),
                      "summary": report.summarise_fidelity(rows) if rows else {}}}
