@@ -14,6 +14,7 @@ STRATEGIES = ("mirrored", "multi_worker", "default")
 LR_SCHEDULES = ("constant", "cosine")
 SAMPLE = "sample"  # --train_data value selecting the embedded sample photos
 NO_VALIDATION = "none"
+SHIPPED = "shipped"  # --init_from value selecting the shipped pretrained model
 EXPOSURE_GAINS = ("patch", "image")
 UPSAMPLING = ("transpose", "resize")  # model.UPSAMPLING (config stays free of TensorFlow)
 
@@ -52,8 +53,9 @@ class TrainConfig:
         "", "Folder for the embedded sample datasets used by --train_data=sample. Empty means "
         "sample_data/ next to --model_dir.")
     init_from: str = option(
-        "", "Initial weights: a .keras model, an epoch_NNN.weights.h5 checkpoint or the "
-        "model_dir of an earlier run (its final.keras, else its latest checkpoint). Required for "
+        "", "Initial weights: a .keras model, an epoch_NNN.weights.h5 checkpoint, the "
+        "model_dir of an earlier run (its final.keras, else its latest checkpoint) or "
+        f"'{SHIPPED}' (the package's pretrained model, lowlight_tf.pretrained). Required for "
         "transfer and finetune_all.")
     trainable_blocks: str = option(
         "", "Comma-separated blocks to train (down1..downN, bottleneck, up1..upN, head, or all). "

@@ -41,6 +41,7 @@ from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import files
 from lowlight_tf import metrics
 from lowlight_tf import model as model_lib
+from lowlight_tf import pretrained
 from lowlight_tf import run_dir
 from lowlight_tf import train_data
 from lowlight_tf.run_dir import BACKUP_DIR, FLAGS_NAME
@@ -48,7 +49,7 @@ from lowlight_tf.callbacks import EpochCheckpoint, GuardedBackup, Monitor, NanGu
 from lowlight_tf.distribute import (is_chief, is_multi_worker, make_strategy,
                                     patch_keras_for_multi_worker)
 from lowlight_tf import data
-from lowlight_tf.train_config import SAMPLE, ConfigError
+from lowlight_tf.train_config import SAMPLE, SHIPPED, ConfigError
 
 
 class TrainingDivergedError(RuntimeError):
@@ -146,6 +147,11 @@ def resolve_config(config):
 
 def _take_architecture(c):
     """Fill the unset architecture options of config `c` from its --init_from model (in place)."""
+    if c.init_from == SHIPPED:
+        try:
+            c.init_from = pretrained.model_path()
+        except pretrained.NoPretrainedModelError as e:
+            raise ConfigError(f"--init_from={SHIPPED}: {e}") from e
     c.init_from = os.path.abspath(c.init_from)
     try:
         arch = model_lib.architecture(model_lib.load_model(c.init_from))

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import ROOT, run_tool, start_tool  # pylint: disable=import-error
 from lowlight_tf import model as model_lib
-from lowlight_tf import callbacks, train_config, training
+from lowlight_tf import callbacks, pretrained, train_config, training
 
 SMOKE = os.path.join(ROOT, "configs", "smoke.flags")
 
@@ -115,6 +115,23 @@ def test_config_errors(tmp_path, tiny_data):
     with pytest.raises(training.ConfigError, match="ssim_weight"):
         training.train(tiny_config(tmp_path / "a", tiny_data, ssim_weight=-1.0))
     assert not (tmp_path / "a").exists()
+
+
+def test_init_from_shipped_starts_from_the_packaged_model(tmp_path, tiny_data, monkeypatch):
+    """--init_from=shipped: the package's pretrained model, its architecture taken with it."""
+    shipped = model_lib.architecture(pretrained.load_pretrained())
+    config = training.resolve_config(tiny_config(
+        tmp_path / "t", tiny_data, stage="transfer", init_from=train_config.SHIPPED,
+        base_filters=None, depth=None, exposure_normalization=None, patch_size=64))
+    assert config.init_from == pretrained.model_path()
+    assert (config.base_filters, config.depth) == (shipped["base_filters"], shipped["depth"])
+    assert config.exposure_normalization == shipped["exposure_normalization"]
+    # An installation without the file: a ConfigError that says so, nothing written.
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", str(tmp_path / "empty"))
+    with pytest.raises(training.ConfigError, match="--init_from=shipped: No shipped"):
+        training.resolve_config(tiny_config(tmp_path / "u", tiny_data, stage="transfer",
+                                            init_from=train_config.SHIPPED))
+    assert not (tmp_path / "t").exists() and not (tmp_path / "u").exists()
 
 
 @pytest.mark.slow
