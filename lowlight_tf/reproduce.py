@@ -30,6 +30,14 @@ finished stages and resumes an interrupted training from its last finished epoch
                    --seed + k), each with its transfer (last two blocks) and scratch rows, so the
                    report can give their mean, spread and paired margin over N draws: which 17
                    pairs a device contributes moves these rows by up to a few dB.
+  device_adaptation
+                   with --device_adaptation_epochs=E > 0 (beyond the paper, issue 16's lever A):
+                   per draw k of the subset, the ISP simulation fitted on the draw's pairs
+                   (calibrate_device_isp_drawK), the shipped model's pretraining continued E
+                   epochs on it with the normalisation off (adapt_device_drawK, also scored
+                   zero-shot), its last two blocks retrained on the same pairs
+                   (transfer_adapted_device_drawK); the report pairs each draw with its
+                   transfer and scratch rows.
   report           `report.md` (Table 1 form, paired differences of the key rows with
                    scene-bootstrap intervals), `summary.json`, `curves.png`, panels.
 
@@ -47,13 +55,13 @@ the caller as `DatasetBuilders` (tools/reproduce, tools/demo): this package neve
 data_prep (docs/interfaces.md).
 """
 import dataclasses
-import json
 import os
 from typing import Callable, Mapping, Tuple
 
 from lowlight_tf import calibration
 from lowlight_tf import data
 from lowlight_tf import evaluation
+from lowlight_tf import reproduce_checks as checks
 from lowlight_tf import reproduce_stages as stages
 from lowlight_tf import simulation
 from lowlight_tf import training
@@ -61,7 +69,6 @@ from lowlight_tf.reproduce_config import STAGES, ReproduceConfig
 from lowlight_tf.reproduce_report import COMPARISONS, build_report, write_report
 from lowlight_tf.reproduce_run import DatasetBuilders, ReproduceError, Run, write_json
 from lowlight_tf.reproduce_stages import SHIPPED_LABEL
-from lowlight_tf.train_config import TrainConfig
 
 __all__ = ("COMPARISONS", "DatasetBuilders", "ReproduceConfig", "ReproduceError", "SHIPPED_LABEL",
            "STAGES", "Stage", "run_reproduce", "stage_table")
@@ -120,15 +127,18 @@ class Stage:
 
 
 def _schedule(config, kind):
-    """Epochs, steps per epoch and peak learning rate of the `kind` training rows."""
+    """Epochs, steps per epoch and peak learning rate of the `kind` training rows; the rows
+    trained on real pairs (every kind but pretrain) also get exposure_normalization=0 with
+    --nopairs_normalization."""
     if kind == "pretrain":
         return dict(epochs=config.pretrain_epochs, steps=config.pretrain_steps,
                     learning_rate=config.pretrain_learning_rate)
+    on_pairs = {} if config.pairs_normalization else {"exposure_normalization": 0.0}
     if kind == "transfer":
         return dict(epochs=config.transfer_epochs, steps=config.transfer_steps,
-                    learning_rate=config.transfer_learning_rate)
+                    learning_rate=config.transfer_learning_rate, **on_pairs)
     scratch = dict(epochs=config.scratch_epochs, steps=config.scratch_steps,
-                   learning_rate=config.scratch_learning_rate)
+                   learning_rate=config.scratch_learning_rate, **on_pairs)
     if kind == "full":
         scratch["steps"] = config.full_steps or config.scratch_steps
     return scratch
@@ -251,10 +261,60 @@ def _draw_stages(config):
     return table
 
 
+def _adaptation_stages(config):
+    """With --device_adaptation_epochs: per draw k of the device subset, the ISP simulation
+    fitted on the draw's pairs, the shipped model's pretraining continued on it (every block,
+    normalisation off) and scored zero-shot, its two-block transfer on the same pairs and that
+    transfer's evaluation (draw 0's two rows join Table 1); then `device_adaptation` pairing
+    every draw with its paper transfer and scratch rows.
+
+    They run once --stages selects device_adaptation or draw 0's calibration finished, and
+    only with the shipped model (the one the adaptation continues)."""
+    if not config.device_adaptation_epochs:
+        return []
+    fraction = config.device_fraction
+    group = dict(run_when=SELECTED_OR_DONE, selected_by=("device_adaptation",),
+                 done_check="calibrate_device_isp_draw0", requires=("shipped_model",))
+    adaptation = dict(stage="pretrain", val_data="", epochs=config.device_adaptation_epochs,
+                      steps=config.pretrain_steps,
+                      learning_rate=config.device_adaptation_learning_rate,
+                      exposure_normalization=0.0)
+    table, evaluated = [], {"zero_shot": [], "adapted": [], "transfer": [], "scratch": []}
+    for draw in range(config.device_subsets):
+        suffix, seed = f"_draw{draw}", config.train.seed + draw
+        calibrate, adapt, transfer = (f"{kind}{suffix}" for kind in (
+            "calibrate_device_isp", "adapt_device", "transfer_adapted_device"))
+        shown = f" (draw {draw})" if draw else ""
+        produces = RESULT if draw == 0 else RECORD
+        table += [
+            Stage(calibrate, stages.calibrate_device_isp, produces=RECORD, args={"draw": draw},
+                  inputs={"train_spec": "device_train", "test_spec": "device_test"}, **group),
+            Stage(adapt, stages.train, produces=RECORD, **group,
+                  inputs={"train_data": "bright_train", "init_from": "shipped_model",
+                          "params_path": f"{calibrate}.params"},
+                  args=dict(adaptation, seed=seed)),
+            _eval(adapt, "ours: shipped model adapted to the device's calibrated ISP "
+                  f"simulation (zero-shot){shown}", ("device_test",), produces, draw),
+            Stage(transfer, stages.train, produces=RECORD, **group,
+                  inputs={"train_data": "device_train", "init_from": f"{adapt}.model",
+                          "params_path": f"{calibrate}.params"},
+                  args=dict(stage="transfer", val_data="", train_fraction=fraction, seed=seed,
+                            **_schedule(config, "transfer"))),
+            _eval(transfer, f"ours: adapted, then transfer, last two blocks, {fraction:.0%}"
+                  f"{shown}", ("device_test",), produces, draw)]
+        evaluated["zero_shot"].append(f"eval_{adapt}")
+        evaluated["adapted"].append(f"eval_{transfer}")
+        evaluated["transfer"].append(f"eval_transfer_device{suffix if draw else ''}")
+        evaluated["scratch"].append(f"eval_scratch_device{suffix if draw else ''}")
+    table.append(Stage("device_adaptation", stages.device_adaptation, recorded=False, **group,
+                       inputs={kind: tuple(names) for kind, names in evaluated.items()}))
+    return table
+
+
 def stage_table(config):
     """Every stage of a run with `config`, in the order they run (see the module docstring)."""
     return (_main_stages(config) + _device_calibration_stages(config) + _device_stages(config)
-            + _draw_stages(config))
+            + _draw_stages(config) + _adaptation_stages(config))
 
 
 @dataclasses.dataclass
@@ -349,108 +409,6 @@ def _run_stage(run, state, stage, selected):
         state.specs[stage.name] = record["spec"]
 
 
-def _check_config(config):
-    """Refuse a configuration that cannot run, before any work, saying what to change."""
-    unknown = [s for s in config.stages.split(",") if s and s not in STAGES]
-    if unknown:
-        raise ReproduceError(f"Unknown stage(s) {unknown}; stages are {', '.join(STAGES)}.")
-    folders = [("bright_dir", p) for p in config.bright_dir.split(",") if p]
-    folders += [("target_pairs", config.target_pairs), ("device_pairs", config.device_pairs)]
-    for what, path in folders:
-        if path and not os.path.isdir(path):
-            raise ReproduceError(f"--{what}={path} is not a folder. Point it at the images (or "
-                                 "the folder holding low/ and high/), or leave it empty to skip "
-                                 "the stages that need it.")
-    if config.target_pairs and not config.target_calib_ids:
-        raise ReproduceError("--target_pairs needs --target_calib_ids: the scene-disjoint pairs "
-                             "(file stems or ranges such as 4-5,29-30) used for calibration and "
-                             "same-camera transfer; the rest validate.")
-    if not 0.0 < config.device_fraction <= 1.0:
-        raise ReproduceError(f"--device_fraction={config.device_fraction} must lie in (0, 1].")
-    if config.device_subsets < 1:
-        raise ReproduceError(f"--device_subsets={config.device_subsets} must be at least 1 (the "
-                             "main rows' subset).")
-    fitted = config.calibration != "none"
-    preset = config.train.simulation_params
-    if fitted and preset != TrainConfig().simulation_params:
-        raise ReproduceError(f"--simulation_params={preset} names a fixed preset, but "
-                             f"--calibration={config.calibration} fits one on the target's "
-                             "calibration pairs; pass --calibration=none to use the preset.")
-    for flag, value, what in (
-            ("exposure_spread", config.exposure_spread != 1.0, "scales the calibrated "
-             "distribution"),
-            ("device_calibration", config.device_calibration, "fits the simulation on the "
-             "device's pairs"),
-            ("tone_curve", config.tone_curve, "fits a tone curve during calibration")):
-        if value and not fitted:
-            raise ReproduceError(f"--{flag} {what}, but --calibration=none uses the fixed preset "
-                                 f"{preset}; choose --calibration=joint, paper or isp, or drop "
-                                 f"--{flag}.")
-    if config.calibration == "isp" and config.exposure_spread != 1.0:
-        raise ReproduceError(f"--exposure_spread={config.exposure_spread:g} scales the "
-                             "composite's calibrated distribution; --calibration=isp fits the "
-                             "ISP model's exposure distribution as measured: drop the flag.")
-    if config.calibrated_exposure and not fitted:
-        try:
-            has_curve = simulation.load_preset(preset).exposure_curve is not None
-        except simulation.PresetError as error:
-            raise ReproduceError(str(error)) from error
-        if not has_curve:
-            raise stages.no_exposure_curve(preset)
-    if config.device_exposure and not config.device_pairs:
-        raise ReproduceError("--device_exposure needs --device_pairs (the device whose pairs "
-                             "give the exposure curve).")
-    if config.device_calibration and not config.device_pairs:
-        raise ReproduceError("--device_calibration needs --device_pairs (the device whose "
-                             "transfer pairs calibrate the simulation).")
-
-
-# Flags that may change between runs of one work_dir: which stages run, where the dir is given,
-# how many subset draws (each draw is its own stage; the main rows are draw 0).
-_RESUME_FREE = ("work_dir", "stages", "device_subsets")
-
-
-def _check_same_settings(work_dir, config):
-    """Refuse to resume a work_dir whose finished stages were made with other settings.
-
-    Stages are reused by name, so a changed flag would silently mix old and new settings. Fields
-    missing from an older config.json count as their defaults.
-    """
-    path = os.path.join(work_dir, "config.json")
-    if not os.path.isfile(path):
-        return
-    try:
-        with open(path, encoding="utf-8") as stream:
-            previous = json.load(stream)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ReproduceError(f"Cannot read {path} ({error}); use a new --work_dir.") from error
-    defaults = ReproduceConfig().flat()
-    changed = [f"--{name}: {previous.get(name, defaults[name])!r} -> {value!r}"
-               for name, value in config.flat().items()
-               if name not in _RESUME_FREE and previous.get(name, defaults[name]) != value]
-    if changed:
-        raise ReproduceError(
-            f"{work_dir} holds a run made with other settings ({'; '.join(changed)}); resuming "
-            "would reuse its finished stages with the old ones. Use a new --work_dir, or pass "
-            "the old values to resume.")
-
-
-def _check_reachable(config, selected):
-    """A stage named in --stages that these flags leave out of the run is an error, not a no-op
-    (the default, every stage, runs those that the given data allows)."""
-    if selected >= set(STAGES):
-        return
-    table = stage_table(config)
-    reachable = {"report"} | {name for stage in table
-                              for name in (stage.name, *(stage.selected_by or ()))}
-    missing = sorted(selected - reachable, key=STAGES.index)
-    if missing:
-        raise ReproduceError(
-            f"--stages names {', '.join(missing)}, which a run with these flags does not have: "
-            "calibrate_device and pretrain_device need --device_calibration, device_subsets "
-            "needs --device_subsets above 1. Add the flag or leave the stage out.")
-
-
 def run_reproduce(config, builders, progress=print):
     """Run (or resume) every selected stage; returns the report dict (also in report.md).
 
@@ -463,11 +421,11 @@ def run_reproduce(config, builders, progress=print):
     Raises:
         ReproduceError: bad configuration or inputs, with what to do.
     """
-    _check_config(config)
+    checks.check_config(config)
     run = Run(config, builders, progress, user_errors=USER_ERRORS)
     selected = set(s for s in config.stages.split(",") if s)
-    _check_reachable(config, selected)
-    _check_same_settings(run.work_dir, config)
+    checks.check_reachable(selected, stage_table(config))
+    checks.check_same_settings(run.work_dir, config)
     os.makedirs(run.work_dir, exist_ok=True)
     write_json(os.path.join(run.work_dir, "config.json"), config.flat())
     state = _State()

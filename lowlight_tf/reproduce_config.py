@@ -17,7 +17,7 @@ from lowlight_tf.train_config import TrainConfig
 STAGES = ("prepare", "calibrate", "curve_baseline", "simulated_test", "eval_shipped", "pretrain",
           "eval_pretrain", "transfer_target", "scratch_target", "calibrate_device",
           "pretrain_device", "transfer_device", "finetune_all_device", "scratch_device",
-          "full_device", "device_subsets", "report")
+          "full_device", "device_subsets", "device_adaptation", "report")
 CALIBRATION_METHODS = ("joint", "paper", "isp", "none")
 # The TrainConfig options that tools/reproduce exposes, shared by all its training stages (the
 # others - model_dir, stage, data, init_from, epochs, ... - are set per stage by the run).
@@ -85,6 +85,24 @@ class ReproduceConfig:
         "on the --device_fraction pairs that row's draw trains on (draw 0's for full "
         "supervision and the zero-shot models; curves.fit_dark_to_bright_curve; beyond the "
         "paper); the paired comparisons and the draws' table then also compare those rows.")
+    device_adaptation_epochs: int = option(
+        0, "Beyond the paper (issue 16; RESULTS.md session 20, lever A): for each draw of the "
+        "device subset, fit the ISP simulation (tone curve on) on that draw's pairs, continue "
+        "the shipped model's pretraining on it for this many epochs of --pretrain_steps steps "
+        "(every block, exposure normalisation off), then retrain its last two blocks on the "
+        "same pairs with the transfer schedule (configs/device_adapt.flags and "
+        "device_transfer.flags as one stage group). Reported as their own rows, paired with "
+        "the same draw's transfer and scratch rows. 0 leaves them out.", lower=0)
+    device_adaptation_learning_rate: float = option(
+        5e-4, "Peak learning rate of the device adaptation (--device_adaptation_epochs).",
+        lower=0.0)
+    pairs_normalization: bool = option(
+        True, "The rows trained on real pairs (transfer, all layers, scratch, full supervision, "
+        "on the target and the device) keep the exposure normalisation (--exposure_normalization"
+        ", or the one of the model they start from). --nopairs_normalization trains them without "
+        "it (beyond the paper): a row trained on one camera's pairs then learns that camera's "
+        "darkness and brightness instead of guessing them from content (RESULTS.md, session "
+        "21); the zero-shot models keep theirs.")
     pretrain_epochs: int = option(20, "Epochs of pretraining on simulated pairs.", lower=1)
     pretrain_steps: int = option(100, "Steps per pretraining epoch.", lower=1)
     pretrain_learning_rate: float = option(1e-3, "Peak learning rate of pretraining.",

@@ -18,7 +18,7 @@ from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import pretrained
 from lowlight_tf import simulation
 from lowlight_tf import training
-from lowlight_tf.reproduce_run import ReproduceError, draw_entry
+from lowlight_tf.reproduce_run import ReproduceError, draw_entry, model_row
 
 SHIPPED_LABEL = "shipped pretrained model (zero-shot)"
 # Device pairs scored by the device calibration's fidelity table: every DEVICE_FIDELITY_STRIDE-th
@@ -96,28 +96,34 @@ def calibrate(run, name, *, calib_spec, val_spec):
     return _fit_simulation(run, fit, holdout, params_path, source=calib_spec)
 
 
-def _fit_simulation(run, fit, holdout, params_path, *, source):
-    """calibration.calibrate with the run's settings; saves the preset, returns the record."""
+def _fit_simulation(run, fit, holdout, params_path, *, source, isp_tone_curve=None, seed=None):
+    """calibration.calibrate with the run's settings; saves the preset, returns the record.
+
+    `isp_tone_curve` (True/False) fits the ISP model with or without the tone curve whatever
+    --calibration says (the device adaptation's simulation); `seed` replaces --seed."""
     config = run.config
-    if config.calibration == "isp":
+    seed = config.train.seed if seed is None else seed
+    isp = config.calibration == "isp" or isp_tone_curve is not None
+    tone_curve = config.tone_curve if isp_tone_curve is None else isp_tone_curve
+    if isp:
         preset, rows = calibration.calibrate_isp(
-            fit, holdout_pairs=holdout, tone_curve=config.tone_curve, seed=config.train.seed,
+            fit, holdout_pairs=holdout, tone_curve=tone_curve, seed=seed,
             source=source, progress=run.report_line)
     else:
         preset, rows = calibration.calibrate(
             fit, method=config.calibration, holdout_pairs=holdout, tone_curve=config.tone_curve,
-            exposure_spread=config.exposure_spread, seed=config.train.seed, source=source,
+            exposure_spread=config.exposure_spread, seed=seed, source=source,
             progress=run.report_line)
     simulation.save_preset(preset, params_path)
     comparison = {}
     for preset_name in ("paper",):
         report, _ = calibration.fidelity_report(simulation.load_preset(preset_name), holdout,
-                                                seed=config.train.seed)
+                                                seed=seed)
         comparison[preset_name] = report["summary"]
     summary = calibration.summarise_fidelity(rows) if rows else {}
     run.say(calibration.format_fidelity_table(rows, title="fidelity (held-out)"))
-    method = config.calibration + (" + tone curve" if config.tone_curve else "")
-    if config.exposure_spread != 1.0:
+    method = ("isp" if isp else config.calibration) + (" + tone curve" if tone_curve else "")
+    if config.exposure_spread != 1.0 and not isp:
         method += f", exposure spread x{config.exposure_spread:g}"
     return {"params": params_path, "method": method, "fidelity": summary,
             "fidelity_paper_preset": comparison["paper"], "fit_pairs": len(fit),
@@ -168,6 +174,25 @@ def calibrate_device(run, name, *, train_spec, test_spec):
     return result
 
 
+def calibrate_device_isp(run, name, *, train_spec, test_spec, draw):
+    """The ISP simulation (tone curve on) fitted on draw `draw`'s --device_fraction subset of
+    the device's training pairs (seed --seed + draw: the pairs that draw's transfer and scratch
+    rows train on); the device adaptation's simulation (--device_adaptation_epochs).
+
+    Writes WORK_DIR/simulation_params_NAME.json; returns calibrate's record.
+    """
+    config = run.config
+    seed = config.train.seed + draw
+    fit = calibration.load_pairs(train_spec, fraction=config.device_fraction, seed=seed)
+    test = calibration.load_pairs(test_spec)
+    run.report_line(f"fitting the ISP model on the {len(fit)} device pairs of draw {draw}: "
+                    + ",".join(p.id for p in fit))
+    return _fit_simulation(run, fit, test[::DEVICE_FIDELITY_STRIDE],
+                           os.path.join(run.work_dir, f"simulation_params_{name}.json"),
+                           source=f"{train_spec} ({config.device_fraction:g}, draw {draw})",
+                           isp_tone_curve=True, seed=seed)
+
+
 def simulated_test(run, name, *, bright_test, params_path):
     """The fixed simulated test set: dark versions of the bright test split (run.builders).
 
@@ -181,10 +206,12 @@ def simulated_test(run, name, *, bright_test, params_path):
 
 
 def train(run, name, *, stage, train_data, val_data, epochs, steps, learning_rate,
-          init_from="", train_fraction=1.0, params_path="paper", seed=None):
+          init_from="", train_fraction=1.0, params_path="paper", seed=None,
+          exposure_normalization=None):
     """One tools/train stage in WORK_DIR/models/NAME (training.train with the run's shared
     options); returns {"model": final .keras, "history", "stage", "epochs", "train_data",
-    "train_fraction"}."""
+    "train_fraction"}. A stage that starts from a model keeps its exposure normalisation
+    unless `exposure_normalization` is given (0 removes it)."""
     config = run.config
     shared = config.train
     train_config = dataclasses.replace(
@@ -196,7 +223,8 @@ def train(run, name, *, stage, train_data, val_data, epochs, steps, learning_rat
         # A stage that starts from a model takes its architecture from it.
         base_filters=None if init_from else shared.base_filters,
         depth=None if init_from else shared.depth,
-        exposure_normalization=None if init_from else shared.exposure_normalization,
+        exposure_normalization=(exposure_normalization if exposure_normalization is not None
+                                else None if init_from else shared.exposure_normalization),
         upsampling=None if init_from else shared.upsampling,
         train_fraction=train_fraction, seed=shared.seed if seed is None else seed)
     result = training.train(train_config)
@@ -275,4 +303,26 @@ def device_subsets(run, name, *, evaluated):
     draws = [draw_entry(draw, seed + draw, *evaluated[2 * draw - 2:2 * draw],
                         scoring.CALIBRATED_EXPOSURE)
              for draw in range(1, len(evaluated) // 2 + 1)]
+    return {"draws": draws}
+
+
+def device_adaptation(run, name, *, zero_shot, adapted, transfer, scratch):
+    """Collect the device adaptation's draws (--device_adaptation_epochs) from evaluation
+    records, each argument a list in draw order: the adapted model zero-shot, its two-block
+    transfer, and the same draw's paper transfer and scratch rows (draw 0: the main rows).
+
+    Returns {"draws": [{"draw", "seed", "output_dirs": {kind: folder}, kind: row}]} for the
+    kinds zero_shot, adapted, transfer and scratch (the models' own rows at gain 1).
+    """
+    del name  # no record of its own: each draw's stages have theirs
+    seed = run.config.train.seed
+    kinds = {"zero_shot": zero_shot, "adapted": adapted, "transfer": transfer,
+             "scratch": scratch}
+    draws = []
+    for draw in range(len(adapted)):
+        entry = {"draw": draw, "seed": seed + draw, "output_dirs": {}}
+        for kind, records in kinds.items():
+            entry[kind] = model_row(records[draw])
+            entry["output_dirs"][kind] = records[draw]["output_dir"]
+        draws.append(entry)
     return {"draws": draws}

@@ -13,7 +13,9 @@ from PIL import Image
 
 from conftest import ROOT, run_tool  # pylint: disable=import-error
 from data_prep import builders
-from lowlight_tf import data, demo, reproduce, simulation, subsets
+from lowlight_tf import data, demo, pretrained, reproduce, simulation, subsets
+from lowlight_tf import exposure as exposure_lib
+from lowlight_tf import model as model_lib
 
 # What tools/reproduce and tools/demo hand the library.
 BUILDERS = builders.DATASET_BUILDERS
@@ -80,7 +82,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     assert 0 < len(kept_ids) < sum(1 for _ in device_train)
 
     draw_stages = [f"{kind}_device_draw1" for kind in ("transfer", "scratch")]
-    optional = ("device_subsets",)
+    optional = ("device_subsets", "device_adaptation")
     for stage in [s for s in reproduce.STAGES[:-1] if s not in optional] + draw_stages:
         assert os.path.isfile(tmp_path / "run" / "stages" / f"{stage}.json"), stage
     models = [r for r in report["rows"] if r.get("kind") != "baseline"
@@ -184,7 +186,7 @@ def test_reproduce_runs_every_stage_then_resumes_without_redoing(inputs, tmp_pat
     assert fewer["device_subsets"] == {} and len(fewer["rows"]) == len(report["rows"])
 
 
-def test_bad_configuration_says_what_to_do(inputs, tmp_path):
+def test_bad_configuration_says_what_to_do(inputs, tmp_path, monkeypatch):
     with pytest.raises(reproduce.ReproduceError, match="--device_subsets=0"):
         reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "s"), device_subsets=0), BUILDERS, progress=None)
@@ -226,6 +228,22 @@ def test_bad_configuration_says_what_to_do(inputs, tmp_path):
     with pytest.raises(reproduce.ReproduceError, match="--device_exposure needs --device_pairs"):
         reproduce.run_reproduce(reproduce.ReproduceConfig.create(
             work_dir=str(tmp_path / "f"), device_exposure=True), BUILDERS, progress=None)
+    with pytest.raises(reproduce.ReproduceError,
+                       match="--device_adaptation_epochs needs --device_pairs"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "h"), device_adaptation_epochs=1), BUILDERS, progress=None)
+    with pytest.raises(reproduce.ReproduceError,
+                       match="device_adaptation needs --device_adaptation_epochs above 0"):
+        reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+            work_dir=str(tmp_path / "h"), device_pairs=str(inputs / "device"),
+            stages="prepare,device_adaptation"), BUILDERS, progress=None)
+    with monkeypatch.context() as patch:  # an installation without the shipped model
+        patch.setattr(pretrained, "PRETRAINED_DIR", str(tmp_path / "no_model"))
+        with pytest.raises(reproduce.ReproduceError, match="continues the shipped model.*none"):
+            reproduce.run_reproduce(reproduce.ReproduceConfig.create(
+                work_dir=str(tmp_path / "h"), device_pairs=str(inputs / "device"),
+                device_adaptation_epochs=1), BUILDERS, progress=None)
+    assert not (tmp_path / "h").exists()  # refused before any work
     authors = tmp_path / "authors.json"  # a fixed preset without an exposure curve
     simulation.save_preset(simulation.load_preset("paper"), str(authors))
     with pytest.raises(reproduce.ReproduceError, match="--calibrated_exposure.*lacks"):
@@ -323,3 +341,73 @@ def test_isp_calibration_feeds_the_simulated_test_set(inputs, tmp_path):
     with pytest.raises(reproduce.ReproduceError, match="--exposure_spread=0.5"):
         reproduce.run_reproduce(dataclasses.replace(config, exposure_spread=0.5), BUILDERS,
                                 progress=None)
+
+
+@pytest.mark.slow
+def test_device_adaptation_pairs_each_draw_with_its_transfer_and_scratch(inputs, tmp_path):
+    """--device_adaptation_epochs (issue 16's lever A): per draw, the ISP simulation fitted on
+    that draw's pairs, the shipped model continued on it with the normalisation off, then its
+    two-block transfer on the same pairs; the report pairs each draw with its own rows."""
+    config = reproduce.ReproduceConfig.create(
+        work_dir=str(tmp_path / "run"), bright_dir=str(inputs / "bright"),
+        bright_splits="train:0.5,val:0.25,test:0.25", device_pairs=str(inputs / "device"),
+        device_splits="train:0.5,test:0.5", device_fraction=0.5, calibration="none",
+        device_subsets=2, device_adaptation_epochs=1, exposure_normalization=10 / 255,
+        pairs_normalization=False,
+        stages="prepare,pretrain,transfer_device,scratch_device,device_subsets,"
+               "device_adaptation,report", **TINY)
+    report = reproduce.run_reproduce(config, BUILDERS, progress=None)
+    run = tmp_path / "run"
+    # --nopairs_normalization: the pretrained model normalises, the rows on real pairs do not.
+    for stage, normalising in (("pretrain", True), ("transfer_device", False),
+                               ("scratch_device", False), ("transfer_device_draw1", False)):
+        model = model_lib.load_model(str(run / "models" / stage / model_lib.FINAL_MODEL_NAME))
+        assert (exposure_lib.exposure_layer(model) is not None) == normalising, stage
+    device_train = data.load_spec(report["datasets"]["device_train"])
+    for draw in (0, 1):
+        # The draw's simulation is the ISP model fitted on exactly the pairs the draw trains on.
+        params = json.loads((run / f"simulation_params_calibrate_device_isp_draw{draw}.json")
+                            .read_text())
+        kept = subsets.select_fraction(device_train, 0.5, seed=config.train.seed + draw)
+        assert params["model"] == "isp" and np.asarray(params["tone_curve"]).shape == (3, 256)
+        assert sorted(params["provenance"]["fit_ids"]) == sorted(
+            e["id"].decode() for e in kept.as_numpy_iterator())
+        adapt_flags = (run / "models" / f"adapt_device_draw{draw}" / "flags.txt").read_text()
+        for expected in (f"--init_from={pretrained.model_path()}", "--stage=pretrain",
+                         "--exposure_normalization=0.0", f"--seed={draw}", "--epochs=1\n",
+                         f"simulation_params_calibrate_device_isp_draw{draw}.json"):
+            assert expected in adapt_flags, expected
+        adapted = model_lib.load_model(str(run / "models" / f"adapt_device_draw{draw}" /
+                                           model_lib.FINAL_MODEL_NAME))
+        assert exposure_lib.exposure_layer(adapted) is None
+        transfer_flags = (run / "models" / f"transfer_adapted_device_draw{draw}" /
+                          "flags.txt").read_text()
+        assert f"models/adapt_device_draw{draw}/" in transfer_flags
+        assert "--train_fraction=0.5" in transfer_flags and f"--seed={draw}" in transfer_flags
+    # Draw 0's two rows join Table 1; draw 1's live in the adaptation's table only.
+    methods = [r["method"] for r in report["rows"]]
+    assert sum(m.startswith("ours: adapted, then transfer") for m in methods) == 1
+    assert sum(m.startswith("ours: shipped model adapted") for m in methods) == 1
+    assert not [m for m in methods if "(draw 1)" in m]
+    summary = json.loads((run / "summary.json").read_text())["device_adaptation"]
+    assert [d["draw"] for d in summary["draws"]] == [0, 1]
+
+    def per_image(stage):
+        path = run / "evaluations" / f"eval_{stage}" / "per_image.csv"
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r["gain"] in ("", "1", "1.0")]
+        method = rows[0]["method"]
+        return {r["id"]: float(r["psnr"]) for r in rows if r["method"] == method}
+    adapted_1 = per_image("transfer_adapted_device_draw1")
+    scratch_1 = per_image("scratch_device_draw1")
+    transfer_0 = per_image("transfer_device")
+    adapted_0 = per_image("transfer_adapted_device_draw0")
+    assert summary["draws"][1]["adapted-scratch"]["mean"] == pytest.approx(
+        np.mean([adapted_1[i] - scratch_1[i] for i in adapted_1]), abs=1e-3)
+    assert summary["draws"][0]["adapted-transfer"]["mean"] == pytest.approx(
+        np.mean([adapted_0[i] - transfer_0[i] for i in adapted_0]), abs=1e-3)
+    assert summary["adapted-scratch"]["mean"] == pytest.approx(
+        np.mean([d["adapted-scratch"]["mean"] for d in summary["draws"]]))
+    assert summary["adapted_psnr"]["mean"] == pytest.approx(
+        np.mean([d["adapted"]["psnr"] for d in summary["draws"]]))
+    assert "## The device adaptation" in (run / "report.md").read_text()
