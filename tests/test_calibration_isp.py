@@ -94,6 +94,8 @@ def test_a_pair_without_measurable_noise_is_left_out_with_its_reason():
     assert [row["id"] for row in preset.extra["left_out"]] == ["dark_green"]
     assert "channel G" in preset.extra["left_out"][0]["reason"]
     assert [row["id"] for row in preset.extra["per_pair"]] == ["0", "1", "2"]
+    assert preset.extra["description"].endswith("on 4 real pairs (1 left out of the noise and "
+                                                 "exposure fit).")
     np.testing.assert_allclose(preset.isp.shot_gain, TRUE_SHOT_GAIN, rtol=0.15)
     with pytest.raises(calibration.CalibrationError, match="Only 1 of 2 pairs.*dark_green"):
         isp_calibration.calibrate_isp([pairs[0], dark_green], progress=None)

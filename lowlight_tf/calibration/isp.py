@@ -372,7 +372,9 @@ def calibrate_isp(fit_pairs, *, holdout_pairs=(), tone_curve=False, draws=4, see
                                                                             holdout_scales),
                                draws=draws, seed=seed)
     preset.extra = {
-        "description": f"ISP-model simulation calibrated on {len(fit_pairs)} real pairs.",
+        "description": f"ISP-model simulation calibrated on {len(fit_pairs)} real pairs"
+                       + (f" ({len(skipped)} left out of the noise and exposure fit)."
+                          if skipped else "."),
         "per_pair": _per_pair_json(measured, isp, scales),
         "holdout_fits": _per_pair_json(holdout, isp, holdout_scales),
         "left_out": [{"id": pair_id, "reason": reason}
