@@ -15,13 +15,10 @@ from lowlight_tf import exposure as exposure_lib
 from lowlight_tf import model as model_lib
 from lowlight_tf import pretrained
 from test_calibration_isp import known_pairs, write_pair_folder  # pylint: disable=import-error
+from test_training import final_weights as weights  # pylint: disable=import-error
 
 FAST = ("--patch_size=64", "--batch_size=2", "--epochs=1", "--steps_per_epoch=2",
         "--warmup_steps=1")
-
-
-def weights(path):
-    return {w.path: w.numpy() for w in model_lib.load_model(path).weights}
 
 
 def changed_blocks(before, after):

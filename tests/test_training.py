@@ -46,9 +46,12 @@ def summary_tags(log_dir):
     return tags
 
 
-def final_weights(model_dir):
-    model = model_lib.load_model(os.path.join(model_dir, "final.keras"))
-    return {w.path: w.numpy() for w in model.weights}
+def final_weights(model):
+    """{weight path: array} of a .keras file, or of a model_dir's final model."""
+    model = str(model)
+    if not model.endswith(".keras"):
+        model = os.path.join(model, model_lib.FINAL_MODEL_NAME)
+    return {w.path: w.numpy() for w in model_lib.load_model(model).weights}
 
 
 @pytest.mark.slow
