@@ -91,7 +91,8 @@ def _subset_summary(results, config):
     main = [results.get(f"eval_{stage}") for stage in ("transfer_device", "scratch_device")]
     if not extra or not all(main):
         return {}
-    first = draw_entry(0, config.train.seed, *main, scoring.CALIBRATED_EXPOSURE)
+    first = draw_entry(0, config.train.seed, dict(zip(("transfer", "scratch"), main)),
+                       scoring.CALIBRATED_EXPOSURE)
     draws = [{"draw": entry["draw"], "seed": entry["seed"],
               **_draw_margin(entry, entry),
               **({"calibrated": _draw_margin(entry, entry["calibrated"])}

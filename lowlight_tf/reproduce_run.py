@@ -71,16 +71,16 @@ def model_row(evaluated, suffix=""):
     return next((r for r in rows if r["method"] == rows[0]["method"] + suffix), None)
 
 
-def draw_entry(draw, seed, transfer, scratch, calibrated_suffix):
-    """One draw of the device subset from its transfer and scratch evaluation records:
-    {"draw", "seed", "output_dirs": {kind: folder}, "transfer": row, "scratch": row[,
+def draw_entry(draw, seed, records, calibrated_suffix=None):
+    """One draw of the device subset from its evaluation records {kind: record} (e.g.
+    "transfer" and "scratch"): {"draw", "seed", "output_dirs": {kind: folder}, kind: row[,
     "calibrated": {kind: row}]}, the last when the evaluations have rows with
     `calibrated_suffix` (--device_exposure)."""
     entry = {"draw": draw, "seed": seed, "output_dirs": {}}
-    for kind, record in (("transfer", transfer), ("scratch", scratch)):
+    for kind, record in records.items():
         entry[kind] = model_row(record)
         entry["output_dirs"][kind] = record["output_dir"]
-        calibrated = model_row(record, calibrated_suffix)
+        calibrated = calibrated_suffix and model_row(record, calibrated_suffix)
         if calibrated:
             entry.setdefault("calibrated", {})[kind] = calibrated
     return entry

@@ -18,7 +18,7 @@ from lowlight_tf import evaluation_scoring as scoring
 from lowlight_tf import pretrained
 from lowlight_tf import simulation
 from lowlight_tf import training
-from lowlight_tf.reproduce_run import ReproduceError, draw_entry, model_row
+from lowlight_tf.reproduce_run import ReproduceError, draw_entry
 
 SHIPPED_LABEL = "shipped pretrained model (zero-shot)"
 # Device pairs scored by the device calibration's fidelity table: every DEVICE_FIDELITY_STRIDE-th
@@ -300,7 +300,8 @@ def device_subsets(run, name, *, evaluated):
     """
     del name  # no record of its own: each draw's stages have theirs
     seed = run.config.train.seed
-    draws = [draw_entry(draw, seed + draw, *evaluated[2 * draw - 2:2 * draw],
+    draws = [draw_entry(draw, seed + draw,
+                        dict(zip(("transfer", "scratch"), evaluated[2 * draw - 2:2 * draw])),
                         scoring.CALIBRATED_EXPOSURE)
              for draw in range(1, len(evaluated) // 2 + 1)]
     return {"draws": draws}
@@ -315,14 +316,8 @@ def device_adaptation(run, name, *, zero_shot, adapted, transfer, scratch):
     kinds zero_shot, adapted, transfer and scratch (the models' own rows at gain 1).
     """
     del name  # no record of its own: each draw's stages have theirs
-    seed = run.config.train.seed
     kinds = {"zero_shot": zero_shot, "adapted": adapted, "transfer": transfer,
              "scratch": scratch}
-    draws = []
-    for draw in range(len(adapted)):
-        entry = {"draw": draw, "seed": seed + draw, "output_dirs": {}}
-        for kind, records in kinds.items():
-            entry[kind] = model_row(records[draw])
-            entry["output_dirs"][kind] = records[draw]["output_dir"]
-        draws.append(entry)
-    return {"draws": draws}
+    return {"draws": [draw_entry(draw, run.config.train.seed + draw,
+                                 {kind: records[draw] for kind, records in kinds.items()})
+                      for draw in range(len(adapted))]}
