@@ -47,10 +47,8 @@ def summary_tags(log_dir):
 
 
 def final_weights(model):
-    """{weight path: array} of a .keras file, or of a model_dir's final model."""
-    model = str(model)
-    if not model.endswith(".keras"):
-        model = os.path.join(model, model_lib.FINAL_MODEL_NAME)
+    """{weight path: array} of a .keras file, or of a model_dir's final model (load_model
+    resolves the folder)."""
     return {w.path: w.numpy() for w in model_lib.load_model(model).weights}
 
 
